@@ -1,0 +1,91 @@
+"""The inference API contract between the TorchServe handler and its clients (bot, chat, operator).
+
+Request:  {"persona": NAME?, "context": [{"role": "user"|"persona", "text": ...}],
+           "message": TEXT, "generation": {...}?}
+Response: {"reply": TEXT, "model_version": V, "tokens": N}
+Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personafleet.prompt import Turn
+
+MAX_CONTEXT_TURNS = 50
+MAX_TEXT_CHARS = 4000
+
+
+class GenerationOptions(BaseModel):
+    """Per-request sampling options. Out-of-range values are clamped by `clamped()`, not refused:
+    a client asking for 10 000 tokens gets the cap, not an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool | None = None
+    num_beams: int | None = None
+
+
+class GenerationLimits(BaseModel):
+    """Bounds the server enforces; the reply length cap defaults to 128 tokens (seed 004)."""
+
+    max_new_tokens: int = 128
+    max_temperature: float = 2.0
+    min_temperature: float = 0.05
+    max_top_k: int = 200
+    max_repetition_penalty: float = 2.0
+    max_num_beams: int = 4
+
+
+def clamp_generation(
+    defaults: GenerationOptions, requested: GenerationOptions | None, limits: GenerationLimits
+) -> dict:
+    """Merge request options over the persona's defaults and clamp every value into its bounds."""
+    merged = defaults.model_dump(exclude_none=True)
+    if requested is not None:
+        merged.update(requested.model_dump(exclude_none=True))
+    clamp = lambda value, low, high: max(low, min(high, value))  # noqa: E731
+    if "max_new_tokens" in merged:
+        merged["max_new_tokens"] = clamp(merged["max_new_tokens"], 1, limits.max_new_tokens)
+    else:
+        merged["max_new_tokens"] = limits.max_new_tokens
+    if "temperature" in merged:
+        merged["temperature"] = clamp(merged["temperature"], limits.min_temperature, limits.max_temperature)
+    if "top_p" in merged:
+        merged["top_p"] = clamp(merged["top_p"], 0.01, 1.0)
+    if "top_k" in merged:
+        merged["top_k"] = clamp(merged["top_k"], 1, limits.max_top_k)
+    if "repetition_penalty" in merged:
+        merged["repetition_penalty"] = clamp(merged["repetition_penalty"], 1.0, limits.max_repetition_penalty)
+    if "num_beams" in merged:
+        merged["num_beams"] = clamp(merged["num_beams"], 1, limits.max_num_beams)
+    return merged
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    persona: str | None = None
+    context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
+    message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    generation: GenerationOptions | None = None
+
+    def turns(self) -> list[Turn]:
+        """The conversation the prompt is built from: the context, then the new message."""
+        return [*self.context, Turn(role="user", text=self.message)]
+
+
+class InferenceResponse(BaseModel):
+    reply: str
+    model_version: str
+    tokens: int
+
+
+class InferenceError(BaseModel):
+    error: str
+    detail: str

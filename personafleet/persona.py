@@ -1,0 +1,39 @@
+"""A persona: the name it is served under and the description its prompt starts with.
+
+Shared by training (saved into the run), packaging (into the .mar), the bot (/persona)
+and the operator (from the PersonaModel spec).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personafleet.inference import GenerationOptions
+from personafleet.prompt import PromptTemplate
+
+# Production base models (FRED-T5 family). The tiny embedded base from `persona init-base`
+# is used on machines without a model hub.
+PRODUCTION_BASE_MODEL = "ai-forever/FRED-T5-large"
+PERSONA_DIALOGUE_BASE_MODEL = "SiberiaSoft/SiberianPersonaFred"
+
+# A persona name is a TorchServe model name, a Kubernetes label value and a path segment.
+PERSONA_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+DEFAULT_DESCRIPTION = "Я инженер DevOps, отвечаю коротко и по делу, иногда шучу."
+
+
+class PersonaSpec(BaseModel):
+    """Everything serving needs to know about a persona besides the weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("devops-dude", pattern=PERSONA_NAME_PATTERN)
+    description: str = DEFAULT_DESCRIPTION
+    template: PromptTemplate = Field(default_factory=PromptTemplate)
+    generation: GenerationOptions = Field(
+        default_factory=lambda: GenerationOptions(
+            max_new_tokens=64, do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.2
+        )
+    )
+
+PERSONA_FILE = "persona.json"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install personafleet into .venv/ at the repository root, and check (or, as root with apt,
+# install) the system prerequisites: Java 17 for TorchServe, PostgreSQL 15 for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); install python3.11 and re-run" >&2
+    exit 1
+fi
+
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing $* with apt-get"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "setup: missing $*; install it (Debian/Ubuntu: sudo apt-get install $*) and re-run" >&2
+        exit 1
+    fi
+}
+
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
+if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then
+    apt_install openjdk-17-jre-headless
+fi
+
+if [ "${PERSONA_WITH_POSTGRES:-0}" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+    apt_install postgresql-15
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned in pyproject.toml (torch==2.13.0, the CPU build on this kind of machine);
+# installing it first in its own command keeps pip from ever resolving a CUDA build.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup: .venv ready ($(.venv/bin/persona --help >/dev/null && echo 'persona CLI ok'))"
