@@ -1,0 +1,57 @@
+"""When handlers run: is a message addressed to the bot, is its sender a chat admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import Bot
+from aiogram.enums import ChatMemberStatus, ChatType, MessageEntityType
+from aiogram.filters import Filter
+from aiogram.types import Message
+
+from persona_bot.store import ChatSettings
+
+
+class AddressedToBot(Filter):
+    """A text message (not a command) for the bot. Private chats: always. Groups: when the bot is
+    @mentioned, when the message replies to one of the bot's messages, or when the chat is in
+    insanity mode. Passes the handler `text` with the mention removed, which is what the model
+    should see.
+
+    One async filter on purpose: aiogram runs synchronous filters such as `F.text` in a thread
+    (`asyncio.to_thread`), a thread hop per filter per message (seen in benchmarks/bot.py)."""
+
+    async def __call__(self, message: Message, bot: Bot, chat_settings: ChatSettings) -> bool | dict[str, Any]:
+        text = message.text or ""
+        if not text or text.startswith("/"):
+            return False
+        if message.chat.type == ChatType.PRIVATE:
+            return {"text": text}
+        me = await bot.me()  # cached by aiogram after the first call
+        mention = f"@{me.username}".lower() if me.username else None
+        mentioned = False
+        for entity in message.entities or []:
+            if entity.type == MessageEntityType.MENTION and mention:
+                if entity.extract_from(text).lower() == mention:
+                    mentioned = True
+                    text = text.replace(entity.extract_from(text), " ", 1)
+            elif entity.type == MessageEntityType.TEXT_MENTION and entity.user and entity.user.id == me.id:
+                mentioned = True
+        replied = bool(message.reply_to_message and message.reply_to_message.from_user
+                       and message.reply_to_message.from_user.id == me.id)
+        text = " ".join(text.split())
+        if (mentioned or replied or chat_settings.insanity) and text:
+            return {"text": text}
+        return False
+
+
+class IsChatAdmin(Filter):
+    """The sender administers the chat (in a private chat the user owns it)."""
+
+    async def __call__(self, message: Message, bot: Bot) -> bool:
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        if message.from_user is None:
+            return False
+        member = await bot.get_chat_member(message.chat.id, message.from_user.id)
+        return member.status in (ChatMemberStatus.CREATOR, ChatMemberStatus.ADMINISTRATOR)

@@ -1,0 +1,53 @@
+"""The bot's Prometheus metrics, registered at import (the charts' Grafana test collects them).
+
+Labels are `persona` and `outcome` only: never a user or chat id, which would make one series
+per person.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Telegram users notice delays above ~1 s; the model dominates, so buckets reach 30 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REPLY_LATENCY = Histogram(
+    "persona_bot_reply_latency_seconds",
+    "Time from receiving a message to having sent the persona's reply.",
+    ["persona"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_LATENCY = Histogram(
+    "persona_bot_model_latency_seconds",
+    "Time of one inference call (retries included), by outcome.",
+    ["persona", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+UPDATES = Counter(
+    "persona_bot_updates_total",
+    "Telegram updates processed, by outcome (handled, ignored, error).",
+    ["outcome"],
+)
+REPLIES = Counter(
+    "persona_bot_replies_total",
+    "Messages the persona was asked to answer, by outcome "
+    "(ok, inference_unavailable, inference_rejected, rate_limited).",
+    ["persona", "outcome"],
+)
+FEEDBACK_VOTES = Counter(
+    "persona_bot_feedback_votes_total",
+    "Votes on replies, by outcome (up, down, unknown_reply, store_unavailable).",
+    ["persona", "outcome"],
+)
+STORE_ERRORS = Counter(
+    "persona_bot_store_errors_total",
+    "Database operations that failed because the database was unavailable.",
+)
+STORE_UP = Gauge(
+    "persona_bot_store_up",
+    "1 while the conversation database answers, 0 during an outage.",
+)
+IN_FLIGHT = Gauge(
+    "persona_bot_updates_in_flight",
+    "Updates being processed right now.",
+)

@@ -1,0 +1,153 @@
+"""What cuts across handlers: observing updates (metrics, in-flight count for a graceful
+shutdown), handling a chat's messages one at a time, loading the chat's settings from the
+store, and per-user rate limiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.types import Message, TelegramObject
+
+from persona_bot import metrics
+from persona_bot.settings import BotSettings
+from persona_bot.store import ChatSettings, Store, StoreUnavailable
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class UpdateObserver(BaseMiddleware):
+    """Outer update middleware: stamps `received_at`, counts outcomes, and knows how many
+    updates are in flight so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        data["received_at"] = time.perf_counter()
+        self.in_flight += 1
+        self._idle.clear()
+        metrics.IN_FLIGHT.inc()
+        outcome = "error"
+        try:
+            result = await handler(event, data)
+            outcome = "ignored" if result is UNHANDLED else "handled"
+            return result
+        finally:
+            metrics.UPDATES.labels(outcome).inc()
+            metrics.IN_FLIGHT.dec()
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no update is in flight; False if `timeout` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class ChatSettingsMiddleware(BaseMiddleware):
+    """Outer message middleware: gives filters and handlers the chat's `chat_settings` and the
+    `persona` it talks to. With the database down, the defaults apply."""
+
+    def __init__(self, store: Store, settings: BotSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Message)
+        try:
+            chat_settings = await self.store.chat_settings(event.chat.id)
+        except StoreUnavailable:
+            chat_settings = ChatSettings()
+        data["chat_settings"] = chat_settings
+        chosen = chat_settings.persona
+        data["persona"] = chosen if chosen in self.settings.available_personas else self.settings.persona
+        return await handler(event, data)
+
+
+class RateLimiter:
+    """A token bucket per user: `capacity` messages, refilled evenly over `period` seconds."""
+
+    def __init__(self, capacity: int, period: float) -> None:
+        self.capacity = capacity
+        self.rate = capacity / period
+        self._buckets: dict[int, tuple[float, float]] = {}  # user -> (tokens, last update)
+
+    def allow(self, user_id: int, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(user_id, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[user_id] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > 10_000:
+            self._forget_idle(now)
+        return allowed
+
+    def retry_after(self, user_id: int) -> float:
+        tokens, _ = self._buckets.get(user_id, (self.capacity, 0.0))
+        return max(0.0, (1 - tokens) / self.rate)
+
+    def _forget_idle(self, now: float) -> None:
+        """Users whose bucket has refilled are indistinguishable from new ones: drop them."""
+        full = [
+            user for user, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.capacity
+        ]
+        for user in full:
+            del self._buckets[user]
+
+
+class RateLimitMiddleware(BaseMiddleware):
+    """Inner middleware of the chat router (so only messages the bot would answer count):
+    over the limit, the user gets one polite note per window and no model call."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self._warned: dict[int, float] = {}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Message)
+        user_id = event.from_user.id if event.from_user else event.chat.id
+        if self.limiter.allow(user_id):
+            self._warned.pop(user_id, None)
+            return await handler(event, data)
+        metrics.REPLIES.labels(data["persona"], "rate_limited").inc()
+        wait = self.limiter.retry_after(user_id)
+        now = time.monotonic()
+        if self._warned.get(user_id, 0.0) < now:
+            self._warned[user_id] = now + wait
+            await event.reply(f"You're writing faster than I can think 🙂 Give me {max(1, round(wait))} s, please.")
+        return None
+
+
+class OneAtATimePerChat(BaseMiddleware):
+    """Outer message middleware: a chat's messages are handled one after another, so each reply
+    sees the previous exchange in the history and /clear cannot interleave with a reply.
+    Different chats run in parallel."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # chat -> (lock, users)
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Message)
+        chat_id = event.chat.id
+        lock, users = self._locks.get(chat_id, (asyncio.Lock(), 0))
+        self._locks[chat_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await handler(event, data)
+        finally:
+            lock, users = self._locks[chat_id]
+            if users == 1:
+                del self._locks[chat_id]
+            else:
+                self._locks[chat_id] = (lock, users - 1)

@@ -1,0 +1,1 @@
+"""One router per feature; `persona_bot.app` includes them in this order."""

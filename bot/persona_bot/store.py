@@ -1,0 +1,272 @@
+"""The bot's memory in PostgreSQL: chat settings, per-persona history (JSONB), replies and votes.
+
+Every method either works or raises `StoreUnavailable`, so callers have one thing to handle when
+the database is down; the pool reconnects by itself once it is back. The schema is created and
+migrated lazily by the first connection that succeeds, so the bot can start before the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from persona_bot import metrics
+from personafleet.prompt import PromptTemplate, Turn, fit_context
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database is not there right now" rather than "this query is wrong".
+OUTAGE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk or memory full
+)
+# Any constant works; it keeps two bot replicas from migrating at the same time.
+MIGRATION_LOCK = 7_326_101
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached; the caller goes on without it."""
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    persona: str | None = None  # None: the bot's default persona
+    insanity: bool = False
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered message: what the model saw and what the bot sent."""
+
+    chat_id: int
+    message_id: int  # the reply's Telegram message id (what votes point at)
+    persona: str
+    model_version: str
+    context: list[Turn]
+    message: str
+    reply: str
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped in the package, oldest first."""
+    folder = resources.files("persona_bot") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(version), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(connection: asyncpg.Connection) -> list[int]:
+    """Apply the migrations this database has not seen yet; returns the versions applied."""
+    applied: list[int] = []
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version not in done:
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(version)
+    if applied:
+        logger.info("Database migrated to version %d", applied[-1])
+    return applied
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _turns(rows: object) -> list[Turn]:
+    return [Turn.model_validate(turn) for turn in rows or []]
+
+
+def _dump(turns: list[Turn]) -> list[dict]:
+    return [turn.model_dump() for turn in turns]
+
+
+class Store:
+    """Postgres-backed conversation store with a connection pool."""
+
+    def __init__(self, dsn: str, *, budget: PromptTemplate | None = None, timeout: float = 3.0, pool_size: int = 10):
+        self.dsn = dsn
+        self.budget = budget or PromptTemplate()
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self.available = True
+        self._pool: asyncpg.Pool | None = None
+        self._migrated = False
+        self._told: set[int] = set()  # chats already told about the current outage
+
+    async def open(self) -> None:
+        """Create the pool. It connects on demand, so a database that is down now is not an
+        error: the first operation after it is back connects (and migrates)."""
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=self.pool_size,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
+            init=_init_connection,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one operation (the pool's; the benchmark's baseline overrides this)."""
+        assert self._pool is not None, "Store.open() first"
+        async with self._pool.acquire(timeout=self.timeout) as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A migrated connection; outages become `StoreUnavailable` and flip `available`."""
+        try:
+            async with self._acquire() as connection:
+                if not self._migrated:
+                    await migrate(connection)
+                    self._migrated = True
+                yield connection
+        except OUTAGE_ERRORS as exc:
+            metrics.STORE_ERRORS.inc()
+            metrics.STORE_UP.set(0)
+            if self.available:
+                logger.warning("Database unavailable: %s", exc.__class__.__name__)
+            self.available = False
+            raise StoreUnavailable(str(exc) or exc.__class__.__name__) from exc
+        metrics.STORE_UP.set(1)
+        if not self.available:
+            logger.info("Database is back")
+            self.available = True
+            self._told.clear()
+
+    def outage_notice_due(self, chat_id: int) -> bool:
+        """True once per chat per outage: the first answer without history says so."""
+        if self.available or chat_id in self._told:
+            return False
+        self._told.add(chat_id)
+        return True
+
+    async def ping(self) -> None:
+        """Connect (and migrate) now rather than at the first message."""
+        async with self._connection() as connection:
+            await connection.fetchval("SELECT 1")
+
+    async def chat_settings(self, chat_id: int) -> ChatSettings:
+        async with self._connection() as connection:
+            row = await connection.fetchrow("SELECT persona, insanity FROM chats WHERE chat_id = $1", chat_id)
+        return ChatSettings(row["persona"], row["insanity"]) if row else ChatSettings()
+
+    async def set_persona(self, chat_id: int, persona: str) -> None:
+        async with self._connection() as connection:
+            await connection.execute(
+                "INSERT INTO chats (chat_id, persona) VALUES ($1, $2) ON CONFLICT (chat_id)"
+                " DO UPDATE SET persona = EXCLUDED.persona, updated_at = now()",
+                chat_id,
+                persona,
+            )
+
+    async def set_insanity(self, chat_id: int, insanity: bool) -> None:
+        async with self._connection() as connection:
+            await connection.execute(
+                "INSERT INTO chats (chat_id, insanity) VALUES ($1, $2) ON CONFLICT (chat_id)"
+                " DO UPDATE SET insanity = EXCLUDED.insanity, updated_at = now()",
+                chat_id,
+                insanity,
+            )
+
+    async def history(self, chat_id: int, persona: str) -> list[Turn]:
+        async with self._connection() as connection:
+            turns = await connection.fetchval(
+                "SELECT turns FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona
+            )
+        return _turns(turns)
+
+    async def clear_history(self, chat_id: int, persona: str) -> None:
+        async with self._connection() as connection:
+            await connection.execute("DELETE FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona)
+
+    async def record(self, exchange: Exchange, *, update_history: bool = True) -> None:
+        """Keep the reply (for feedback) and make the chat's history the exchange's context plus
+        the message and reply, trimmed to the model's context budget. One statement, one round
+        trip. The caller answers one message per chat at a time, so the context it loaded is
+        still the stored history; `update_history=False` when it could not be loaded (an
+        outage), so a history that could not be seen is never overwritten."""
+        turns = fit_context(
+            [*exchange.context, Turn(role="user", text=exchange.message), Turn(role="persona", text=exchange.reply)],
+            self.budget.max_context_turns,
+            self.budget.max_context_chars,
+        )
+        async with self._connection() as connection:
+            await connection.execute(
+                "WITH history AS ("
+                "  INSERT INTO histories (chat_id, persona, turns) SELECT $1, $3, $8 WHERE $9"
+                "  ON CONFLICT (chat_id, persona) DO UPDATE SET turns = EXCLUDED.turns, updated_at = now())"
+                " INSERT INTO replies (chat_id, message_id, persona, model_version, context, message, reply)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                exchange.chat_id,
+                exchange.message_id,
+                exchange.persona,
+                exchange.model_version,
+                _dump(exchange.context),
+                exchange.message,
+                exchange.reply,
+                _dump(turns),
+                update_history,
+            )
+
+    async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:
+        """Store (or change) a user's vote on a reply; the reply's persona, None for an unknown reply."""
+        async with self._connection() as connection:
+            return await connection.fetchval(
+                "WITH target AS (SELECT id, persona FROM replies WHERE chat_id = $1 AND message_id = $2),"
+                " upsert AS (INSERT INTO votes (reply_id, user_id, value) SELECT id, $3, $4 FROM target"
+                "  ON CONFLICT (reply_id, user_id) DO UPDATE SET value = EXCLUDED.value, voted_at = now())"
+                " SELECT persona FROM target",
+                chat_id,
+                message_id,
+                user_id,
+                value,
+            )
+
+    async def rated_exchanges(self, persona: str | None = None) -> list[Exchange]:
+        """Replies with more 👍 than 👎, oldest first (optionally of one persona)."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT r.* FROM replies r JOIN votes v ON v.reply_id = r.id"
+                " WHERE $1::text IS NULL OR r.persona = $1"
+                " GROUP BY r.id HAVING sum(v.value) > 0 ORDER BY r.id",
+                persona,
+            )
+        return [
+            Exchange(
+                chat_id=row["chat_id"],
+                message_id=row["message_id"],
+                persona=row["persona"],
+                model_version=row["model_version"],
+                context=_turns(row["context"]),
+                message=row["message"],
+                reply=row["reply"],
+            )
+            for row in rows
+        ]

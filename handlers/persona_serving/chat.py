@@ -1,0 +1,119 @@
+"""`persona chat`: talk to a served persona from a terminal, through the bot's own client.
+
+Interactive on a terminal; with piped input, one message per stdin line and one reply per stdout
+line (an empty line where a message was refused, so lines stay aligned; the reason goes to
+stderr). Either way the conversation is kept, as the bot keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from persona_serving.server import DEFAULT_WORKDIR, KEY_FILE
+from personafleet.client import ENDPOINTS_FILE, InferenceClient, InferenceRejected, InferenceUnavailable
+from personafleet.errors import PersonaError
+from personafleet.inference import MAX_CONTEXT_TURNS, InferenceRequest
+from personafleet.prompt import Turn
+
+
+def local_endpoint(workdir: Path = DEFAULT_WORKDIR) -> tuple[str | None, Path | None]:
+    """(inference URL, key file) of the server `persona serve` started from `workdir`, if any."""
+    try:
+        endpoints = json.loads((workdir / ENDPOINTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    key_file = workdir / KEY_FILE
+    return endpoints.get("inference"), key_file if key_file.exists() else None
+
+
+class Conversation:
+    """The turns so far, newest last, capped at what one request may carry."""
+
+    def __init__(self) -> None:
+        self.turns: list[Turn] = []
+
+    def request(self, message: str) -> InferenceRequest:
+        return InferenceRequest(context=self.turns[-MAX_CONTEXT_TURNS:], message=message)
+
+    def record(self, message: str, reply: str) -> None:
+        self.turns += [Turn(role="user", text=message), Turn(role="persona", text=reply)]
+
+
+async def chat(
+    persona: str,
+    client: InferenceClient,
+    lines: Iterable[str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    interactive: bool,
+    version: str | None = None,
+) -> int:
+    """Answer each input line; returns the number of refused messages."""
+    conversation, refused = Conversation(), 0
+    prompt = "you> " if interactive else ""
+    if interactive:
+        print(f"Chatting with {persona} (/reset forgets the conversation, Ctrl-D ends).", file=err)
+    for line in _prompted(lines, prompt, err):
+        message = line.strip()
+        if not message:
+            continue
+        if interactive and message == "/reset":
+            conversation = Conversation()
+            continue
+        try:
+            response = await client.reply(persona, conversation.request(message), version=version)
+        except (InferenceRejected, ValidationError) as exc:
+            refused += 1
+            reason = f"{exc.error}): {exc.detail}" if isinstance(exc, InferenceRejected) else f"invalid_request): {exc.errors()[0]['msg']}"
+            print(f"persona: refused ({reason}", file=err)
+            if not interactive:
+                print("", file=out, flush=True)
+            continue
+        except InferenceUnavailable as exc:
+            raise PersonaError(str(exc)) from exc
+        conversation.record(message, response.reply)
+        # Piped: exactly one line per reply, whatever the model generated.
+        print(f"{persona}> {response.reply}" if interactive else " ".join(response.reply.splitlines()), file=out, flush=True)
+    return refused
+
+
+def _prompted(lines: Iterable[str], prompt: str, err: TextIO) -> Iterable[str]:
+    """The input lines, with the prompt shown before each is read."""
+    source = iter(lines)
+    while True:
+        if prompt:
+            print(prompt, end="", file=err, flush=True)
+        line = next(source, None)
+        if line is None:
+            return
+        yield line
+
+
+def run_chat(
+    persona: str,
+    *,
+    url: str | None,
+    token_file: Path | None,
+    workdir: Path,
+    version: str | None,
+    timeout: float,
+) -> int:
+    local_url, local_key = local_endpoint(workdir)
+    url = url or local_url
+    if url is None:
+        raise PersonaError(f"no --url given and no server started from {workdir} (`persona serve` first)")
+    interactive = sys.stdin.isatty()
+
+    async def main() -> int:
+        async with InferenceClient(url, token_file=token_file or local_key, timeout=timeout) as client:
+            return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version)
+
+    return asyncio.run(main())

@@ -1,0 +1,140 @@
+"""The authenticating front of a serving pod (see docs/serving.md, "Decision: tokens").
+
+TorchServe 0.12 only accepts the random keys it generates itself, so the cluster's shared
+tokens (a Kubernetes Secret) are checked here, and each request is forwarded to TorchServe on
+127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
+The front also renews that local key before it expires and stages nested model-store urls for
+registration (persona_serving.store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from persona_serving.store import is_store_url, stage
+from personafleet.client import TokenSource, send_authorized
+from personafleet.errors import PersonaError
+from personafleet.inference import InferenceError
+
+logger = logging.getLogger(__name__)
+
+RENEW_BEFORE = timedelta(minutes=5)
+# Headers worth passing on; hop-by-hop and auth headers are the front's business.
+FORWARDED_HEADERS = ("content-type", "accept")
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return web.Response(
+        status=status, text=InferenceError(error=error, detail=detail).model_dump_json(), content_type="application/json"
+    )
+
+
+class Listener:
+    """One public port: which client tokens it accepts and which TorchServe port it forwards to."""
+
+    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource):
+        self.name, self.accepted, self.local_key = name, accepted, local_key
+        self.http = httpx.AsyncClient(base_url=backend, timeout=None)
+
+    def authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        offered = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        return bool(offered) and any(
+            (token := source.token()) and hmac.compare_digest(offered.encode(), token.encode())
+            for source in self.accepted
+        )
+
+
+class AuthFront:
+    def __init__(
+        self,
+        *,
+        inference_token_file: Path,
+        management_token_file: Path | None,
+        key_file: Path,
+        inference_backend: str,
+        management_backend: str,
+        model_store: Path,
+        links: Path,
+    ):
+        inference = TokenSource(token_file=inference_token_file)
+        management = TokenSource(token_file=management_token_file) if management_token_file else None
+        self.model_store, self.links = model_store, links
+        self.management_key = TokenSource(token_file=key_file, kind="management")
+        self.inference = Listener(
+            "inference", [inference, *([management] if management else [])], inference_backend,
+            TokenSource(token_file=key_file, kind="inference"),
+        )
+        self.management = Listener("management", [management] if management else [], management_backend, self.management_key)
+
+    def app(self, listener: Listener) -> web.Application:
+        async def forward(request: web.Request) -> web.StreamResponse:
+            return await self.forward(listener, request)
+
+        app = web.Application(client_max_size=8 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        return app
+
+    async def forward(self, listener: Listener, request: web.Request) -> web.Response:
+        path = request.path
+        if path.startswith("/token"):
+            return _error(404, "not_found", "key renewal is internal to the pod")
+        public_probe = listener is self.inference and path == "/ping" and request.method == "GET"
+        if not public_probe and not listener.authorized(request):
+            return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
+        params = list(request.query.items())
+        if listener is self.management and request.method == "POST" and path.rstrip("/") == "/models":
+            try:
+                params = [(k, self._staged(v) if k == "url" else v) for k, v in params]
+            except PersonaError as exc:
+                return _error(400, "invalid_model_url", str(exc))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        try:
+            response = await send_authorized(
+                listener.http, listener.local_key, request.method, path,
+                params=params, content=await request.read(), headers=headers,
+            )
+        except httpx.TransportError as exc:
+            return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
+        return web.Response(
+            status=response.status_code, body=response.content,
+            headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
+        )
+
+    def _staged(self, url: str) -> str:
+        return stage(self.model_store, url, self.links) if is_store_url(url) else url
+
+    async def keep_keys_fresh(self) -> None:
+        """Renew TorchServe's local keys a few minutes before they expire."""
+        while True:
+            for listener in (self.inference, self.management):
+                expires = listener.local_key.expires_at
+                if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+                    await listener.local_key.refresh(self.management.http, listener.local_key.token())
+            await asyncio.sleep(30)
+
+    async def serve(self, host: str, inference_port: int, management_port: int, stopping: asyncio.Event) -> None:
+        """Listen on both public ports until `stopping` is set."""
+        runners = []
+        try:
+            for listener, port in ((self.inference, inference_port), (self.management, management_port)):
+                runner = web.AppRunner(self.app(listener), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, host, port).start()
+                runners.append(runner)
+            logger.info("Auth front on %s: inference %d, management %d", host, inference_port, management_port)
+            renewal = asyncio.create_task(self.keep_keys_fresh())
+            await stopping.wait()
+            renewal.cancel()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            for listener in (self.inference, self.management):
+                await listener.http.aclose()

@@ -1,0 +1,67 @@
+"""The handler's custom metrics, declared once for TorchServe's metrics configuration.
+
+TorchServe 0.12 in `metrics_mode=prometheus` turns each metric declared under `model_metrics` in
+the metrics YAML into a Prometheus collector of its declared type, and HISTOGRAM becomes a real
+`io.prometheus.client.Histogram` with the client's default buckets (5 ms .. 10 s) - so p50/p95/p99
+come from `histogram_quantile()` over `_bucket` series. (Its own `ts_*_latency_microseconds` are
+counters: averages only.) Declaring the metrics here, rather than letting
+`model_metrics_auto_detect` discover them, makes them appear on /metrics (HELP/TYPE lines) before
+the first request and keeps label names fixed. Label order below is the order the handler passes
+values in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+MODEL_NAME, MODEL_VERSION, REASON = "model_name", "model_version", "reason"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str  # TorchServe's MetricTypes value: counter | gauge | histogram
+    unit: str
+    dimensions: tuple[str, ...]
+    help: str
+
+
+GENERATION_SECONDS = MetricSpec(
+    "persona_handler_generation_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "model.generate() time of each request's batch group (what a request waits on the GPU/CPU)",
+)
+TOKENS_GENERATED = MetricSpec(
+    "persona_handler_generated_tokens_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
+    "reply tokens generated",
+)
+BATCH_SIZE = MetricSpec(
+    "persona_handler_batch_size", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "requests TorchServe handed to one handler call (dynamic batching at work)",
+)
+ERRORS = MetricSpec(
+    "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
+    "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...)",
+)
+HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS)
+
+
+def metrics_config() -> dict:
+    """TorchServe's default metrics configuration plus the handler's `model_metrics`."""
+    default = resources.files("ts").joinpath("configs/metrics.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(default)
+    model_metrics: dict[str, list[dict]] = {}
+    for spec in HANDLER_METRICS:
+        model_metrics.setdefault(spec.type, []).append(
+            {"name": spec.name, "unit": spec.unit, "dimensions": list(spec.dimensions)}
+        )
+    config["model_metrics"] = model_metrics
+    return config
+
+
+def write_metrics_config(path: Path) -> Path:
+    path.write_text(yaml.safe_dump(metrics_config(), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,93 @@
+"""One request of a batch, from TorchServe's raw item to a prompt - or to the reason it is refused.
+
+Kept apart from the handler (and free of torch) so every rule about bad input is plain,
+testable code: errors are values, one per request, never exceptions that would fail the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
+from personafleet.persona import PersonaSpec
+from personafleet.prompt import render_prompt
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A valid request: the prompt training would have built, and its clamped generation options."""
+
+    prompt: str
+    options: dict[str, Any]
+
+    def options_key(self) -> tuple:
+        return tuple(sorted(self.options.items()))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    status: int
+    error: str
+    detail: str
+
+    def body(self) -> str:
+        return InferenceError(error=self.error, detail=self.detail).model_dump_json()
+
+
+def _payload(item: Any) -> Any:
+    """TorchServe gives JSON bodies already parsed (dict) and anything else as bytes."""
+    body = item.get("body", item.get("data")) if isinstance(item, dict) else item
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8")
+    if isinstance(body, str):
+        body = json.loads(body)
+    return body
+
+
+def _validation_reason(exc: ValidationError) -> Rejected:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    detail = f"{where}: {first['msg']}"
+    if first["type"] in ("too_long", "string_too_long"):
+        return Rejected(413, "too_large", detail)
+    if first["type"] == "missing":
+        return Rejected(400, "missing_field", detail)
+    return Rejected(400, "invalid_request", detail)
+
+
+def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepared | Rejected:
+    """Validate one raw request and render its prompt with the shared `render_prompt`."""
+    try:
+        payload = _payload(item)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Rejected(400, "invalid_json", f"body is not UTF-8 JSON: {exc}")
+    if not isinstance(payload, dict):
+        return Rejected(400, "invalid_request", f"body must be a JSON object, got {type(payload).__name__}")
+    try:
+        request = InferenceRequest.model_validate(payload)
+    except ValidationError as exc:
+        return _validation_reason(exc)
+    if request.persona is not None and request.persona != persona.name:
+        return Rejected(400, "persona_mismatch", f"this model serves {persona.name!r}, not {request.persona!r}")
+    options = clamp_generation(persona.generation, request.generation, limits)
+    if not options.get("do_sample", False):
+        # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
+        # requests share a batch group and keeps `generate` from warning on every call.
+        options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
+    return Prepared(render_prompt(persona.template, persona.description, request.turns()), options)
+
+
+def option_groups(items: Sequence[Prepared | Rejected]) -> dict[tuple, list[int]]:
+    """Indices of the valid requests, grouped by identical generation options: each group is
+    one padded `generate` call (options are per call, not per row)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        if isinstance(item, Prepared):
+            groups[item.options_key()].append(index)
+    return dict(groups)

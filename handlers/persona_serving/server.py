@@ -1,0 +1,351 @@
+"""`persona serve`: run TorchServe for a model store, locally or as a container's entrypoint.
+
+Everything TorchServe writes lives in one working directory W (default `.persona/serve/`):
+`config.properties`, `metrics.yaml`, `logs/`, `tmp/` (TorchServe's java.io.tmpdir and pid file,
+so parallel servers never share /tmp state) and `key_file.json` (mode 0600; TorchServe writes it
+into its working directory at start). Token authorization stays ON; the management API listens
+on 127.0.0.1 only (in a container: behind the auth front, see docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, Field, RootModel
+
+from persona_serving.management import ManagementClient, ManagementError
+from persona_serving.metrics import write_metrics_config
+from persona_serving.store import archive_version, stage
+from personafleet.client import ENDPOINTS_FILE
+from personafleet.errors import PersonaError
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE = "key_file.json"
+PID_FILE = "torchserve.pid"
+JAVA_MAIN = "org.pytorch.serve.ModelServer"
+DEFAULT_WORKDIR = Path(".persona/serve")
+
+
+class ServeOptions(BaseModel):
+    model_store: Path
+    workdir: Path = DEFAULT_WORKDIR
+    host: str = Field("127.0.0.1", description="address the public listeners bind (0.0.0.0 in a pod)")
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_ports: tuple[int, int] = Field((7070, 7071), description="TorchServe always starts gRPC: localhost only, unused")
+    backend_ports: tuple[int, int] = Field(
+        (18080, 18081), description="TorchServe's own inference and management ports behind the auth front (127.0.0.1)"
+    )
+    token_expiration_min: float = Field(60, gt=0, description="TorchServe key lifetime")
+    java_heap: str = "1g"
+    torch_threads: int | None = Field(
+        None, ge=1, description="OMP_NUM_THREADS of the workers: cores / workers on CPU (oversubscribed "
+        "OpenMP threads spin and stall); None keeps the environment's"
+    )
+    startup_timeout_s: float = 300
+    auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
+    management_token_file: Path | None = Field(None, description="Secret file: the management token")
+
+    @property
+    def front(self) -> bool:
+        return self.auth_token_file is not None
+
+    @property
+    def ts_inference_port(self) -> int:
+        return self.backend_ports[0] if self.front else self.inference_port
+
+    @property
+    def ts_management_port(self) -> int:
+        return self.backend_ports[1] if self.front else self.management_port
+
+    @property
+    def inference_url(self) -> str:
+        """TorchServe's own inference listener (behind the front when there is one)."""
+        host = "127.0.0.1" if self.front or self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.ts_inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ts_management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.metrics_port}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir.resolve() / KEY_FILE
+
+    @property
+    def links(self) -> Path:
+        """TorchServe's model_store: symlinks into the real store (see persona_serving.store)."""
+        return self.workdir.resolve() / "models"
+
+
+class ModelEntry(BaseModel):
+    version: str
+    url: str
+
+
+class DesiredModels(RootModel[dict[str, ModelEntry]]):
+    """Contract 2: `{"<persona>": {"version": "N", "url": "<persona>/vN/<persona>.mar"}}`."""
+
+
+def free_port() -> int:
+    """An unused 127.0.0.1 port (for tests and benchmarks that run several servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(options: ServeOptions) -> Path:
+    """config.properties for this server; returns its path."""
+    workdir = options.workdir.resolve()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    metrics_yaml = write_metrics_config(workdir / "metrics.yaml")
+    options.links.mkdir(exist_ok=True)
+    properties = {
+        "inference_address": f"http://{'127.0.0.1' if options.front else options.host}:{options.ts_inference_port}",
+        "management_address": options.management_url,
+        "metrics_address": f"http://{options.host}:{options.metrics_port}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(options.grpc_ports[0]),
+        "grpc_management_port": str(options.grpc_ports[1]),
+        "model_store": str(options.links),
+        "enable_model_api": "true",
+        "metrics_mode": "prometheus",
+        "metrics_config": str(metrics_yaml),
+        # The system-metrics collector starts a Python process (importing torch) every minute:
+        # seconds of CPU stolen from inference. Kubernetes has cAdvisor/DCGM for host metrics.
+        "disable_system_metrics": "true",
+        "token_expiration_min": str(options.token_expiration_min),
+        "default_workers_per_model": "1",
+        "install_py_dep_per_model": "false",
+        "vmargs": f"-Xmx{options.java_heap} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={workdir / 'tmp'}",
+    }
+    path = workdir / "config.properties"
+    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()), encoding="utf-8")
+    return path
+
+
+def _environment(options: ServeOptions) -> dict[str, str]:
+    """TorchServe's environment; the Python workers inherit it."""
+    workdir = options.workdir.resolve()
+    tmp = str(workdir / "tmp")
+    # TEMP -> java.io.tmpdir; TMPDIR -> where the `torchserve` launcher keeps its pid file.
+    env = os.environ | {"TEMP": tmp, "TMPDIR": tmp, "LOG_LOCATION": str(workdir / "logs"),
+                        "METRICS_LOCATION": str(workdir / "logs")}
+    if options.torch_threads is not None:
+        env["OMP_NUM_THREADS"] = str(options.torch_threads)
+    return env
+
+
+def running_pid(workdir: Path) -> int | None:
+    """The TorchServe JVM serving from `workdir`, if it is alive."""
+    try:
+        pid = int((workdir / PID_FILE).read_text().strip())
+        if JAVA_MAIN in " ".join(psutil.Process(pid).cmdline()):
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def start(options: ServeOptions) -> int:
+    """Start TorchServe in the background and return the JVM's pid (written to W/torchserve.pid)."""
+    workdir = options.workdir.resolve()
+    if not options.model_store.is_dir():
+        raise PersonaError(f"model store {options.model_store} is not a directory")
+    if (pid := running_pid(workdir)) is not None:
+        raise PersonaError(f"TorchServe already runs from {workdir} (pid {pid}); `persona serve --stop` first")
+    config = write_config(options)
+    (workdir / KEY_FILE).unlink(missing_ok=True)
+    launcher_pid_file = workdir / "tmp" / ".model_server.pid"
+    launcher_pid_file.unlink(missing_ok=True)
+    with open(workdir / "logs" / "torchserve.out", "ab") as out:
+        # The JVM inherits stdout: a file, never a pipe, or whoever reads the pipe hangs.
+        subprocess.run(
+            [str(Path(sys.executable).with_name("torchserve")), "--start", "--ncs",
+             "--ts-config", str(config), "--model-store", str(options.links)],
+            cwd=workdir, env=_environment(options), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, check=True,
+        )
+    pid = int(launcher_pid_file.read_text().strip())
+    (workdir / PID_FILE).write_text(str(pid))
+    (workdir / ENDPOINTS_FILE).write_text(json.dumps(endpoints(options), indent=2), encoding="utf-8")
+    return pid
+
+
+def stop(workdir: Path, timeout: float = 60) -> bool:
+    """Stop the TorchServe serving from `workdir` and wait for it to exit; False if none ran."""
+    workdir = workdir.resolve()
+    pid = running_pid(workdir)
+    if pid is None:
+        (workdir / PID_FILE).unlink(missing_ok=True)
+        return False
+    process = psutil.Process(pid)
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        logger.warning("TorchServe (pid %d) did not stop in %.0f s; killing it", pid, timeout)
+        process.kill()
+        process.wait(10)
+    for name in (PID_FILE, KEY_FILE, ENDPOINTS_FILE):
+        (workdir / name).unlink(missing_ok=True)
+    return True
+
+
+def resolve_models(model_store: Path, names: list[str]) -> DesiredModels:
+    """Which .mar to load for each persona: `STORE/<name>.mar` (flat, local) or the newest
+    `STORE/<name>/v<N>/<name>.mar` (the nested store the operator writes). No names: every persona."""
+    if not names:
+        names = sorted({p.stem for p in model_store.glob("*.mar")} | {p.parent.parent.name for p in model_store.glob("*/v*/*.mar")})
+        if not names:
+            raise PersonaError(f"no .mar files in {model_store}; run `persona package` first")
+    entries = {}
+    for name in names:
+        nested = sorted(
+            (int(m.group(1)), p) for p in model_store.glob(f"{name}/v*/{name}.mar")
+            if (m := re.fullmatch(r"v(\d+)", p.parent.name))
+        )
+        if nested:
+            version, path = nested[-1]
+            entries[name] = ModelEntry(version=str(version), url=str(path.relative_to(model_store)))
+        elif (model_store / f"{name}.mar").is_file():
+            entries[name] = ModelEntry(version=archive_version(model_store / f"{name}.mar"), url=f"{name}.mar")
+        else:
+            raise PersonaError(f"no {name}.mar in {model_store} (flat) or {model_store}/{name}/v<N>/ (nested)")
+    return DesiredModels(entries)
+
+
+def read_models_file(path: Path) -> DesiredModels:
+    try:
+        return DesiredModels.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PersonaError(f"cannot read models file {path}: {exc}") from exc
+
+
+async def wait_until_up(options: ServeOptions, pid: int) -> None:
+    """Until the management API answers with the key TorchServe wrote (or the JVM dies)."""
+    deadline = time.monotonic() + options.startup_timeout_s
+    async with ManagementClient(options.management_url, token_file=options.key_file, timeout=5) as management:
+        while True:
+            if not psutil.pid_exists(pid):
+                raise PersonaError(f"TorchServe exited during start; see {options.workdir / 'logs'}")
+            if options.key_file.exists():
+                try:
+                    await management.list_models()
+                    return
+                except ManagementError:
+                    pass
+            if time.monotonic() > deadline:
+                raise PersonaError(f"TorchServe not up after {options.startup_timeout_s:.0f} s; see {options.workdir / 'logs'}")
+            await asyncio.sleep(0.3)
+
+
+async def register_models(options: ServeOptions, models: DesiredModels) -> dict[str, str]:
+    """Register each persona's .mar (workers as its model-config.yaml says) and make the wanted
+    version the default. Returns persona -> serving version."""
+    serving = {}
+    async with ManagementClient(options.management_url, token_file=options.key_file,
+                                timeout=options.startup_timeout_s) as management:
+        for name, entry in models.root.items():
+            logger.info("Registering %s from %s", name, entry.url)
+            try:
+                staged = stage(options.model_store.resolve(), entry.url, options.links)
+                version = archive_version(options.links / staged)
+                if entry.version and entry.version != version:
+                    raise PersonaError(f"{entry.url} holds version {version}, not {entry.version}")
+                await management.register(staged, initial_workers=None, synchronous=True)
+                await management.set_default(name, version)
+            except ManagementError as exc:
+                raise PersonaError(f"cannot load {name} from {entry.url}: {exc}") from exc
+            serving[name] = version
+    return serving
+
+
+def serve_background(options: ServeOptions, names: list[str]) -> dict[str, str]:
+    """`persona serve`: start, load the models, return once they answer; stop again on failure."""
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    models = resolve_models(options.model_store, names)
+    pid = start(options)
+    try:
+        asyncio.run(wait_until_up(options, pid))
+        return asyncio.run(register_models(options, models))
+    except BaseException:
+        stop(options.workdir)
+        raise
+
+
+def endpoints(options: ServeOptions) -> dict[str, str]:
+    """Where TorchServe listens; saved as `endpoints.json` beside the key file for clients."""
+    return {
+        "inference": options.inference_url,
+        "management": options.management_url,
+        "metrics": f"{options.metrics_url}/metrics",
+        "key_file": str(options.key_file),
+    }
+
+
+def serve_foreground(options: ServeOptions, models_file: Path | None, names: list[str]) -> int:
+    """The container entrypoint: start TorchServe, load the desired versions, open the auth front
+    (when token files are given), then stay until SIGTERM/SIGINT - stopping TorchServe - or until
+    TorchServe dies (exit status 1, so the pod restarts)."""
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    models = read_models_file(models_file) if models_file else resolve_models(options.model_store, names)
+    pid = start(options)
+
+    async def run() -> int:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await wait_until_up(options, pid)
+        logger.info("Serving %s", json.dumps(await register_models(options, models)))
+        front = asyncio.create_task(_front(options, stopping)) if options.front else None
+        while not stopping.is_set():
+            if not psutil.pid_exists(pid) or (front is not None and front.done()):
+                logger.error("TorchServe or the auth front stopped; exiting")
+                stopping.set()
+                return 1
+            await asyncio.sleep(1)
+        if front is not None:
+            await front
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        stop(options.workdir)
+
+
+async def _front(options: ServeOptions, stopping: asyncio.Event) -> None:
+    from persona_serving.front import AuthFront
+
+    front = AuthFront(
+        inference_token_file=options.auth_token_file,  # type: ignore[arg-type]
+        management_token_file=options.management_token_file,
+        key_file=options.key_file,
+        inference_backend=options.inference_url,
+        management_backend=options.management_url,
+        model_store=options.model_store.resolve(),
+        links=options.links,
+    )
+    await front.serve(options.host, options.inference_port, options.management_port, stopping)

@@ -1,0 +1,309 @@
+"""One PersonaModel's reconcile pass: look at the cluster, take the next step, record it in status.
+
+Level-triggered: every pass starts from what the cluster says (the resource's generation and
+status, the Jobs labelled with its name), never from what an earlier event said, so a pass can
+run any number of times, and an operator restarted mid-training or mid-rollout carries on:
+
+    new generation  -> stop Jobs of older generations, start (or adopt) this generation's Job
+    Training        -> Job running: wait; failed: fail (retry); succeeded: gate, then roll out
+    RollingOut      -> roll out (idempotent per replica), record models.json, prune old versions
+    Pending         -> trained, but no serving pod is ready: look again every few seconds
+    Failed          -> after the back-off, retry the failed step, up to rollout.retryLimit
+    Ready           -> nothing to do
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from persona_operator import metrics
+from persona_operator.cluster import Cluster
+from persona_operator.gate import Evaluation, judge, read_evaluation
+from persona_operator.jobs import (
+    job_generation,
+    job_outcome,
+    job_version,
+    persona_selector,
+    training_job,
+)
+from persona_operator.rollout import Replica, Rollout, RolloutFailed, model_url
+from persona_operator.settings import Settings
+from persona_operator.spec import PersonaModelSpec
+from persona_operator.status import (
+    GATE_REJECTED,
+    INVALID_SPEC,
+    ROLLOUT_FAILED,
+    TRAINING_FAILED,
+    Phase,
+    StatusUpdate,
+    condition,
+    now,
+    parse_time,
+    rfc3339,
+)
+from personafleet.errors import PersonaError
+
+VERSION_DIR = re.compile(r"^v(\d+)$")
+REPLICA_POLL_SECONDS = 5.0  # serving pods are not watched: how often to look for one while none is ready
+
+
+@dataclass
+class Reconciler:
+    """Reconciles PersonaModels of one namespace; shared by every handler through kopf's memo."""
+
+    settings: Settings
+    cluster: Cluster
+    rollout: Rollout
+    retry_due: dict[str, float] = field(default_factory=dict)  # persona -> monotonic time of the next retry
+
+    async def reconcile(self, name: str, logger: logging.Logger) -> float | None:
+        """Take the next step for PersonaModel `name`; returns seconds until a pass is due again (None: on events)."""
+        body = await self.cluster.persona_model(name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        status = body.get("status") or {}
+        generation = body["metadata"]["generation"]
+        try:
+            spec = PersonaModelSpec.parse(body.get("spec") or {})
+        except PersonaError as exc:
+            return await self._invalid(body, str(exc))
+        if status.get("observedGeneration") != generation:
+            return await self._start_training(body, spec, logger)
+        phase = status.get("phase")
+        if phase == Phase.TRAINING:
+            return await self._track_training(body, spec, logger)
+        if phase in (Phase.ROLLING_OUT, Phase.PENDING):
+            return await self._roll_out(body, spec, logger)
+        if phase == Phase.FAILED:
+            return await self._retry(body, spec, logger)
+        return None
+
+    # ---- training ------------------------------------------------------------------------
+    async def _start_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger, *, retry: int = 0) -> None:
+        name, generation = body["metadata"]["name"], body["metadata"]["generation"]
+        status = body.get("status") or {}
+        jobs = await self._owned_jobs(body)
+        for job in jobs:
+            if job_generation(job) != generation and job_outcome(job)[0] == "running":
+                await self.cluster.delete_job(job["metadata"]["name"])
+                kopf.event(body, type="Normal", reason="Superseded",
+                          message=f"Stopped Job {job['metadata']['name']}: the spec changed (generation {generation})")
+        # A Job this pass would create may exist already: the operator stopped after creating it.
+        floor = int(status.get("latestVersion") or 0) if status.get("observedGeneration") == generation else 0
+        started = [j for j in jobs if job_generation(j) == generation and job_version(j) > floor]
+        if started:
+            job = max(started, key=job_version)
+            logger.info("Adopting Job %s started before a restart", job["metadata"]["name"])
+        else:
+            version = self._next_version(name, status, jobs)
+            job = await self.cluster.create_job(training_job(body, spec, version, self.settings))
+            metrics.JOBS_CREATED.labels(name).inc()
+            kopf.event(body, type="Normal", reason="TrainingStarted",
+                      message=f"Training version {version} of {name} in Job {job['metadata']['name']}")
+        version = job_version(job)
+        update = (
+            StatusUpdate(status)
+            .set(phase=Phase.TRAINING, observedGeneration=generation, latestVersion=str(version), retries=retry,
+                 message=f"training version {version} in Job {job['metadata']['name']}")
+            .training(version=str(version), jobName=job["metadata"]["name"],
+                      startedAt=rfc3339(job["metadata"].get("creationTimestamp") or now()),
+                      finishedAt=None, durationSeconds=None, evalLoss=None, evalPerplexity=None)
+            .condition("Trained", False, "Training", f"Job {job['metadata']['name']} trains version {version}")
+            .ready_from(status.get("servingVersion"))
+        )
+        await self.cluster.patch_status(name, update.patch)
+        return None
+
+    async def _track_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+        name = body["metadata"]["name"]
+        status = body["status"]
+        training = status.get("lastTraining") or {}
+        job = next((j for j in await self._owned_jobs(body) if j["metadata"]["name"] == training.get("jobName")), None)
+        if job is None:
+            return await self._fail(body, spec, TRAINING_FAILED, f"Job {training.get('jobName')} disappeared", logger)
+        outcome, why = job_outcome(job)
+        if outcome == "running":
+            return None
+        finished = rfc3339((job.get("status") or {}).get("completionTime") or _failed_at(job) or now())
+        started = parse_time(training.get("startedAt") or job["metadata"].get("creationTimestamp"))
+        duration = max(0.0, (parse_time(finished) - started).total_seconds()) if started else None
+        update = StatusUpdate(status).training(finishedAt=finished, durationSeconds=duration)
+        if duration is not None:
+            metrics.TRAINING_DURATION.labels(name, outcome).observe(duration)
+        if outcome == "failed":
+            await self.cluster.patch_status(name, update.patch)
+            body["status"] = {**status, "lastTraining": {**training, **update.patch["lastTraining"]}}
+            return await self._fail(body, spec, TRAINING_FAILED, f"Job {job['metadata']['name']} failed: {why}", logger)
+
+        version = int(status["latestVersion"])
+        try:
+            evaluation = read_evaluation(self.settings.store_path, name, version)
+        except PersonaError as exc:
+            await self.cluster.patch_status(name, update.patch)
+            return await self._fail(body, spec, TRAINING_FAILED, str(exc), logger)
+        verdict = judge(evaluation, self._serving_evaluation(name, status, logger), spec.rollout.max_eval_loss_increase)
+        update.training(evalLoss=evaluation.loss, evalPerplexity=evaluation.perplexity)
+        update.condition("Trained", True, "TrainingSucceeded", f"version {version}: {verdict.message}")
+        if not verdict.passed:
+            metrics.ROLLOUTS.labels(name, "rejected").inc()
+            update.set(phase=Phase.FAILED, message=f"version {version} not rolled out: {verdict.message}")
+            update.condition("RolledOut", False, GATE_REJECTED, verdict.message)
+            await self.cluster.patch_status(name, update.patch)
+            kopf.warn(body, reason=GATE_REJECTED, message=f"Version {version} not rolled out: {verdict.message}")
+            return None
+        update.set(phase=Phase.ROLLING_OUT, message=f"rolling out version {version}")
+        update.condition("RolledOut", False, "RollingOut", f"rolling out version {version}")
+        await self.cluster.patch_status(name, update.patch)
+        body["status"] = {**status, **update.patch, "lastTraining": {**training, **update.patch["lastTraining"]}}
+        return await self._roll_out(body, spec, logger)
+
+    def _serving_evaluation(self, name: str, status: dict, logger: logging.Logger) -> Evaluation | None:
+        serving = status.get("servingVersion")
+        if not serving:
+            return None
+        try:
+            return read_evaluation(self.settings.store_path, name, int(serving))
+        except PersonaError as exc:
+            logger.warning("Gate compares with nothing: the serving version's report is unreadable: %s", exc)
+            return None
+
+    # ---- rollout -------------------------------------------------------------------------
+    async def _roll_out(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+        name, status = body["metadata"]["name"], body["status"]
+        version = int(status["latestVersion"])
+        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        if not replicas:  # e.g. serving still starting at install: wait, without spending retries
+            message = f"version {version} waits for a ready TorchServe pod ({self.settings.serving_selector})"
+            if status.get("phase") != Phase.PENDING:
+                update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
+                          .condition("RolledOut", False, "NoReplicas", message))
+                await self.cluster.patch_status(name, update.patch)
+            return REPLICA_POLL_SECONDS
+        try:
+            serving = status.get("servingVersion")
+            await self.rollout.roll_out(name, version, replicas, serving=spec.serving, smoke_test=spec.rollout.smoke_test,
+                                        previous=int(serving) if serving else None)
+        except RolloutFailed as exc:
+            metrics.ROLLOUTS.labels(name, "failed").inc()
+            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; it was withdrawn", logger)
+        await self.cluster.set_desired_model(self.settings.models_configmap, name,
+                                             {"version": str(version), "url": model_url(name, version)})
+        try:
+            removed = await self.rollout.prune(name, replicas, spec.rollout.keep_versions, version)
+        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the next rollout tries again
+            logger.warning("Could not unregister old versions of %s: %s", name, exc)
+            removed = []
+        finished = parse_time((status.get("lastTraining") or {}).get("finishedAt"))
+        if finished is not None:
+            metrics.TIME_TO_SERVING.labels(name).observe(max(0.0, time.time() - finished.timestamp()))
+        metrics.ROLLOUTS.labels(name, "succeeded").inc()
+        message = f"version {version} serves on {len(replicas)} replica(s)"
+        update = (
+            StatusUpdate(status)
+            .set(phase=Phase.READY, servingVersion=str(version), retries=0, message=message)
+            .condition("RolledOut", True, "RolledOut", message)
+            .ready_from(str(version))
+        )
+        await self.cluster.patch_status(name, update.patch)
+        self.retry_due.pop(name, None)
+        kopf.event(body, type="Normal", reason="RolledOut",
+                  message=message + (f"; unregistered {', '.join(removed)}" if removed else ""))
+        return None
+
+    # ---- failure and retries -------------------------------------------------------------
+    async def _fail(self, body: dict, spec: PersonaModelSpec, reason: str, detail: str,
+                    logger: logging.Logger) -> float | None:
+        """Record a failure; if retries are left, schedule the failed step again after a back-off."""
+        name, status = body["metadata"]["name"], body.get("status") or {}
+        retries, limit = int(status.get("retries") or 0), spec.rollout.retry_limit
+        message = detail
+        delay = None
+        if retries < limit:
+            delay = self.settings.retry_backoff_seconds * 2**retries
+            message += f"; retry {retries + 1}/{limit} in {delay:g} s"
+            self.retry_due[name] = asyncio.get_running_loop().time() + delay
+        else:
+            message += f"; no retries left ({limit})" if limit else ""
+        update = StatusUpdate(status).set(phase=Phase.FAILED, message=message)
+        if reason == TRAINING_FAILED:
+            update.condition("Trained", False, reason, detail)
+        else:
+            update.condition("RolledOut", False, reason, detail)
+        update.ready_from(status.get("servingVersion"))
+        await self.cluster.patch_status(name, update.patch)
+        kopf.warn(body, reason=reason, message=message)
+        logger.warning("%s: %s", reason, message)
+        return delay
+
+    async def _retry(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+        name, status = body["metadata"]["name"], body["status"]
+        retries = int(status.get("retries") or 0)
+        step = _failed_step(status)
+        if step is None or retries >= spec.rollout.retry_limit:
+            return None
+        # After a restart the back-off is not remembered: the retry runs at once (the count still holds).
+        remaining = self.retry_due.get(name, 0.0) - asyncio.get_running_loop().time()
+        if remaining > 0:
+            return remaining
+        self.retry_due.pop(name, None)
+        logger.info("Retry %d/%d of %s for %s", retries + 1, spec.rollout.retry_limit, step, name)
+        if step == TRAINING_FAILED:
+            return await self._start_training(body, spec, logger, retry=retries + 1)
+        update = StatusUpdate(status).set(phase=Phase.ROLLING_OUT, retries=retries + 1,
+                                          message=f"retrying the rollout of version {status['latestVersion']}")
+        await self.cluster.patch_status(name, update.patch)
+        body["status"] = {**status, **update.patch}
+        return await self._roll_out(body, spec, logger)
+
+    async def _invalid(self, body: dict, message: str) -> None:
+        status = body.get("status") or {}
+        if status.get("observedGeneration") == body["metadata"]["generation"] and status.get("message") == message:
+            return None
+        update = (StatusUpdate(status)
+                  .set(phase=Phase.FAILED, observedGeneration=body["metadata"]["generation"], message=message)
+                  .condition("Trained", False, INVALID_SPEC, message)
+                  .ready_from(status.get("servingVersion")))
+        await self.cluster.patch_status(body["metadata"]["name"], update.patch)
+        kopf.warn(body, reason=INVALID_SPEC, message=message)
+        return None
+
+    # ---- cluster state -------------------------------------------------------------------
+    async def _owned_jobs(self, body: dict) -> list[dict[str, Any]]:
+        """This resource's training Jobs (not those of a deleted namesake that the GC has yet to remove)."""
+        uid = body["metadata"]["uid"]
+        jobs = await self.cluster.jobs(persona_selector(body["metadata"]["name"]))
+        return [j for j in jobs if any(ref.get("uid") == uid for ref in j["metadata"].get("ownerReferences") or [])]
+
+    def _next_version(self, name: str, status: dict, jobs: list[dict]) -> int:
+        """One above every version the status, the Jobs or the model store know about."""
+        known = [int(status.get("latestVersion") or 0), int(status.get("servingVersion") or 0)]
+        known += [job_version(j) for j in jobs]
+        store = Path(self.settings.store_path) / name
+        if store.is_dir():
+            known += [int(m.group(1)) for p in store.iterdir() if (m := VERSION_DIR.match(p.name))]
+        return max(known) + 1
+
+
+def _failed_at(job: dict) -> str | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return c.get("lastTransitionTime")
+    return None
+
+
+def _failed_step(status: dict) -> str | None:
+    """Which step a Failed resource may retry: training, rollout, or none (gate, invalid spec)."""
+    trained, rolled_out = condition(status, "Trained"), condition(status, "RolledOut")
+    if trained and trained["status"] == "False" and trained["reason"] == TRAINING_FAILED:
+        return TRAINING_FAILED
+    if rolled_out and rolled_out["status"] == "False" and rolled_out["reason"] == ROLLOUT_FAILED:
+        return ROLLOUT_FAILED
+    return None

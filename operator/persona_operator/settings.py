@@ -1,0 +1,127 @@
+"""The operator's configuration: environment variables set by the Helm chart (contract 6).
+
+One pydantic model so a wrong value fails at start with the variable's name, not later in a
+reconcile. `Settings.from_env()` is the only place the environment is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from personafleet.errors import PersonaError
+
+
+class TrainingDefaults(BaseModel):
+    """Where training Jobs run when the PersonaModel does not say: the GPU node pool."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    """Every knob of the operator, each with the environment variable that sets it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field("default", description="PERSONA_NAMESPACE: the namespace watched and written to.")
+    training_image: str = Field(
+        "personafleet:0.1.0", description="PERSONA_TRAINING_IMAGE: image with the `persona` CLI for training Jobs."
+    )
+    store_pvc: str = Field("personafleet-store", description="PERSONA_STORE_PVC: the model store's ReadWriteMany PVC.")
+    store_path: Path = Field(
+        Path("/store"), description="PERSONA_STORE_PATH: where the model store is mounted (operator and Jobs)."
+    )
+    serving_selector: str = Field(
+        "app.kubernetes.io/component=serving",
+        description="PERSONA_SERVING_SELECTOR: label selector of the TorchServe pods.",
+    )
+    serving_management_port: int = Field(8081, description="PERSONA_SERVING_MANAGEMENT_PORT")
+    serving_inference_port: int = Field(8080, description="PERSONA_SERVING_INFERENCE_PORT")
+    serving_token_file: Path | None = Field(
+        None,
+        description="PERSONA_SERVING_TOKEN_FILE: TorchServe key_file.json (or a plain token) from the mounted Secret.",
+    )
+    models_configmap: str = Field(
+        "personafleet-models", description="PERSONA_MODELS_CONFIGMAP: ConfigMap whose models.json replicas load at start."
+    )
+    database_secret: str | None = Field(
+        None,
+        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`.",
+    )
+    training_defaults: TrainingDefaults = Field(
+        default_factory=TrainingDefaults,
+        description="PERSONA_TRAINING_DEFAULTS: JSON {nodeSelector, tolerations, resources} for training Jobs.",
+    )
+    metrics_port: int = Field(9090, description="METRICS_PORT: Prometheus /metrics.")
+    health_port: int = Field(8080, description="PERSONA_HEALTH_PORT: kopf's liveness endpoint /healthz.")
+    listen_address: str = Field("0.0.0.0", description="PERSONA_LISTEN_ADDRESS: bind address of /metrics and /healthz.")
+    resync_seconds: float = Field(
+        30.0, gt=0, description="PERSONA_RESYNC_SECONDS: how often every PersonaModel is reconciled regardless of events."
+    )
+    rollout_timeout_seconds: float = Field(
+        300.0, gt=0, description="PERSONA_ROLLOUT_TIMEOUT_SECONDS: longest wait for a replica to load a version."
+    )
+    retry_backoff_seconds: float = Field(
+        30.0, ge=0, description="PERSONA_RETRY_BACKOFF_SECONDS: first retry delay; doubles with every retry."
+    )
+
+    @field_validator("serving_selector")
+    @classmethod
+    def _selector_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must select the serving pods, e.g. app.kubernetes.io/component=serving")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the variables listed in `ENVIRONMENT`; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, field in ENVIRONMENT.items():
+            raw = environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            if field == "training_defaults":
+                try:
+                    values[field] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise PersonaError(f"{variable} is not valid JSON: {exc}") from None
+            else:
+                values[field] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            variable = next((v for v, f in ENVIRONMENT.items() if f == error["loc"][0]), str(error["loc"][0]))
+            raise PersonaError(f"{variable}: {error['msg']}") from None
+
+
+ENVIRONMENT: dict[str, str] = {
+    "PERSONA_NAMESPACE": "namespace",
+    "PERSONA_TRAINING_IMAGE": "training_image",
+    "PERSONA_STORE_PVC": "store_pvc",
+    "PERSONA_STORE_PATH": "store_path",
+    "PERSONA_SERVING_SELECTOR": "serving_selector",
+    "PERSONA_SERVING_MANAGEMENT_PORT": "serving_management_port",
+    "PERSONA_SERVING_INFERENCE_PORT": "serving_inference_port",
+    "PERSONA_SERVING_TOKEN_FILE": "serving_token_file",
+    "PERSONA_MODELS_CONFIGMAP": "models_configmap",
+    "PERSONA_DATABASE_SECRET": "database_secret",
+    "PERSONA_TRAINING_DEFAULTS": "training_defaults",
+    "METRICS_PORT": "metrics_port",
+    "PERSONA_HEALTH_PORT": "health_port",
+    "PERSONA_LISTEN_ADDRESS": "listen_address",
+    "PERSONA_RESYNC_SECONDS": "resync_seconds",
+    "PERSONA_ROLLOUT_TIMEOUT_SECONDS": "rollout_timeout_seconds",
+    "PERSONA_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
+}
+"""Environment variable -> field. The chart's operator Deployment sets these."""

@@ -1,0 +1,90 @@
+"""The PersonaModel spec (contract 5) as typed values with their defaults.
+
+The CRD's schema is the first line of validation (in the API server); this model gives the
+operator defaults and typed access, and turns what the schema cannot express into one clear
+message for the resource's status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from personafleet.errors import PersonaError
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class PersonaSection(_Camel):
+    description: str = ""
+    author_id: str | None = None
+
+
+class DatasetSection(_Camel):
+    exports: list[str] = Field(min_length=1)
+    context_turns: int | None = Field(None, ge=1)
+    window_minutes: float | None = Field(None, ge=0)
+    scrub: bool = False
+    include_feedback: bool = False
+
+
+class TrainingSection(_Camel):
+    lora_rank: int | None = Field(None, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    learning_rate: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    seed: int | None = None
+
+
+class GenerationSection(_Camel):
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, ge=1)
+
+
+class ServingSection(_Camel):
+    batch_size: int | None = Field(None, ge=1)
+    max_batch_delay_ms: int | None = Field(None, ge=0)
+    workers: int = Field(1, ge=1)
+    response_timeout_seconds: int | None = Field(None, ge=1)
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+
+
+class RolloutSection(_Camel):
+    keep_versions: int = Field(2, ge=1)
+    max_eval_loss_increase: float = Field(0.05, ge=0)
+    smoke_test: bool = True
+    retry_limit: int = Field(3, ge=0)
+
+
+class PersonaModelSpec(_Camel):
+    persona: PersonaSection = Field(default_factory=PersonaSection)
+    base_model: str = Field(min_length=1)
+    dataset: DatasetSection
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    serving: ServingSection = Field(default_factory=ServingSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> PersonaModelSpec:
+        """Validate a spec; a problem becomes one `PersonaError` line naming the field."""
+        try:
+            return cls.model_validate(spec)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = "spec." + ".".join(str(part) for part in error["loc"])
+            raise PersonaError(f"{where}: {error['msg']}") from None

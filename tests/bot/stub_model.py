@@ -1,0 +1,58 @@
+"""A stand-in for TorchServe speaking the inference contract (`POST /predictions/<persona>`,
+bearer token), whose speed and availability the tests control."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from personafleet.inference import InferenceRequest
+
+STUB_TOKEN = "stub-inference-token"
+
+
+class StubModel:
+    def __init__(self, *, token: str = STUB_TOKEN, delay: float = 0.0):
+        self.token = token
+        self.delay = delay  # seconds each answer takes
+        self.failing = False  # answer 503 (a model that is down)
+        self.requests: list[tuple[str, InferenceRequest]] = []
+        self.busy_seconds: list[float] = []  # time spent inside each answer
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/predictions/{persona}", self._predict)
+        app.router.add_post("/predictions/{persona}/{version}", self._predict)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"error": "unauthorized", "detail": "Token authorization failed"}, status=401)
+        if self.failing:
+            return web.json_response({"error": "unavailable", "detail": "no worker"}, status=503)
+        try:
+            body = InferenceRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return web.json_response({"error": "bad_request", "detail": str(exc.errors()[0]["msg"])}, status=400)
+        persona = request.match_info["persona"]
+        self.requests.append((persona, body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        reply = f"[{persona}] re: {body.message}"
+        self.busy_seconds.append(time.perf_counter() - started)
+        return web.json_response({"reply": reply, "model_version": "1", "tokens": len(reply.split())})

@@ -1,0 +1,108 @@
+"""Private chats: replies that use the stored history, /clear, restarts, limits, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from persona_bot.store import Store
+from personafleet.prompt import PromptTemplate
+
+
+async def test_private_reply_uses_the_stored_history(running_bot, telegram, model, postgres_database):
+    async with running_bot() as service:
+        commands = await telegram.wait_calls("setMyCommands")
+        assert {c["command"] for c in json.loads(commands[0]["commands"])} >= {"start", "help", "clear", "clear_context", "persona", "insanity"}
+
+        telegram.message("/start", chat_id=7)
+        telegram.message("how do I restart nginx?", chat_id=7)
+        sent = await telegram.wait_sent(2)
+        assert "devops-dude" in sent[0]["text"]
+        assert sent[1]["text"] == "[devops-dude] re: how do I restart nginx?"
+        assert sent[1]["reply_markup"]["inline_keyboard"][0][0]["text"] == "👍"
+
+        telegram.message("and apache?", chat_id=7)
+        await telegram.wait_sent(3)
+        persona, request = model.requests[-1]
+        assert persona == "devops-dude"
+        assert [(t.role, t.text) for t in request.context] == [
+            ("user", "how do I restart nginx?"),
+            ("persona", "[devops-dude] re: how do I restart nginx?"),
+        ]
+        assert request.message == "and apache?"
+
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{service.metrics_port}/metrics")).text
+            ready = await http.get(f"http://127.0.0.1:{service.metrics_port}/readyz")
+        assert 'persona_bot_replies_total{outcome="ok",persona="devops-dude"} 2.0' in metrics
+        assert "persona_bot_reply_latency_seconds_bucket" in metrics
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "database": "up"}
+
+    store = Store(postgres_database)
+    await store.open()
+    try:
+        stored = await store.history(7, "devops-dude")
+    finally:
+        await store.close()
+    assert [t.text for t in stored][-2:] == ["and apache?", "[devops-dude] re: and apache?"]
+
+
+async def test_clear_forgets_the_conversation(running_bot, telegram, model):
+    async with running_bot():
+        telegram.message("remember me", chat_id=8)
+        await telegram.wait_sent(1)
+        telegram.message("/clear", chat_id=8)
+        sent = await telegram.wait_sent(2)
+        assert "forgotten" in sent[1]["text"]
+        telegram.message("who am I?", chat_id=8)
+        await telegram.wait_sent(3)
+        assert model.requests[-1][1].context == []
+        telegram.message("/clear_context", chat_id=8)
+        assert "forgotten" in (await telegram.wait_sent(4))[3]["text"]
+
+
+async def test_history_survives_a_restart(running_bot, telegram, model):
+    async with running_bot():
+        telegram.message("my server is called kraken", chat_id=9)
+        await telegram.wait_sent(1)
+    async with running_bot():
+        telegram.message("what is it called?", chat_id=9)
+        await telegram.wait_sent(2)
+    assert [t.text for t in model.requests[-1][1].context] == [
+        "my server is called kraken",
+        "[devops-dude] re: my server is called kraken",
+    ]
+
+
+async def test_persona_switch_keeps_separate_histories(running_bot, telegram, model):
+    async with running_bot():
+        telegram.message("hello devops", chat_id=10)
+        await telegram.wait_sent(1)
+        telegram.message("/persona", chat_id=10)
+        assert "➤ devops-dude" in (await telegram.wait_sent(2))[1]["text"]
+        telegram.message("/persona nobody", chat_id=10)
+        assert "don't know" in (await telegram.wait_sent(3))[2]["text"]
+        telegram.message("/persona avtobus", chat_id=10)
+        assert "Switched to avtobus" in (await telegram.wait_sent(4))[3]["text"]
+        telegram.message("hello bus", chat_id=10)
+        await telegram.wait_sent(5)
+    persona, request = model.requests[-1]
+    assert persona == "avtobus" and request.persona == "avtobus" and request.context == []
+
+
+async def test_limits_long_messages_replies_and_rate(running_bot, telegram, model):
+    budget = PromptTemplate().max_context_chars
+    async with running_bot(MAX_REPLY_CHARS="20", RATE_LIMIT_MESSAGES="2", RATE_LIMIT_SECONDS="60"):
+        telegram.message("x" * (budget + 500) + " the end", chat_id=11)
+        sent = await telegram.wait_sent(1)
+        request = model.requests[-1][1]
+        assert len(request.message) == budget and request.message.endswith("the end")
+        assert len(sent[0]["text"]) == 20 and sent[0]["text"].endswith("…")
+
+        for text in ("two", "three", "four"):
+            telegram.message(text, chat_id=11)
+        sent = await telegram.wait_sent(3)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        assert len(model.requests) == 2  # "three" and "four" never reached the model
+        assert sum("faster than I can think" in m["text"] for m in telegram.sent) == 1  # told once

@@ -1,0 +1,50 @@
+"""Groups: the bot speaks when mentioned or replied to, or to everything in insanity mode,
+which only the chat's admins may switch."""
+
+from __future__ import annotations
+
+GROUP = -100
+ADMIN, MEMBER = 501, 502
+
+
+async def test_group_answers_only_mentions_and_replies_to_the_bot(running_bot, telegram, model):
+    async with running_bot():
+        telegram.message("just chatting", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        telegram.message("is the build green?", chat_id=GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        sent = await telegram.wait_sent(1)
+        assert sent[0]["text"] == "[devops-dude] re: is the build green?"  # mention stripped
+        assert sent[0]["reply_parameters"]["message_id"] > 0  # quotes the message it answers
+
+        someone = telegram.message("lunch?", chat_id=GROUP, user_id=ADMIN, chat_type="group")["message"]
+        telegram.message("sure", chat_id=GROUP, user_id=MEMBER, chat_type="group", reply_to=someone)
+        telegram.message("why red?", chat_id=GROUP, user_id=MEMBER, chat_type="group", reply_to=sent[0])
+        sent = await telegram.wait_sent(2)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        assert len(sent) == 2 and sent[1]["text"] == "[devops-dude] re: why red?"
+        assert [r.message for _, r in model.requests] == ["is the build green?", "why red?"]
+
+
+async def test_insanity_mode_is_for_admins_and_answers_everything(running_bot, telegram, model):
+    telegram.admins[GROUP] = {ADMIN}
+    async with running_bot():
+        telegram.message("/insanity on", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        assert "Only this chat's admins" in (await telegram.wait_sent(1))[0]["text"]
+        telegram.message("anyone here?", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+
+        telegram.message("/insanity on", chat_id=GROUP, user_id=ADMIN, chat_type="group")
+        assert "Insanity mode on" in (await telegram.wait_sent(2))[1]["text"]
+        assert len(model.requests) == 0  # "anyone here?" came before it was on
+        telegram.message("anyone here now?", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        assert (await telegram.wait_sent(3))[2]["text"] == "[devops-dude] re: anyone here now?"
+
+        telegram.message("/insanity", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        assert "Insanity mode is on" in (await telegram.wait_sent(4))[3]["text"]
+        telegram.message("/insanity off", chat_id=GROUP, user_id=ADMIN, chat_type="group")
+        assert "Insanity mode off" in (await telegram.wait_sent(5))[4]["text"]
+        telegram.message("quiet now", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        assert len(telegram.sent) == 5 and len(model.requests) == 1
+        assert {int(c["user_id"]) for c in telegram.method_calls("getChatMember")} == {MEMBER, ADMIN}
+
+        telegram.message("/insanity on", chat_id=7, user_id=7)
+        assert "for groups" in (await telegram.wait_sent(6))[5]["text"]

@@ -1,0 +1,90 @@
+"""Rendering the chart with the real Helm library (helm-python-sdk), and what the tests ask of it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "personafleet"
+CRD = CHART / "crds" / "personamodel.yaml"
+RELEASE, NAMESPACE = "fleet", "chat"
+BOT_TOKEN = "123456789:AAtest-token_value"
+# The minimum install: everything else default (the bot cannot run without a token).
+MINIMAL = {"bot": {"telegram": {"token": BOT_TOKEN}}}
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`override` deep-merged over `base` (as Helm merges -f files), without touching either."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+@pytest.fixture(scope="session")
+def chart():
+    import helm_python
+
+    return helm_python.Chart.load(CHART)
+
+
+@pytest.fixture(scope="session")
+def render_text(chart) -> Callable[[dict], dict[str, str]]:
+    """Template file name -> rendered text, for a first install of release `fleet` in `chat`."""
+
+    def render(values: dict) -> dict[str, str]:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+    return render
+
+
+@pytest.fixture(scope="session")
+def render(render_text) -> Render:
+    """The rendered Kubernetes objects for MINIMAL deep-merged with `overrides` (or `values` exactly)."""
+
+    def objects(overrides: dict | None = None, *, values: dict | None = None) -> list[dict[str, Any]]:
+        rendered = render_text(values if values is not None else merge(MINIMAL, overrides or {}))
+        return [doc for name, text in sorted(rendered.items()) if not name.endswith("NOTES.txt")
+                for doc in yaml.safe_load_all(text) if doc]
+
+    return objects
+
+
+def find(objects: list[dict], kind: str, suffix: str = "") -> dict:
+    """The one object of `kind` whose name ends with `suffix`."""
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
+    assert len(matches) == 1, f"expected one {kind} *{suffix}, found {[o['metadata']['name'] for o in matches]}"
+    return matches[0]
+
+
+def kinds(objects: list[dict]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+
+def pod_spec(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def workloads(objects: list[dict]) -> Iterator[dict]:
+    return (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"))
+
+
+def container(obj: dict, index: int = 0) -> dict:
+    return pod_spec(obj)["containers"][index]
+
+
+def env_of(obj: dict) -> dict[str, dict]:
+    """Container env by name: the whole entry ({value} or {valueFrom})."""
+    return {e["name"]: e for e in container(obj).get("env", [])}
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}

@@ -1,0 +1,365 @@
+"""The chart rendered by the real Helm library for the default values and each switch: every object
+valid against Kubernetes 1.33's schemas, secure and sized, and wired to what the parts really read."""
+
+from __future__ import annotations
+
+import re
+
+import helm_python
+import kubernetes_validate
+import pytest
+import typer
+
+from tests.charts.conftest import (
+    BOT_TOKEN,
+    CHART,
+    MINIMAL,
+    NAMESPACE,
+    RELEASE,
+    container,
+    env_of,
+    find,
+    pod_spec,
+    secret_data,
+    workloads,
+)
+
+KUBERNETES = "1.33"
+FULLNAME = f"{RELEASE}-personafleet"
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor"}
+
+SCENARIOS: dict[str, dict] = {
+    "defaults": {},
+    "external-db-url": {"postgres": {"enabled": False},
+                        "database": {"external": {"url": "postgresql://chat:pw@db.example.com:5432/chat"}}},
+    "external-db-secret": {"postgres": {"enabled": False}, "database": {"external": {"existingSecret": "my-db"}}},
+    "cpu-only": {"serving": {"gpu": {"enabled": False}}},
+    "service-monitor": {"metrics": {"prometheusOperator": {"enabled": True, "labels": {"release": "kps"}}}},
+    "pod-monitor": {"metrics": {"prometheusOperator": {"enabled": True, "kind": "PodMonitor"}}},
+    "monitoring-off": {"metrics": {"dashboards": {"enabled": False}}},
+    "webhook-ingress": {"bot": {"mode": "webhook", "replicas": 3,
+                                "webhook": {"url": "https://bot.example.com/telegram"},
+                                "ingress": {"enabled": True, "className": "nginx",
+                                            "tls": [{"hosts": ["bot.example.com"], "secretName": "bot-tls"}]}}},
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "serving-only": {"bot": {"enabled": False}, "operator": {"enabled": False}, "postgres": {"enabled": False},
+                     "database": {"external": {"existingSecret": "unused"}}},
+}
+# Rendered without MINIMAL's token: the bot token comes from the user's own Secret.
+EXISTING_BOT_SECRET = {"bot": {"telegram": {"existingSecret": "telegram", "existingSecretKey": "bot-token"}}}
+
+
+@pytest.fixture(scope="module", params=[*SCENARIOS, "existing-bot-secret"])
+def scenario(request, render) -> list[dict]:
+    if request.param == "existing-bot-secret":
+        return render(values=EXISTING_BOT_SECRET)
+    return render(SCENARIOS[request.param])
+
+
+# ---- every scenario ------------------------------------------------------------------------
+def test_every_object_is_valid_for_kubernetes(scenario):
+    for obj in scenario:
+        if obj["kind"] in PROMETHEUS_OPERATOR_KINDS:
+            check_monitor(obj, scenario)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def check_monitor(monitor: dict, objects: list[dict]) -> None:
+    """Prometheus Operator kinds have no schema in kubernetes-validate: check the structure, and
+    that the endpoints name a port of every Service (or pod) the selector picks."""
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = monitor["spec"]
+    endpoints = spec["endpoints" if monitor["kind"] == "ServiceMonitor" else "podMetricsEndpoints"]
+    assert endpoints and all(set(e) <= {"port", "path", "interval"} for e in endpoints)
+    assert all(re.fullmatch(r"\d+(ms|s|m|h)", e["interval"]) for e in endpoints)
+    if monitor["kind"] == "ServiceMonitor":
+        targets = [(s["metadata"]["labels"], [p["name"] for p in s["spec"]["ports"]])
+                   for s in objects if s["kind"] == "Service"]
+    else:
+        targets = [(w["spec"]["template"]["metadata"]["labels"],
+                    [p["name"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])]) for w in workloads(objects)]
+    selected = [ports for labels, ports in targets if selects(spec["selector"], labels)]
+    components = {v for e in spec["selector"]["matchExpressions"] for v in e["values"]}
+    assert len(selected) == len(components), "the selector must pick one target per component"
+    for ports in selected:
+        assert all(e["port"] in ports for e in endpoints)
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels + In expressions) against a label set."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def test_every_pod_runs_as_non_root_with_resource_requests(scenario):
+    for workload in workloads(scenario):
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] > 0
+        for box in spec["containers"] + spec.get("initContainers", []):
+            where = f"{workload['metadata']['name']}/{box['name']}"
+            security = box["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert {"cpu", "memory"} <= set(box["resources"]["requests"]), where
+            assert "memory" in box["resources"]["limits"], where
+
+
+def test_every_persona_command_parses_with_the_real_cli(scenario):
+    """The args the chart passes exist in the `persona` CLI, with values of the right type."""
+    commands = [box["command"] + box.get("args", []) for w in workloads(scenario)
+                for box in pod_spec(w)["containers"] if box.get("command") == ["persona"]]
+    assert commands  # serving at least
+    for argv in commands:
+        parse_cli(argv[1:])
+
+
+def parse_cli(args: list[str]) -> dict:
+    """Parse `persona ARGS` exactly as the CLI would, without running it; returns the parameters."""
+    from personafleet.cli import app
+
+    group = typer.main.get_command(app)
+    command = group.get_command(group.context_class(group), args[0])
+    assert command is not None, f"`persona {args[0]}` is not a command"
+    return command.make_context(args[0], list(args[1:])).params
+
+
+def test_every_object_carries_the_standard_labels(scenario):
+    for obj in scenario:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "personafleet"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/component"]
+
+
+def test_services_and_probes_name_ports_the_pods_have(scenario):
+    pods = [(w["spec"]["template"]["metadata"]["labels"], pod_spec(w)) for w in workloads(scenario)]
+    for service in (o for o in scenario if o["kind"] == "Service"):
+        backends = [spec for labels, spec in pods if selects({"matchLabels": service["spec"]["selector"]}, labels)]
+        assert len(backends) == 1, service["metadata"]["name"]
+        names = {p["name"] for c in backends[0]["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+    for _, spec in pods:
+        for box in spec["containers"]:
+            names = {p["name"] for p in box.get("ports", [])}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if "httpGet" in box.get(probe, {}):
+                    assert box[probe]["httpGet"]["port"] in names
+
+
+# ---- lint and the schema of values ---------------------------------------------------------
+def test_helm_lint_passes_with_no_warnings():
+    result = helm_python.lint(CHART, MINIMAL, strict=True, namespace=NAMESPACE)
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] > 1] == []  # 1 = INFO ("icon is recommended")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({}, "the bot needs a Telegram token"),
+    (MINIMAL | {"postgres": {"enabled": False}}, "needs database.external.url or database.external.existingSecret"),
+    (MINIMAL | {"bot": {"telegram": {"token": BOT_TOKEN}, "mode": "webhook"}}, "bot.mode=webhook needs bot.webhook.url"),
+    (MINIMAL | {"bot": {"telegram": {"token": "not-a-token"}}}, "/bot/telegram/token"),
+    (MINIMAL | {"serving": {"replicas": "two"}}, "/serving/replicas"),
+    (MINIMAL | {"bot": {"telegram": {"token": BOT_TOKEN}, "colour": "blue"}}, "'colour' not allowed"),
+])
+def test_bad_values_fail_with_a_message_naming_the_fix(render, values, message):
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        render(values=values)
+
+
+# ---- the bot -------------------------------------------------------------------------------
+def test_polling_runs_exactly_one_replica(render):
+    bot = find(render(), "Deployment", "-bot")
+    assert bot["spec"]["replicas"] == 1 and bot["spec"]["strategy"]["type"] == "Recreate"
+    with pytest.raises(helm_python.HelmError, match="polling runs exactly one replica"):
+        render({"bot": {"replicas": 3}})
+    with pytest.raises(helm_python.HelmError, match="needs bot.mode=webhook"):
+        render({"bot": {"ingress": {"enabled": True}}})
+
+
+def test_webhook_mode_scales_and_routes_only_the_webhook_path(render):
+    objects = render(SCENARIOS["webhook-ingress"])
+    bot = find(objects, "Deployment", "-bot")
+    assert bot["spec"]["replicas"] == 3 and "strategy" not in bot["spec"]
+    env = env_of(bot)
+    assert env["BOT_MODE"]["value"] == "webhook"
+    assert env["WEBHOOK_URL"]["value"] == "https://bot.example.com/telegram"
+    assert env["WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-bot-webhook"
+    rule = find(objects, "Ingress", "-bot")["spec"]["rules"][0]
+    assert rule["host"] == "bot.example.com"
+    assert [(p["path"], p["backend"]["service"]["port"]["name"]) for p in rule["http"]["paths"]] == [("/telegram", "webhook")]
+    policy = find(objects, "NetworkPolicy", "-bot")
+    assert {r["ports"][0]["port"] for r in policy["spec"]["ingress"]} == {"metrics", "webhook"}
+
+
+def test_the_bot_settings_load_from_the_rendered_environment(render, tmp_path):
+    """The bot's own settings loader accepts what the chart sets (Secrets resolved as kubelet would)."""
+    from persona_bot.settings import load_settings
+
+    objects = render(SCENARIOS["webhook-ingress"])
+    settings = load_settings(resolve_env(objects, find(objects, "Deployment", "-bot"), tmp_path))
+    assert settings.bot_mode == "webhook" and settings.bot_token.get_secret_value() == BOT_TOKEN
+    assert settings.inference_url == f"http://{FULLNAME}-serving:8080"
+    assert settings.database_url.get_secret_value().startswith("postgresql://personafleet:")
+    assert settings.listen_host == "0.0.0.0" and settings.metrics_port == 9090 and settings.webhook_port == 8443
+
+
+def resolve_env(objects: list[dict], workload: dict, tmp_path) -> dict[str, str]:
+    """A container's environment as the process sees it: values, Secret keys, the pod's namespace;
+    a mounted file path (…_FILE) points at a temp file holding the Secret key's content."""
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    env: dict[str, str] = {}
+    for name, entry in env_of(workload).items():
+        source = entry.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
+        elif "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.namespace"
+            env[name] = NAMESPACE
+        else:
+            env[name] = entry["value"]
+        if name.endswith("_FILE"):
+            mounted = tmp_path / name
+            mounted.write_text("token-from-the-secret")
+            env[name] = str(mounted)
+    return env
+
+
+def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):
+    objects = render(values=EXISTING_BOT_SECRET)
+    token = env_of(find(objects, "Deployment", "-bot"))["BOT_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "telegram", "key": "bot-token"}
+    assert not [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-bot")]
+
+
+# ---- serving -------------------------------------------------------------------------------
+def test_serving_runs_the_auth_front_with_the_token_secret_and_the_models_configmap(render):
+    objects = render()
+    serving = find(objects, "Deployment", "-serving")
+    params = parse_cli(container(serving)["args"])
+    assert params["foreground"] and params["host"] == "0.0.0.0"
+    assert str(params["models_file"]) == "/etc/personafleet/models/models.json"
+    assert str(params["auth_token_file"]) == "/var/run/secrets/persona/inference-token"
+    assert str(params["management_token_file"]) == "/var/run/secrets/persona/management-token"
+    volumes = {v["name"]: v for v in pod_spec(serving)["volumes"]}
+    assert volumes["models"]["configMap"]["name"] == f"{FULLNAME}-models"
+    assert volumes["tokens"]["secret"]["secretName"] == f"{FULLNAME}-serving-token"
+    assert volumes["store"]["persistentVolumeClaim"] == {"claimName": f"{FULLNAME}-store", "readOnly": True}
+    assert find(objects, "PersistentVolumeClaim", "-store")["spec"]["accessModes"] == ["ReadWriteMany"]
+    probes = {p: container(serving)[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert all(probe == {"path": "/ping", "port": "inference"} for probe in probes.values())
+    assert [p["port"] for p in find(objects, "Service", "-serving")["spec"]["ports"]] == [8080, 8082]  # never 8081
+
+
+def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):
+    gpu = find(render({"serving": {"nodeSelector": {"pool": "gpu"}}}), "Deployment", "-serving")
+    assert container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod_spec(gpu)["nodeSelector"] == {"pool": "gpu"}
+    assert pod_spec(gpu)["tolerations"][0]["key"] == "nvidia.com/gpu"
+    cpu = find(render({"serving": {"gpu": {"enabled": False}, "nodeSelector": {"pool": "gpu"}}}), "Deployment", "-serving")
+    assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
+    assert "nodeSelector" not in pod_spec(cpu) and "tolerations" not in pod_spec(cpu)
+
+
+def test_the_models_configmap_starts_as_an_empty_contract_2_file(render):
+    from persona_serving.server import DesiredModels
+
+    models = find(render(), "ConfigMap", "-models")["data"]["models.json"]
+    assert DesiredModels.model_validate_json(models).root == {}
+
+
+# ---- the operator --------------------------------------------------------------------------
+def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_path):
+    """Contract 6: the operator's own Settings accept every variable the chart sets, and they
+    point at the objects the chart made."""
+    from persona_operator.settings import ENVIRONMENT, Settings
+
+    objects = render({"training": {"nodeSelector": {"pool": "gpu"}}})
+    operator = find(objects, "Deployment", "-operator")
+    env = resolve_env(objects, operator, tmp_path)
+    assert set(env) <= set(ENVIRONMENT)
+    settings = Settings.from_env(env)
+    assert settings.namespace == NAMESPACE
+    assert settings.training_image == "personafleet-serve:0.1.0"
+    assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
+    assert settings.models_configmap == find(objects, "ConfigMap", "-models")["metadata"]["name"]
+    assert settings.database_secret == f"{FULLNAME}-database"
+    assert settings.training_defaults.node_selector == {"pool": "gpu"}
+    assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
+    token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
+    mounts = {m["mountPath"]: m["name"] for m in container(operator)["volumeMounts"]}
+    assert token_file == "/var/run/secrets/persona/management-token" and mounts["/var/run/secrets/persona"] == "token"
+    serving_labels = find(objects, "Deployment", "-serving")["spec"]["template"]["metadata"]["labels"]
+    selector = dict(pair.split("=") for pair in settings.serving_selector.split(","))
+    assert selector.items() <= serving_labels.items() and selector["app.kubernetes.io/component"] == "serving"
+    assert parse_cli(container(operator)["args"])["standalone"] is True
+    assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_operator_rbac_is_namespaced_and_least_privilege(render):
+    objects = render()
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    rules = find(objects, "Role", "-operator")["rules"]
+    granted = {(group, resource, verb) for r in rules for group in r["apiGroups"] for resource in r["resources"]
+               for verb in r["verbs"]}
+    assert not any("*" in entry for entry in granted)
+    assert not any(resource == "secrets" for _, resource, _ in granted)
+    assert ("personafleet.io", "personamodels/status", "patch") in granted
+    assert ("batch", "jobs", "create") in granted and ("", "events", "create") in granted
+    assert ("", "configmaps", "create") not in granted
+    configmaps = next(r for r in rules if r["resources"] == ["configmaps"])
+    assert configmaps["resourceNames"] == [find(objects, "ConfigMap", "-models")["metadata"]["name"]]
+    binding = find(objects, "RoleBinding", "-operator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}]
+    assert pod_spec(find(objects, "Deployment", "-operator"))["serviceAccountName"] == f"{FULLNAME}-operator"
+    for name in ("-serving", "-bot"):  # only the operator talks to the API server
+        assert pod_spec(find(objects, "Deployment", name))["automountServiceAccountToken"] is False
+
+
+# ---- network policies ----------------------------------------------------------------------
+def test_management_and_metrics_ports_are_reachable_only_from_the_operator_and_prometheus(render):
+    objects = render()
+    rules = {r["ports"][0]["port"]: r["from"] for r in find(objects, "NetworkPolicy", "-serving")["spec"]["ingress"]}
+    operator = find(objects, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
+    bot = find(objects, "Deployment", "-bot")["spec"]["template"]["metadata"]["labels"]
+    assert set(rules) == {"inference", "management", "metrics"}
+    assert len(rules["management"]) == 1 and selects(rules["management"][0]["podSelector"], operator)
+    assert not selects(rules["management"][0]["podSelector"], bot)
+    assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert [selects(peer["podSelector"], bot) or selects(peer["podSelector"], operator) for peer in rules["inference"]] == [True, True]
+    postgres = find(objects, "NetworkPolicy", "-postgres")["spec"]["ingress"]
+    assert [r["ports"][0]["port"] for r in postgres] == ["postgres"]
+    training_pod = {"app.kubernetes.io/managed-by": "persona-operator", "app.kubernetes.io/component": "training"}
+    assert any(selects(peer["podSelector"], training_pod) for peer in postgres[0]["from"])  # export-feedback
+
+
+# ---- monitoring ----------------------------------------------------------------------------
+def test_scrape_annotations_without_the_prometheus_operator_and_monitors_with_it(render):
+    plain = render()
+    assert not [o for o in plain if o["kind"] in PROMETHEUS_OPERATOR_KINDS]
+    for name, port in (("-serving", "8082"), ("-bot", "9090"), ("-operator", "9090")):
+        workload = find(plain, "Deployment", name)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+        assert {p["name"]: str(p["containerPort"]) for p in container(workload)["ports"]}["metrics"] == port
+    monitored = render(SCENARIOS["service-monitor"])
+    monitor = find(monitored, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert all("annotations" not in w["spec"]["template"]["metadata"] for w in workloads(monitored))
+
+
+def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(render):
+    configmap = find(render(), "ConfigMap", "-dashboards")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"]["personafleet.json"] == (CHART / "dashboards" / "personafleet.json").read_text()
+    assert not [o for o in render(SCENARIOS["monitoring-off"]) if o["metadata"]["name"].endswith("-dashboards")]

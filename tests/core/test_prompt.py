@@ -1,0 +1,47 @@
+from personafleet.prompt import PromptTemplate, Turn, fit_context, record_turns, render_prompt
+from personafleet.records import DialogueRecord
+
+
+def _turns(*texts: str) -> list[Turn]:
+    return [Turn(role="user" if i % 2 == 0 else "persona", text=t) for i, t in enumerate(texts)]
+
+
+def test_render_prompt_labels_persona_and_user_turns_and_ends_with_the_answer_slot():
+    template = PromptTemplate()
+    prompt = render_prompt(template, "Я DevOps.", _turns("Привет", "Здарова", "Как дела?"))
+    lines = prompt.splitlines()
+    assert lines[0] == "<SC6>Я DevOps. Продолжи диалог:"
+    assert lines[1:4] == ["Собеседник: Привет", "Ты: Здарова", "Собеседник: Как дела?"]
+    assert lines[-1] == "Ты: <extra_id_0>"
+
+
+def test_fit_context_keeps_the_newest_turns_within_both_budgets():
+    turns = _turns("a" * 10, "b" * 10, "c" * 10, "d" * 10)
+    assert [t.text[0] for t in fit_context(turns, max_turns=3, max_chars=100)] == ["b", "c", "d"]
+    assert [t.text[0] for t in fit_context(turns, max_turns=10, max_chars=25)] == ["c", "d"]
+
+
+def test_fit_context_truncates_a_single_oversized_newest_turn_instead_of_dropping_it():
+    kept = fit_context(_turns("x" * 50), max_turns=3, max_chars=20)
+    assert len(kept) == 1 and kept[0].text == "x" * 20
+
+
+def test_render_prompt_applies_the_template_budget():
+    template = PromptTemplate(max_context_turns=2)
+    prompt = render_prompt(template, "P", _turns("one", "two", "three"))
+    assert "one" not in prompt and "two" in prompt and "three" in prompt
+
+
+def test_record_turns_gives_the_reply_author_the_persona_role():
+    record = DialogueRecord.model_validate(
+        {
+            "context": [
+                {"author": "user1", "name": "Anna", "text": "кто деплоил?"},
+                {"author": "user2", "name": "Boris", "text": "я"},
+                {"author": "user1", "name": "Anna", "text": "зачем"},
+            ],
+            "reply": {"author": "user2", "name": "Boris", "text": "так надо"},
+            "source": {"chat_id": 1, "message_id": 10},
+        }
+    )
+    assert [t.role for t in record_turns(record)] == ["user", "persona", "user"]

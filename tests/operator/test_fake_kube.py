@@ -1,0 +1,89 @@
+"""The fake API server keeps the promises the operator's tests rely on (it is test infrastructure,
+but a fake that lies would make every operator test meaningless)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.operator.fake_kube import ApiError, FakeKube
+from tests.operator.harness import fake_cluster, persona_model
+
+
+def test_generation_grows_with_the_spec_only_and_status_needs_its_subresource():
+    kube = FakeKube()
+    created = kube.create("personamodels", persona_model("alice"))
+    assert created["metadata"]["generation"] == 1
+    kube.patch("personamodels", "default", "alice", {"metadata": {"annotations": {"a": "b"}}, "status": {"phase": "X"}})
+    unchanged = kube.get("personamodels", "default", "alice")
+    assert unchanged["metadata"]["generation"] == 1 and "status" not in unchanged
+    kube.patch("personamodels", "default", "alice", {"status": {"phase": "Ready"}, "spec": {"baseModel": "y"}},
+               subresource="status")
+    after_status = kube.get("personamodels", "default", "alice")
+    assert after_status["status"] == {"phase": "Ready"} and after_status["spec"]["baseModel"] != "y"
+    kube.patch("personamodels", "default", "alice", {"spec": {"baseModel": "other"}})
+    assert kube.get("personamodels", "default", "alice")["metadata"]["generation"] == 2
+
+
+def test_json_patch_test_failure_is_422_and_strategic_merge_on_custom_resources_is_415():
+    kube = FakeKube()
+    kube.create("personamodels", persona_model("alice"))
+    with pytest.raises(ApiError) as conflict:
+        kube.patch("personamodels", "default", "alice",
+                   [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"}],
+                   content_type="application/json-patch+json")
+    assert conflict.value.code == 422
+    with pytest.raises(ApiError) as unsupported:
+        kube.patch("personamodels", "default", "alice", {"spec": {}},
+                   content_type="application/strategic-merge-patch+json")
+    assert unsupported.value.code == 415
+
+
+def test_finalizers_hold_deletion_and_dependents_are_collected():
+    kube = FakeKube()
+    owner = kube.create("personamodels", {**persona_model("alice"),
+                                          "metadata": {"name": "alice", "finalizers": ["x/y"]}})
+    kube.create("jobs", {"metadata": {"name": "alice-v1", "ownerReferences": [
+        {"apiVersion": "personafleet.io/v1alpha1", "kind": "PersonaModel", "name": "alice", "uid": owner["metadata"]["uid"]}]},
+        "spec": {}})
+    kube.delete("personamodels", "default", "alice")
+    assert kube.get("personamodels", "default", "alice")["metadata"]["deletionTimestamp"]
+    kube.patch("personamodels", "default", "alice", {"metadata": {"finalizers": []}})
+    assert kube.list("personamodels") == [] and kube.list("jobs") == []
+
+
+async def test_official_client_lists_watches_from_a_resource_version_and_patches(tmp_path):
+    async with fake_cluster(tmp_path) as cluster:
+        kubernetes.config.load_kube_config()
+        core = kubernetes.client.CoreV1Api()
+
+        def run() -> tuple[list, dict]:
+            listed = core.list_namespaced_config_map("default")
+            core.create_namespaced_config_map("default", {"metadata": {"name": "m", "labels": {"k": "v"}}, "data": {"a": "1"}})
+            core.patch_namespaced_config_map("m", "default", {"data": {"b": "2"}})
+            with pytest.raises(ApiException) as missing:
+                core.read_namespaced_config_map("nope", "default")
+            assert missing.value.status == 404
+            stream = kubernetes.watch.Watch().stream(core.list_namespaced_config_map, "default", label_selector="k=v",
+                                                     resource_version=listed.metadata.resource_version, timeout_seconds=1)
+            events = [(e["type"], dict(e["object"].data)) for e in stream]
+            return events, core.read_namespaced_config_map("m", "default").data
+
+        events, data = await asyncio.to_thread(run)
+    assert events == [("ADDED", {"a": "1"}), ("MODIFIED", {"a": "1", "b": "2"})]
+    assert data == {"a": "1", "b": "2"}
+
+
+def test_crd_schema_prunes_unknown_fields_and_refuses_invalid_ones():
+    schema = {"type": "object", "properties": {
+        "spec": {"type": "object", "required": ["baseModel"], "properties": {"baseModel": {"type": "string"}}},
+        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
+    kube = FakeKube({"personamodels": schema})
+    created = kube.create("personamodels", {"metadata": {"name": "a"}, "spec": {"baseModel": "x", "typo": 1}})
+    assert created["spec"] == {"baseModel": "x"}
+    with pytest.raises(ApiError) as invalid:
+        kube.create("personamodels", {"metadata": {"name": "b"}, "spec": {"baseModel": 3}})
+    assert invalid.value.code == 422 and "spec.baseModel" in invalid.value.message

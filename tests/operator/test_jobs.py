@@ -1,0 +1,122 @@
+"""The training Job manifest: contract 4's command, scheduling from the CR or the chart's defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+
+from persona_operator.jobs import job_outcome, training_config, training_job
+from persona_operator.settings import Settings
+from persona_operator.spec import PersonaModelSpec
+from persona_training.config import TrainConfig
+from personafleet.errors import PersonaError
+from tests.operator.harness import persona_model
+
+OWNER = {"apiVersion": "personafleet.io/v1alpha1", "kind": "PersonaModel",
+         "metadata": {"name": "alice", "namespace": "bots", "uid": "u-1", "generation": 4}}
+DEFAULTS = Settings.from_env({
+    "PERSONA_TRAINING_IMAGE": "registry.local/personafleet:1.2.3",
+    "PERSONA_STORE_PVC": "store-pvc",
+    "PERSONA_DATABASE_SECRET": "bot-db",
+    "PERSONA_TRAINING_DEFAULTS": json.dumps({
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+    }),
+})
+
+
+def build(**spec):
+    return training_job(OWNER, PersonaModelSpec.parse(persona_model(**spec)["spec"]), 7, DEFAULTS)
+
+
+def commands(job) -> list[list[str]]:
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    return [shlex.split(line) for line in script.splitlines()[2:]]
+
+
+def test_manifest_is_a_valid_job_owned_by_the_persona_model():
+    job = build()
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    meta = job["metadata"]
+    assert meta["name"] == "alice-v7" and meta["namespace"] == "bots"
+    assert meta["labels"]["personafleet.io/version"] == "7" and meta["labels"]["personafleet.io/generation"] == "4"
+    assert meta["ownerReferences"][0]["uid"] == "u-1" and meta["ownerReferences"][0]["controller"] is True
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert pod["containers"][0]["image"] == "registry.local/personafleet:1.2.3"
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "store-pvc"
+
+
+def test_command_follows_contract_4():
+    prepare, train, package = commands(build(dataset={"exports": ["exports/a.json", "/store/b.json"],
+                                                      "contextTurns": 4, "windowMinutes": 30, "scrub": True}))
+    assert prepare == ["persona", "prepare", "/store/exports/a.json", "/store/b.json", "--out", "/work/data",
+                       "--persona-id", "user1", "--context-turns", "4", "--window-minutes", "30.0", "--scrub"]
+    assert train == ["persona", "train", "--data", "/work/data", "--base", "/store/base/tiny-t5",
+                     "--out", "/store/alice/v7/run", "--config", "/work/train.yaml"]
+    assert package == ["persona", "package", "--run", "/store/alice/v7/run", "--name", "alice",
+                       "--version", "7", "--out", "/store/alice/v7", "--workers", "1"]
+
+
+def test_serving_settings_are_baked_into_the_archive():
+    package = commands(build(serving={"workers": 2, "batchSize": 4, "maxBatchDelayMs": 50,
+                                      "responseTimeoutSeconds": 90}))[-1]
+    assert package[-8:] == ["--workers", "2", "--batch-size", "4", "--max-batch-delay-ms", "50",
+                            "--response-timeout", "90"]
+    usage = subprocess.run([sys.executable, "-m", "personafleet.cli", "package", "--help"],
+                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    for flag in ("--run", "--name", "--version", "--out", "--workers", "--batch-size", "--max-batch-delay-ms",
+                 "--response-timeout"):
+        assert flag in usage  # the Job calls the real CLI with these
+
+
+def test_feedback_is_exported_and_trained_on_when_asked():
+    job = build(dataset={"exports": ["a.json"], "includeFeedback": True})
+    steps = commands(job)
+    assert steps[1] == ["persona", "export-feedback", "--persona", "alice", "--out", "/work/feedback"]
+    assert steps[2][:6] == ["persona", "train", "--data", "/work/data", "--data", "/work/feedback"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "bot-db"}}]
+
+
+def test_scheduling_comes_from_the_chart_defaults_unless_the_resource_says():
+    pod = build()["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    pod = build(nodeSelector={"pool": "a100"}, tolerations=[], resources={"limits": {"memory": "8Gi"}})["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"} and pod["tolerations"] == []
+    assert pod["containers"][0]["resources"] == {"limits": {"memory": "8Gi"}}
+
+
+def test_train_config_is_accepted_by_persona_train():
+    spec = PersonaModelSpec.parse(persona_model(
+        training={"loraRank": 4, "loraAlpha": 8, "loraDropout": 0.1, "targetModules": ["q", "k"], "learningRate": 1e-3,
+                  "epochs": 2, "maxSteps": 30, "batchSize": 2, "gradientAccumulation": 2, "precision": "fp32", "seed": 3},
+        serving={"generation": {"maxNewTokens": 40, "temperature": 0.5}})["spec"])
+    config = TrainConfig.model_validate(training_config("alice", spec))
+    assert (config.lora_rank, config.target_modules, config.precision) == (4, ["q", "k"], "fp32")
+    assert config.persona.name == "alice" and config.persona.description == "Отвечаю коротко."
+    assert config.persona.generation.max_new_tokens == 40 and config.persona.generation.temperature == 0.5
+
+
+def test_invalid_spec_names_the_field():
+    with pytest.raises(PersonaError, match=r"spec\.training\.precision"):
+        PersonaModelSpec.parse(persona_model(training={"precision": "int3"})["spec"])
+
+
+@pytest.mark.parametrize(("conditions", "expected"), [
+    ([], "running"),
+    ([{"type": "Complete", "status": "True"}], "succeeded"),
+    ([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too slow"}], "failed"),
+    ([{"type": "Failed", "status": "False"}], "running"),
+])
+def test_job_outcome(conditions, expected):
+    outcome, why = job_outcome({"status": {"conditions": conditions}})
+    assert outcome == expected
+    assert ("DeadlineExceeded: too slow" in why) == (expected == "failed")

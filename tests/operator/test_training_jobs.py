@@ -1,0 +1,145 @@
+"""Training Jobs: started on create and on every spec change, superseded, retried, never duplicated.
+
+kopf runs for real against the fake API; no TorchServe is needed until a Job succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.operator.harness import eventually, persona_model
+
+
+async def test_create_starts_one_training_job_owned_by_the_resource(cluster, operator):
+    created = cluster.apply(persona_model("alice"))
+
+    jobs = await eventually(lambda: cluster.jobs("alice"))
+    assert [j["metadata"]["name"] for j in jobs] == ["alice-v1"]
+    job = jobs[0]
+    labels = job["metadata"]["labels"]
+    assert labels["personafleet.io/version"] == "1" and labels["personafleet.io/generation"] == "1"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("PersonaModel", "alice", created["metadata"]["uid"])
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "persona prepare" in script and f"--out {cluster.store}/alice/v1/run" in script
+    assert "persona package --run" in script and "--version 1" in script
+
+    status = await eventually(lambda: cluster.status("alice").get("phase") == "Training" and cluster.status("alice"))
+    assert status["observedGeneration"] == 1 and status["latestVersion"] == "1"
+    assert status["lastTraining"]["jobName"] == "alice-v1"
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Trained": "False", "Ready": "False"}
+    assert cluster.events("TrainingStarted")
+
+
+async def test_spec_change_supersedes_the_running_job_and_status_changes_do_not_retrain(cluster, operator):
+    cluster.apply(persona_model("alice"))
+    await eventually(lambda: cluster.jobs("alice"))
+
+    # Status and annotation writes are not spec changes: still one Job.
+    cluster.kube.patch("personamodels", "default", "alice", {"metadata": {"annotations": {"note": "hi"}}})
+    await asyncio.sleep(0.5)
+    assert len(cluster.jobs("alice")) == 1
+
+    cluster.apply(persona_model("alice", training={"loraRank": 16, "maxSteps": 20}))
+    jobs = await eventually(lambda: [j["metadata"]["name"] for j in cluster.jobs("alice")] == ["alice-v2"]
+                            and cluster.jobs("alice"))
+    assert jobs[0]["metadata"]["labels"]["personafleet.io/generation"] == "2"
+    assert '"lora_rank": 16' in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+    status = await eventually(lambda: cluster.status("alice").get("observedGeneration") == 2 and cluster.status("alice"))
+    assert status["latestVersion"] == "2" and status["phase"] == "Training"
+    assert cluster.events("Superseded")
+
+
+async def test_failed_job_is_retried_with_backoff_then_reported_failed(cluster, operator):
+    cluster.apply(persona_model("alice"))  # retryLimit 1
+    first = (await eventually(lambda: cluster.jobs("alice")))[0]
+    cluster.finish_job(first, succeeded=False, message="OOMKilled")
+
+    retried = await eventually(lambda: [j for j in cluster.jobs("alice") if j["metadata"]["name"] == "alice-v2"])
+    assert cluster.status("alice")["retries"] == 1
+    failed = cluster.events("TrainingFailed")
+    assert failed and "OOMKilled" in failed[0]["message"] and "retry 1/1" in failed[0]["message"]
+
+    cluster.finish_job(retried[0], succeeded=False, message="OOMKilled again")
+    status = await eventually(lambda: cluster.status("alice").get("phase") == "Failed"
+                              and "no retries left" in cluster.status("alice").get("message", "")
+                              and cluster.status("alice"))
+    trained = next(c for c in status["conditions"] if c["type"] == "Trained")
+    assert (trained["status"], trained["reason"]) == ("False", "TrainingFailed")
+    assert "OOMKilled again" in status["message"]
+    await asyncio.sleep(0.5)
+    assert len(cluster.jobs("alice")) == 2  # no third attempt
+
+
+async def test_restart_mid_training_adopts_the_running_job(cluster, operator):
+    cluster.apply(persona_model("alice"))
+    await eventually(lambda: cluster.status("alice").get("phase") == "Training")
+
+    await operator.restart()
+    await asyncio.sleep(1.0)
+    assert [j["metadata"]["name"] for j in cluster.jobs("alice")] == ["alice-v1"]
+
+    # The restarted operator still follows the Job it did not start.
+    cluster.finish_job(cluster.jobs("alice")[0], succeeded=False, message="preempted")
+    await eventually(lambda: "preempted" in cluster.status("alice").get("message", ""))
+
+
+async def test_restart_between_job_creation_and_status_write_creates_no_second_job(cluster, operator):
+    await operator.stop()
+    cluster.apply(persona_model("alice"))
+    # What the operator had done before it died: the Job exists, the status does not know it.
+    from persona_operator.jobs import training_job
+    from persona_operator.spec import PersonaModelSpec
+
+    body = cluster.persona("alice")
+    cluster.kube.create("jobs", training_job(body, PersonaModelSpec.parse(body["spec"]), 1, operator.settings), "default")
+
+    await operator.start()
+    status = await eventually(lambda: cluster.status("alice").get("phase") == "Training" and cluster.status("alice"))
+    assert status["lastTraining"]["jobName"] == "alice-v1"
+    assert len(cluster.jobs("alice")) == 1
+
+
+async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
+    cluster.apply(persona_model("bob", dataset={"exports": []}))
+    status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
+    assert "spec.dataset.exports" in status["message"]
+    assert cluster.jobs("bob") == []
+
+
+async def test_delete_removes_the_resource_its_jobs_and_its_models_entry(cluster, operator):
+    cluster.kube.create("configmaps", {"metadata": {"name": "personafleet-models"},
+                                       "data": {"models.json": '{"alice": {"version": "1", "url": "alice/v1/alice.mar"},'
+                                                               ' "bob": {"version": "4", "url": "bob/v4/bob.mar"}}'}})
+    cluster.apply(persona_model("alice"))
+    await eventually(lambda: cluster.jobs("alice"))
+    assert "personafleet.io/cleanup" in cluster.persona("alice")["metadata"]["finalizers"]
+
+    cluster.kube.delete("personamodels", "default", "alice")
+    await eventually(lambda: not cluster.kube.list("personamodels", "default"))
+    assert cluster.jobs("alice") == []  # garbage-collected through ownerReferences
+    models = cluster.kube.get("configmaps", "default", "personafleet-models")["data"]["models.json"]
+    assert '"alice"' not in models and '"bob"' in models
+
+
+async def test_liveness_endpoint_answers_while_kopf_runs(cluster, operator):
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{operator.settings.health_port}/healthz")
+    assert response.status_code == 200 and "now" in response.json()
+
+
+async def test_trained_version_waits_pending_while_no_serving_pod_is_ready(cluster, operator):
+    cluster.apply(persona_model("alice"))
+    job = (await eventually(lambda: cluster.jobs("alice")))[0]
+    run = cluster.store / "alice" / "v1" / "run"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text('{"eval": {"after": {"loss": 2.5, "perplexity": 12.2}}}')
+    cluster.finish_job(job, succeeded=True)
+
+    status = await eventually(lambda: cluster.status("alice").get("phase") == "Pending" and cluster.status("alice"))
+    assert "waits for a ready TorchServe pod" in status["message"] and status.get("retries") == 0
+    assert status["lastTraining"]["evalLoss"] == 2.5 and status["lastTraining"]["evalPerplexity"] == 12.2
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["Trained"] == ("True", "TrainingSucceeded") and conditions["RolledOut"] == ("False", "NoReplicas")

@@ -1,0 +1,32 @@
+"""`persona chat` with piped input: one reply per line, the conversation carried along."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_piped_chat_prints_one_reply_per_line(torchserve):
+    lines = ["привет", "", "как дела?", "x" * 5000, "пока"]
+    result = subprocess.run(
+        [sys.executable, "-m", "personafleet.cli", "chat", "--persona", torchserve.persona,
+         "--workdir", str(torchserve.workdir)],  # url and key file found beside the server
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=180,
+    )
+    replies = result.stdout.split("\n")[:-1]
+    assert len(replies) == 4, result.stderr  # the empty line is skipped; the refused one stays a blank
+    assert replies[2] == ""
+    assert "refused (invalid_request)" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1
+
+
+def test_conversation_carries_earlier_turns():
+    from persona_serving.chat import Conversation
+
+    conversation = Conversation()
+    conversation.record("привет", "здорово")
+    request = conversation.request("как дела?")
+    assert [(t.role, t.text) for t in request.context] == [("user", "привет"), ("persona", "здорово")]
+    assert request.message == "как дела?"

@@ -1,0 +1,89 @@
+"""The handler inside a real TorchServe: replies, per-request errors in a batch, tokens, metrics."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from personafleet.client import InferenceClient, InferenceRejected, TokenSource
+from personafleet.inference import GenerationOptions, InferenceRequest, InferenceResponse
+
+pytestmark = pytest.mark.slow
+
+
+async def test_valid_request_gets_a_reply(torchserve):
+    async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+        request = InferenceRequest(
+            context=[{"role": "user", "text": "привет"}, {"role": "persona", "text": "здорово"}],
+            message="как деплой?", generation=GenerationOptions(max_new_tokens=8, do_sample=False),
+        )
+        response = await client.reply(torchserve.persona, request)
+    assert isinstance(response, InferenceResponse)
+    assert response.model_version == "1"
+    assert 1 <= response.tokens <= 8
+
+
+async def test_a_batch_of_valid_and_invalid_requests_answers_each_on_its_own(torchserve):
+    """Sent together, the requests land in one batch (batchSize 8, maxBatchDelay 100 ms)."""
+    bodies = [
+        json.dumps({"message": "первый", "generation": {"max_new_tokens": 4}}, ensure_ascii=False).encode(),
+        b"{not json",
+        json.dumps({"context": []}).encode(),
+        json.dumps({"message": "второй", "generation": {"max_new_tokens": 6}}, ensure_ascii=False).encode(),
+        json.dumps({"message": "x" * 4001}).encode(),
+        json.dumps({"message": "третий", "persona": "another-persona"}).encode(),
+    ]
+    headers = TokenSource(token_file=torchserve.key_file).headers()
+    async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=60) as http:
+        responses = await asyncio.gather(
+            *(http.post(f"/predictions/{torchserve.persona}", content=body, headers=headers) for body in bodies)
+        )
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200, 400, 400, 200, 413, 400]
+    errors = [r.json().get("error") for r in responses]
+    assert errors[1:3] == ["invalid_json", "missing_field"] and errors[4:] == ["too_large", "persona_mismatch"]
+    assert all(r.headers["content-type"].startswith("application/json") for r in responses)
+    assert responses[3].json()["tokens"] <= 6
+    # Cyrillic in replies is sent as UTF-8, not as \\u escapes.
+    assert "\\u" not in responses[0].text
+
+    metrics = httpx.get(torchserve.metrics_url, timeout=10).text
+    batch_count = _sample(metrics, "persona_handler_batch_size_count")
+    batch_sum = _sample(metrics, "persona_handler_batch_size_sum")
+    assert batch_sum > batch_count, "no handler call ever received more than one request"
+
+
+async def test_requests_without_a_valid_token_are_refused(torchserve):
+    async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=30) as http:
+        anonymous = await http.post(f"/predictions/{torchserve.persona}", json={"message": "hi"})
+        ping = await http.get("/ping")
+    assert anonymous.status_code == 400 and "Token Authorization failed" in anonymous.text
+    assert ping.status_code == 400
+    async with InferenceClient(torchserve.inference_url, token="wrong-key", retries=0) as client:
+        with pytest.raises(InferenceRejected) as refused:
+            await client.reply(torchserve.persona, InferenceRequest(message="hi"))
+    assert refused.value.status == 400
+
+
+async def test_custom_metrics_are_exported_after_traffic(torchserve):
+    async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+        await client.reply(torchserve.persona, InferenceRequest(message="метрики", generation={"max_new_tokens": 3}))
+    async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=30) as http:
+        await http.post(f"/predictions/{torchserve.persona}", content=b"oops",
+                        headers=TokenSource(token_file=torchserve.key_file).headers())
+    metrics = httpx.get(torchserve.metrics_url, timeout=10).text  # no token needed
+    assert "# TYPE persona_handler_generation_seconds histogram" in metrics
+    assert 'persona_handler_generation_seconds_bucket{model_name="devops-dude",model_version="1"' in metrics
+    assert _sample(metrics, "persona_handler_generated_tokens_total") > 0
+    assert _sample(metrics, "persona_handler_errors_total", 'reason="invalid_json"') >= 1
+    assert "ts_inference_requests_total" in metrics
+
+
+def _sample(metrics: str, name: str, *required: str) -> float:
+    """Sum of a metric's samples (over label sets) whose labels contain every `required` text."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(text in line for text in required):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -1,0 +1,96 @@
+"""`persona train --config train.yaml`: every knob of a training run, typed and validated.
+
+The keys are the snake_case names of the PersonaModel CR's `training` section (the operator
+writes its Job's train.yaml from it), plus `persona` (the name, description and prompt template
+that serving renders with) and a few run-loop settings. Unknown keys are refused so a typo
+never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from personafleet.errors import PersonaError
+from personafleet.persona import PersonaSpec
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+class TrainConfig(BaseModel):
+    """Defaults are tuned for the embedded tiny base on a 2-core CPU (see `persona init-base`);
+    for FRED-T5-large on a GPU lower `learning_rate` (e.g. 3e-4) and raise `batch_size`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    persona: PersonaSpec = Field(default_factory=PersonaSpec)
+
+    # LoRA (peft)
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: float = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+
+    # optimisation
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Schedule = "cosine"
+    warmup_steps: int = Field(20, ge=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training set, unless max_steps is set")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 13
+
+    # memory and speed
+    precision: Precision = "auto"
+    gradient_checkpointing: bool = False
+    load_in_8bit: bool = Field(False, description="quantise the frozen base (CUDA + bitsandbytes only)")
+    max_source_tokens: int = Field(256, ge=8, description="longer prompts are truncated")
+    max_target_tokens: int = Field(64, ge=2, description="longer replies are truncated")
+    length_group_size: int = Field(50, ge=1, description="batches sorted by length within groups of this many")
+
+    # bookkeeping
+    eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        return self
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * self.gradient_accumulation
+
+
+def load_config(path: Path | None) -> TrainConfig:
+    """Read a YAML (or JSON) config; no path means the defaults. Problems become one line."""
+    if path is None:
+        return TrainConfig()
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PersonaError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PersonaError(f"{path}: cannot read config ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PersonaError(f"{path}: not valid YAML{where}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise PersonaError(f"{path}: a training config is a mapping of settings, got {type(document).__name__}")
+    try:
+        return TrainConfig.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        raise PersonaError(f"{path}: {where}: {first['msg']}") from None
