@@ -88,7 +88,8 @@ def training_script(persona: str, version: int, spec: PersonaModelSpec, settings
     if dataset.include_feedback:
         steps.append(["persona", "export-feedback", "--persona", persona, "--out", f"{WORK_DIR}/feedback"])
         train += ["--data", f"{WORK_DIR}/feedback"]
-    train += ["--base", spec.base_model, "--out", str(out / "run"), "--config", f"{WORK_DIR}/train.yaml"]
+    # --resume: a pod replaced after a preemption continues from the run's last checkpoint.
+    train += ["--base", spec.base_model, "--out", str(out / "run"), "--config", f"{WORK_DIR}/train.yaml", "--resume"]
     steps.append(train)
     package = ["persona", "package", "--run", str(out / "run"), "--name", persona, "--version", str(version),
                "--out", str(out), "--workers", str(spec.serving.workers)]
@@ -131,6 +132,8 @@ def training_job(
         "metadata": {"name": job_name(persona, version), "labels": labels},
         "spec": {
             "backoffLimit": 0,  # the operator retries, with back-off, up to rollout.retryLimit
+            # A preempted or evicted pod is replaced without failing the Job; it resumes (see --resume).
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {

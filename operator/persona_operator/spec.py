@@ -7,9 +7,10 @@ message for the resource's status.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError
@@ -30,6 +31,15 @@ class DatasetSection(_Camel):
     window_minutes: float | None = Field(None, ge=0)
     scrub: bool = False
     include_feedback: bool = False
+
+    @field_validator("exports")
+    @classmethod
+    def _inside_the_store(cls, exports: list[str]) -> list[str]:
+        """Relative paths are resolved in the model store; one that climbs out of it is a mistake."""
+        for path in exports:
+            if not path.startswith("/") and ".." in PurePosixPath(path).parts:
+                raise ValueError(f"{path!r} leaves the model store (relative paths are read from it)")
+        return exports
 
 
 class TrainingSection(_Camel):

@@ -50,6 +50,7 @@ def test_manifest_is_a_valid_job_owned_by_the_persona_model():
     assert meta["ownerReferences"][0]["uid"] == "u-1" and meta["ownerReferences"][0]["controller"] is True
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert pod["containers"][0]["image"] == "registry.local/personafleet:1.2.3"
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "store-pvc"
 
@@ -60,7 +61,7 @@ def test_command_follows_contract_4():
     assert prepare == ["persona", "prepare", "/store/exports/a.json", "/store/b.json", "--out", "/work/data",
                        "--persona-id", "user1", "--context-turns", "4", "--window-minutes", "30.0", "--scrub"]
     assert train == ["persona", "train", "--data", "/work/data", "--base", "/store/base/tiny-t5",
-                     "--out", "/store/alice/v7/run", "--config", "/work/train.yaml"]
+                     "--out", "/store/alice/v7/run", "--config", "/work/train.yaml", "--resume"]
     assert package == ["persona", "package", "--run", "/store/alice/v7/run", "--name", "alice",
                        "--version", "7", "--out", "/store/alice/v7", "--workers", "1"]
 

@@ -103,9 +103,10 @@ async def test_restart_between_job_creation_and_status_write_creates_no_second_j
 
 
 async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
-    cluster.apply(persona_model("bob", dataset={"exports": []}))
+    # The CRD's schema cannot see that a relative export path climbs out of the model store.
+    cluster.apply(persona_model("bob", dataset={"exports": ["../secrets/result.json"]}))
     status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
-    assert "spec.dataset.exports" in status["message"]
+    assert "spec.dataset.exports" in status["message"] and "leaves the model store" in status["message"]
     assert cluster.jobs("bob") == []
 
 
