@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import httpx
 
@@ -186,12 +186,37 @@ async def send_authorized(
     return response
 
 
-class InferenceClient:
+class AuthorizedClient:
+    """One connection pool to one TorchServe API, with the token source for its kind of key."""
+
+    kind: KeyKind
+
+    def __init__(self, base_url: str, *, token: str | None = None, token_file: str | Path | None = None,
+                 timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.tokens = TokenSource(token, token_file, kind=self.kind)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class InferenceClient(AuthorizedClient):
     """Async client for `POST /predictions/<persona>[/<version>]`.
 
     >>> async with InferenceClient("http://127.0.0.1:8080", token_file=".persona/serve/key_file.json") as c:
     ...     response = await c.reply("devops-dude", InferenceRequest(message="привет"))
     """
+
+    kind: KeyKind = "inference"
 
     def __init__(
         self,
@@ -203,22 +228,9 @@ class InferenceClient:
         retries: int = 2,
         backoff: float = 0.5,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.tokens = TokenSource(token, token_file, kind="inference")
+        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
         self.retries = max(0, retries)
         self.backoff = backoff
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
-
-    async def __aenter__(self) -> InferenceClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def reply(self, persona: str, request: InferenceRequest, version: str | None = None) -> InferenceResponse:
         """The persona's reply; raises `InferenceRejected` (4xx) or `InferenceUnavailable`."""

@@ -9,12 +9,11 @@ key; a mounted Secret: its content), re-read when the server rejects it.
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from personafleet.client import TokenSource, error_detail, send_authorized
+from personafleet.client import AuthorizedClient, KeyKind, error_detail, send_authorized
 
 
 class ManagementError(Exception):
@@ -25,31 +24,14 @@ class ManagementError(Exception):
         self.status = status
 
 
-class ManagementClient:
+class ManagementClient(AuthorizedClient):
     """Async client for TorchServe's management API (port 8081 by default)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        token_file: str | Path | None = None,
-        timeout: float = 120.0,
-    ):
-        self.base_url = base_url.rstrip("/")
-        self.tokens = TokenSource(token, token_file, kind="management")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+    kind: KeyKind = "management"
 
-    async def __aenter__(self) -> ManagementClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def __init__(self, base_url: str, *, token: str | None = None, token_file: str | Path | None = None,
+                 timeout: float = 120.0):
+        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

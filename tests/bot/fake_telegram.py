@@ -60,19 +60,9 @@ class FakeTelegram:
     def user(self, user_id: int) -> dict[str, Any]:
         return {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
 
-    def message(
-        self,
-        text: str,
-        *,
-        chat_id: int = 1,
-        user_id: int | None = None,
-        chat_type: str = "private",
-        mention: bool = False,
-        reply_to: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Queue a text message from a user (for getUpdates); returns the update."""
-        return self._queue(self.message_update(text, chat_id=chat_id, user_id=user_id, chat_type=chat_type,
-                                               mention=mention, reply_to=reply_to))
+    def message(self, text: str, **options: Any) -> dict[str, Any]:
+        """Queue a text message from a user (for getUpdates); `options` as for `message_update`."""
+        return self._queue(self.message_update(text, **options))
 
     def message_update(
         self,

@@ -228,7 +228,7 @@ class FakeKube:
         elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             if content_type.startswith("application/strategic") and kind.custom:
                 raise ApiError(415, "UnsupportedMediaType",
-                               f"the body of the request was in an unknown format - accepted media types include: "
+                               "the body of the request was in an unknown format - accepted media types include: "
                                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
             wanted = merge_patch(current, patch)
         else:

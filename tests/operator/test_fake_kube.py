@@ -56,7 +56,7 @@ def test_finalizers_hold_deletion_and_dependents_are_collected():
 
 
 async def test_official_client_lists_watches_from_a_resource_version_and_patches(tmp_path):
-    async with fake_cluster(tmp_path) as cluster:
+    async with fake_cluster(tmp_path):
         kubernetes.config.load_kube_config()
         core = kubernetes.client.CoreV1Api()
 
