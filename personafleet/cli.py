@@ -111,7 +111,7 @@ def package(
     base_path: Annotated[Optional[str], typer.Option(help="Base model hub id or mounted path (default: the one the adapter was trained on).")] = None,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into the .mar.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
-    max_batch_delay_ms: Annotated[int, typer.Option(min=0, help="How long TorchServe waits to fill a batch.")] = 30,
+    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes per TorchServe instance.")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Reply length cap in tokens.")] = 128,

@@ -65,7 +65,7 @@ class GenerationSection(_Camel):
 
 class ServingSection(_Camel):
     batch_size: int | None = Field(None, ge=1)
-    max_batch_delay_ms: int | None = Field(None, ge=0)
+    max_batch_delay_ms: int | None = Field(None, ge=1)  # TorchServe reads 0 as its 100 ms default
     workers: int = Field(1, ge=1)
     response_timeout_seconds: int | None = Field(None, ge=1)
     generation: GenerationSection = Field(default_factory=GenerationSection)

@@ -6,7 +6,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from persona_training.package import ArchiveOptions, build_archive
 from personafleet.persona import PersonaSpec
@@ -50,3 +52,9 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.startswith("persona: error: no LoRA adapter")
     assert "Traceback" not in result.stderr
+
+
+def test_a_zero_batch_delay_is_refused_because_torchserve_reads_it_as_100_ms():
+    """Measured: with maxBatchDelay 0, TorchServe 0.12 queued every lone request ~100 ms."""
+    with pytest.raises(ValidationError, match="max_batch_delay_ms"):
+        ArchiveOptions(max_batch_delay_ms=0)

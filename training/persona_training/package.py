@@ -44,7 +44,7 @@ class ArchiveOptions(BaseModel):
     """Serving settings baked into the archive's model-config.yaml and serving.json."""
 
     batch_size: int = Field(8, ge=1, description="most requests TorchServe hands the handler at once")
-    max_batch_delay_ms: int = Field(30, ge=0, description="how long TorchServe waits to fill a batch")
+    max_batch_delay_ms: int = Field(30, ge=1, description="how long TorchServe waits to fill a batch; 0 would mean its default, 100 ms")
     workers: int = Field(1, ge=1, description="worker processes (each holds one copy of the model)")
     response_timeout_s: int = Field(120, ge=1, description="seconds before TorchServe gives up on a batch")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
