@@ -57,8 +57,9 @@ async def test_failed_job_is_retried_with_backoff_then_reported_failed(cluster, 
     first = (await eventually(lambda: cluster.jobs("alice")))[0]
     cluster.finish_job(first, succeeded=False, message="OOMKilled")
 
-    retried = await eventually(lambda: [j for j in cluster.jobs("alice") if j["metadata"]["name"] == "alice-v2"])
-    assert cluster.status("alice")["retries"] == 1
+    # The Job is created first, then the status records the retry: wait for both.
+    retried = await eventually(lambda: cluster.status("alice").get("retries") == 1
+                               and [j for j in cluster.jobs("alice") if j["metadata"]["name"] == "alice-v2"])
     failed = cluster.events("TrainingFailed")
     assert failed and "OOMKilled" in failed[0]["message"] and "retry 1/1" in failed[0]["message"]
 
