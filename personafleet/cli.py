@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from personafleet.errors import PersonaError
+from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS
 
 app = typer.Typer(
     name="persona",
@@ -34,10 +35,10 @@ def prepare(
     exports: Annotated[list[Path], typer.Argument(help="Telegram Desktop JSON exports (result.json).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for train.jsonl, val.jsonl, stats.json.")],
     persona_id: Annotated[Optional[str], typer.Option(help="Keep only replies by this from_id (e.g. user123).")] = None,
-    context_turns: Annotated[int, typer.Option(min=1, help="Most context turns per record.")] = 3,
+    context_turns: Annotated[int, typer.Option(min=1, help="Most context turns per record.")] = CONTEXT_TURNS,
     window_minutes: Annotated[float, typer.Option(min=0, help="Preceding messages within this window are context.")] = 180,
     max_message_chars: Annotated[int, typer.Option(min=1, help="Longer replies are not used as targets.")] = 200,
-    max_context_chars: Annotated[int, typer.Option(min=1, help="Character budget of a record's context.")] = 500,
+    max_context_chars: Annotated[int, typer.Option(min=1, help="Character budget of a record's context.")] = CONTEXT_CHARS,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of records held out for validation, in whole conversations.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split.")] = 13,
     scrub: Annotated[bool, typer.Option("--scrub", help="Replace e-mails, phone numbers and @mentions with placeholders.")] = False,
@@ -250,6 +251,10 @@ def main() -> None:
         app()
     except PersonaError as exc:
         print(f"persona: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"persona: error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("persona: interrupted", file=sys.stderr)

@@ -26,6 +26,13 @@ class Turn(BaseModel):
     text: str
 
 
+# The context budget, one for the whole pipeline: `persona prepare` builds records with it, the
+# prompt keeps it, the bot keeps that much history. A model sees at serving time what it was
+# trained on (the seeds used 3 turns).
+CONTEXT_TURNS = 3
+CONTEXT_CHARS = 500
+
+
 class PromptTemplate(BaseModel):
     """The words around the conversation. Defaults follow SiberianPersonaFred's dialogue prompt."""
 
@@ -36,8 +43,8 @@ class PromptTemplate(BaseModel):
     user_label: str = "Собеседник"
     persona_label: str = "Ты"
     answer_marker: str = Field("<extra_id_0>", description="the span the model fills in")
-    max_context_turns: int = Field(8, ge=1, description="newest turns kept in the prompt")
-    max_context_chars: int = Field(1500, ge=1, description="character budget for those turns")
+    max_context_turns: int = Field(CONTEXT_TURNS, ge=1, description="newest turns kept in the prompt")
+    max_context_chars: int = Field(CONTEXT_CHARS, ge=1, description="character budget for those turns")
 
     def words(self) -> list[str]:
         """The fixed strings of the template (a tokenizer trained for it must know them)."""

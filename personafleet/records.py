@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from personafleet.errors import PersonaError
+from personafleet.errors import PersonaError, first_error
 
 
 class Utterance(BaseModel):
@@ -61,21 +61,21 @@ def write_records(path: Path, records: Iterable[DialogueRecord]) -> int:
 def iter_records(path: Path) -> Iterator[DialogueRecord]:
     """Read a JSON Lines file of records, failing with the file and line of the first bad one."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")  # decoded line by line, so a bad byte is reported at its line
     except OSError as exc:
         raise PersonaError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PersonaError(f"{path}:{number}: not UTF-8 text") from None
             try:
                 yield DialogueRecord.model_validate_json(line)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(part) for part in first["loc"]) or "record"
-                raise PersonaError(
-                    f"{path}:{number}: not a dialogue record ({where}: {first['msg']})"
-                ) from None
+                raise PersonaError(f"{path}:{number}: not a dialogue record ({first_error(exc, 'record')})") from None
 
 
 def read_records(path: Path) -> list[DialogueRecord]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
@@ -51,9 +52,7 @@ def _payload(item: Any) -> Any:
 
 
 def _validation_reason(exc: ValidationError) -> Rejected:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    detail = f"{where}: {first['msg']}"
+    first, detail = exc.errors()[0], first_error(exc, "body")
     if first["type"] in ("too_long", "string_too_long"):
         return Rejected(413, "too_large", detail)
     if first["type"] == "missing":

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from personafleet.errors import PersonaError
+from personafleet.errors import PersonaError, first_error
 
 
 class _Camel(BaseModel):
@@ -95,6 +95,4 @@ class PersonaModelSpec(_Camel):
         try:
             return cls.model_validate(spec)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = "spec." + ".".join(str(part) for part in error["loc"])
-            raise PersonaError(f"{where}: {error['msg']}") from None
+            raise PersonaError(f"spec.{first_error(exc, 'spec')}") from None

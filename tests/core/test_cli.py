@@ -36,3 +36,15 @@ def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
     assert result.stderr.startswith("persona: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_path_is_one_line_too(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    export = Path(__file__).resolve().parents[2] / "examples" / "sample-export" / "result.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "personafleet.cli", "prepare", str(export), "--out", str(blocker / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("persona: error: ") and "Traceback" not in result.stderr, result.stderr

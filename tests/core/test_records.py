@@ -35,3 +35,11 @@ def test_a_bad_line_is_reported_with_file_line_and_field(tmp_path, line, where):
 def test_a_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(PersonaError, match="cannot read"):
         read_records(tmp_path / "nope.jsonl")
+
+
+def test_a_file_that_is_not_utf8_is_a_user_error_naming_the_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    write_records(path, [DialogueRecord.model_validate(RECORD)])
+    path.write_bytes(path.read_bytes() + b"\xff\xfe garbage\n")
+    with pytest.raises(PersonaError, match=r"train.jsonl:2: not UTF-8 text"):
+        read_records(path)

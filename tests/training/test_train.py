@@ -177,6 +177,26 @@ def test_targets_end_with_eos_even_when_the_tokenizer_does_not_append_it(tiny_ba
     assert len(examples[1].labels) == 8 and examples[0].input_ids[-1] != tokenizer.eos_token_id
 
 
+def test_an_overlong_prompt_loses_its_start_and_keeps_the_newest_turn_and_answer_marker(tiny_base):
+    """Serving cuts prompts on the left (the handler); training must cut the same side."""
+    from transformers import AutoTokenizer
+
+    from persona_training.data import tokenize_records
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    long = DialogueRecord(
+        context=[Utterance(author="user1", name="Anna", text="старое " * 60),
+                 Utterance(author="user1", name="Anna", text="новый вопрос")],
+        reply=Utterance(author="user2", name="Boris", text="ответ"),
+        source=Source(chat_id=1, message_id=1),
+    )
+    [example] = tokenize_records([long], tokenizer, PersonaSpec(), 32, 8)
+    kept = tokenizer.decode(example.input_ids, skip_special_tokens=False)
+    assert len(example.input_ids) == 32
+    assert "новый вопрос" in kept and kept.rstrip().endswith("<extra_id_0></s>") and "Продолжи" not in kept
+    assert tokenizer.truncation_side == "right"  # the tokenizer itself is left as it was
+
+
 def test_gradient_checkpointing_trains_the_same_numbers_and_accumulation_counts(tmp_path, tiny_base, tiny_data):
     settings = {"max_steps": 2, "warmup_steps": 0, "batch_size": 8, "lora_dropout": 0.0, "max_source_tokens": 64,
                 "gradient_accumulation": 2}
@@ -185,4 +205,9 @@ def test_gradient_checkpointing_trains_the_same_numbers_and_accumulation_counts(
                    TrainConfig(**settings, gradient_checkpointing=True))
     assert [e["loss"] for e in saving["train_loss"]] == pytest.approx([e["loss"] for e in plain["train_loss"]], abs=1e-5)
     assert saving["config"]["gradient_checkpointing"] is True
+    from persona_training.modeling import load_base_model, with_lora
+
+    config = TrainConfig(**settings, gradient_checkpointing=True)
+    model = with_lora(load_base_model(str(tiny_base), config, pick_hardware(config)), config)
+    assert model.base_model.model.is_activation_checkpointing  # really on, not just echoed in the report
     assert plain["steps"] == 2 and plain["samples"] == 2 * 8 * 2

@@ -51,6 +51,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, progress
     root = checkpoint_dir(run_dir)
     final = root / f"step-{progress.step:08d}"
     partial = root / f".{final.name}.partial"
+    if (final / STATE_FILE).exists():  # this step is saved already (a resumed run ending where it stopped)
+        return final
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     state = {
@@ -66,7 +68,6 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, progress
         },
     }
     torch.save(state, partial / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     for older in root.glob("step-*"):
         if older != final:

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from personafleet.errors import PersonaError
+from personafleet.errors import PersonaError, first_error
 from personafleet.persona import PersonaSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -91,6 +91,4 @@ def load_config(path: Path | None) -> TrainConfig:
     try:
         return TrainConfig.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "config"
-        raise PersonaError(f"{path}: {where}: {first['msg']}") from None
+        raise PersonaError(f"{path}: {first_error(exc, 'config')}") from None

@@ -70,10 +70,16 @@ def tokenize_records(
 ) -> list[TokenizedExample]:
     """Prompts as the tokenizer encodes them (serving does the same) and replies ending with the
     end-of-sequence token, which T5 tokenizers append and FRED-T5's GPT-2-style one does not:
-    without it the model never learns to stop. Overlong texts are truncated."""
+    without it the model never learns to stop. Overlong prompts lose their start, as in serving
+    (the end holds the newest turn and the answer marker); overlong replies lose their end."""
     prompts = [prompt_for(record, persona) for record in records]
     replies = [record.reply.text for record in records]
-    sources = tokenizer(prompts, max_length=max_source, truncation=True)["input_ids"]
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        sources = tokenizer(prompts, max_length=max_source, truncation=True)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
     targets = tokenizer(text_target=replies, max_length=max_target, truncation=True)["input_ids"]
     eos = tokenizer.eos_token_id
     targets = [ids if ids and ids[-1] == eos else ids[:max_target - 1] + [eos] for ids in targets]
@@ -88,7 +94,7 @@ def token_stats(examples: Sequence[TokenizedExample], max_source: int, max_targe
         "examples": len(examples),
         "source_tokens": {"mean": round(sum(sources) / len(sources), 1), "max": max(sources)},
         "target_tokens": {"mean": round(sum(targets) / len(targets), 1), "max": max(targets)},
-        "truncated_sources": sum(length >= max_source for length in sources),
+        "truncated_sources": sum(length >= max_source for length in sources),  # at the limit: cut, or just fitting
         "truncated_targets": sum(length >= max_target for length in targets),
     }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -24,10 +25,10 @@ from pathlib import Path
 import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
-from personafleet.errors import PersonaError
+from personafleet.errors import PersonaError, first_error
 from personafleet.inference import GenerationLimits
 from personafleet.persona import PERSONA_FILE, PERSONA_NAME_PATTERN, PersonaSpec
 
@@ -73,7 +74,10 @@ def resolve_base(adapter: Path, base_path: str | None) -> str:
     """The base model reference: `--base-path`, else what the adapter was trained on."""
     if base_path:
         return base_path
-    recorded = json.loads((adapter / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        recorded = json.loads((adapter / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError:
+        raise PersonaError(f"{adapter / ADAPTER_FILE} is not valid JSON: was {adapter} written by `persona train`?") from None
     if not recorded:
         raise PersonaError(f"{adapter / ADAPTER_FILE} names no base model; pass --base-path")
     return recorded
@@ -85,8 +89,8 @@ def load_persona(run_dir: Path, name: str) -> PersonaSpec:
         raise PersonaError(f"{path} is missing: was {run_dir} written by `persona train`?")
     try:
         persona = PersonaSpec.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise PersonaError(f"{path} is not a valid persona spec: {exc}") from exc
+    except ValidationError as exc:
+        raise PersonaError(f"{path} is not a valid persona spec ({first_error(exc, 'persona')})") from None
     # The TorchServe model name is the persona name: the packaged spec must agree with it.
     return persona.model_copy(update={"name": name})
 
@@ -152,9 +156,13 @@ def build_archive(
                 handler=HANDLER_FILE,
                 version=version,
                 extra_files=str(staging),
-                export_path=str(out_dir),
+                export_path=tmp,
                 config_file=str(model_config),
                 force=True,
             )
         )
-    return out_dir / f"{name}.mar"
+        # Into place in one step: a server may be reading the archive this one replaces.
+        archive = out_dir / f"{name}.mar"
+        shutil.move(Path(tmp) / archive.name, archive.with_suffix(".mar.partial"))
+        os.replace(archive.with_suffix(".mar.partial"), archive)
+    return archive

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from personafleet.errors import PersonaError
-from personafleet.prompt import Turn, fit_context
+from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS, Turn, fit_context
 from personafleet.records import DialogueRecord, Source, Utterance, write_records
 from persona_training.telegram import Chat, Message, load_export
 from persona_training.text import clean_text
@@ -44,10 +44,10 @@ class PrepareOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     persona_id: str | None = Field(None, description="keep only replies by this from_id")
-    context_turns: int = Field(3, ge=1)
+    context_turns: int = Field(CONTEXT_TURNS, ge=1)
     window_minutes: float = Field(180, ge=0)
     max_message_chars: int = Field(200, ge=1)
-    max_context_chars: int = Field(500, ge=1)
+    max_context_chars: int = Field(CONTEXT_CHARS, ge=1)
     val_fraction: float = Field(0.1, ge=0.0, le=0.9)
     seed: int = 13
     scrub: bool = False

@@ -7,6 +7,7 @@ PNG and the README are for the person deciding whether this version is any good.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,11 @@ MODEL_CARD_FILE = "README.md"
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Written whole or not at all: the operator's gate reads it from the shared store."""
     path = run_dir / REPORT_FILE
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
     return path
 
 

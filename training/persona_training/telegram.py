@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from personafleet.errors import PersonaError
+from personafleet.errors import PersonaError, first_error
 
 # Keys whose presence marks a message as carrying media (the text, if any, is a caption).
 MEDIA_KEYS = frozenset(
@@ -150,9 +150,7 @@ def parse_export(document: Any, origin: str = "export") -> list[Chat]:
     try:
         parsed = model.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "document"
-        raise PersonaError(f"{origin}: not a Telegram Desktop export ({where}: {first['msg']})") from None
+        raise PersonaError(f"{origin}: not a Telegram Desktop export ({first_error(exc, 'document')})") from None
     if isinstance(parsed, Chat):
         return [parsed]
     return parsed.chats.chats + (parsed.left_chats.chats if parsed.left_chats else [])

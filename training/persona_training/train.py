@@ -101,7 +101,10 @@ def train(
     model = with_lora(load_base_model(base, config, hardware), config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
+    warmup_steps = min(config.warmup_steps, total_steps // 2)
+    if warmup_steps < config.warmup_steps:
+        log.warning("warmup_steps %d cut to %d: the run has only %d steps", config.warmup_steps, warmup_steps, total_steps)
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_steps,
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(hardware.device, enabled=hardware.precision == "fp16")
     eval_batch = config.batch_size * 2
