@@ -1,6 +1,6 @@
 """The rollout gate: a new version serves only if it is not measurably worse than the current one.
 
-It reads the training reports the Jobs leave in the model store (contract 4: `report.json` with
+It reads the training reports the Jobs leave in the model store (contract 4: `run/report.json` with
 `eval.after.loss` and `eval.after.perplexity`).
 """
 
