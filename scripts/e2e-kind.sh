@@ -84,7 +84,7 @@ kc delete pod store-seed --wait=false
 
 log "applying examples/persona.yaml (tiny base, 30 steps, no GPU)"
 # The example as users apply it, adjusted for a laptop: PyYAML from the image does the edit.
-docker run --rm -i "personafleet:$TAG" python -c '
+docker run --rm -i --entrypoint python "personafleet:$TAG" -c '
 import sys, yaml
 cr = yaml.safe_load(sys.stdin)
 spec = cr["spec"]

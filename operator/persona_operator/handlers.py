@@ -20,6 +20,7 @@ from persona_operator.status import now
 
 FINALIZER = "personafleet.io/cleanup"
 ERROR_BACKOFF_SECONDS = 5.0
+DELETE_RETRIES, DELETE_BACKOFF_SECONDS = 5, 10.0
 
 
 @kopf.on.startup()
@@ -48,21 +49,26 @@ async def reconcile_persona(name: str, memo: kopf.Memo, stopped: kopf.DaemonStop
         await _sleep(wakeup, stopped, delay if delay is not None else memo.settings.resync_seconds)
 
 
+# The wake-ups are coroutines: kopf runs plain functions in a thread, and an asyncio.Event must be
+# set from the event loop's own thread.
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def spec_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A new generation: the daemon starts its training (and stops the superseded Job)."""
     _wake(memo, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_PERSONA: kopf.PRESENT})
-def job_changed(labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+async def job_changed(labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
     """A training Job changed: its persona's daemon looks whether it finished."""
     _wake(memo, labels[LABEL_PERSONA])
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, retries=DELETE_RETRIES, backoff=DELETE_BACKOFF_SECONDS)
 async def remove_persona(name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Unregister the persona from every replica and from models.json; its Jobs go with their owner."""
+    """Unregister the persona from every replica and from models.json; its Jobs go with their owner.
+
+    Retried a few times, then given up (kopf releases the finalizer): an unreachable replica must not
+    keep the resource, and its namespace, from being deleted forever."""
     settings, cluster = memo.settings, memo.reconciler.cluster
     replicas = [Replica.from_pod(pod, settings) for pod in await cluster.ready_pods(settings.serving_selector)]
     await memo.reconciler.rollout.remove_persona(name, replicas)

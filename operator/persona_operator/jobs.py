@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import kopf
 
+from personafleet.inference import GenerationLimits
 from personafleet.persona import PersonaSpec
 
 from persona_operator.settings import Settings
@@ -48,6 +49,13 @@ def job_labels(persona: str, version: int, generation: int) -> dict[str, str]:
         LABEL_VERSION: str(version),
         LABEL_GENERATION: str(generation),
     }
+
+
+# The container's shell is PID 1, which ignores SIGTERM and would not pass it on: `run` starts a
+# step in the background and forwards SIGTERM to it, so `persona train` checkpoints before the pod
+# goes (exit 143), and returns the step's own exit status.
+RUN_STEP = ('run() { "$@" & step=$!; trap \'kill -TERM "$step" 2>/dev/null\' TERM; '
+            'while :; do wait "$step" && return 0; code=$?; kill -0 "$step" 2>/dev/null || return "$code"; done; }')
 
 
 def version_dir(store: PurePosixPath | str, persona: str, version: int) -> PurePosixPath:
@@ -93,14 +101,17 @@ def training_script(persona: str, version: int, spec: PersonaModelSpec, settings
     steps.append(train)
     package = ["persona", "package", "--run", str(out / "run"), "--name", persona, "--version", str(version),
                "--out", str(out), "--workers", str(spec.serving.workers)]
+    requested = spec.serving.generation.max_new_tokens
+    if requested is not None and requested > GenerationLimits().max_new_tokens:  # the cap must let it through
+        package += ["--max-new-tokens", str(requested)]
     # Baked into the archive, so a replica that starts later (from models.json) batches the same way.
     for flag, value in (("--batch-size", spec.serving.batch_size), ("--max-batch-delay-ms", spec.serving.max_batch_delay_ms),
                         ("--response-timeout", spec.serving.response_timeout_seconds)):
         if value is not None:
             package += [flag, str(value)]
     steps.append(package)
-    lines = ["set -eu", f'printf "%s" "${TRAIN_CONFIG_ENV}" > {WORK_DIR}/train.yaml']
-    lines += [shlex.join(step) for step in steps]
+    lines = ["set -eu", RUN_STEP, f'printf "%s" "${TRAIN_CONFIG_ENV}" > {WORK_DIR}/train.yaml']
+    lines += ["run " + shlex.join(step) for step in steps]
     return "\n".join(lines)
 
 
@@ -122,7 +133,7 @@ def training_job(
             {"name": "store", "mountPath": str(settings.store_path)},
             {"name": "work", "mountPath": WORK_DIR},
         ],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if spec.dataset.include_feedback and settings.database_secret:
         container["envFrom"] = [{"secretRef": {"name": settings.database_secret}}]
@@ -138,7 +149,8 @@ def training_job(
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "nodeSelector": spec.node_selector if spec.node_selector is not None else defaults.node_selector,
                     "tolerations": spec.tolerations if spec.tolerations is not None else defaults.tolerations,
                     "containers": [container],

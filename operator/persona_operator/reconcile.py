@@ -194,8 +194,13 @@ class Reconciler:
         except RolloutFailed as exc:
             metrics.ROLLOUTS.labels(name, "failed").inc()
             return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; it was withdrawn", logger)
-        await self.cluster.set_desired_model(self.settings.models_configmap, name,
-                                             {"version": str(version), "url": model_url(name, version)})
+        try:
+            await self.cluster.set_desired_model(self.settings.models_configmap, name,
+                                                 {"version": str(version), "url": model_url(name, version)})
+        except Exception as exc:  # noqa: BLE001 - e.g. 403: say so in the status; the retry rolls out again
+            metrics.ROLLOUTS.labels(name, "failed").inc()
+            detail = f"version {version} serves, but {self.settings.models_configmap} could not record it: {exc}"
+            return await self._fail(body, spec, ROLLOUT_FAILED, detail, logger)
         try:
             removed = await self.rollout.prune(name, replicas, spec.rollout.keep_versions, version)
         except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the next rollout tries again

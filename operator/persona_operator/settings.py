@@ -34,7 +34,8 @@ class Settings(BaseModel):
 
     namespace: str = Field("default", description="PERSONA_NAMESPACE: the namespace watched and written to.")
     training_image: str = Field(
-        "personafleet:0.1.0", description="PERSONA_TRAINING_IMAGE: image with the `persona` CLI for training Jobs."
+        "personafleet-serve:0.1.0",
+        description="PERSONA_TRAINING_IMAGE: image with the `persona` CLI and CUDA torch for training Jobs (the serving image).",
     )
     store_pvc: str = Field("personafleet-store", description="PERSONA_STORE_PVC: the model store's ReadWriteMany PVC.")
     store_path: Path = Field(

@@ -268,6 +268,8 @@ def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):
     cpu = find(render({"serving": {"gpu": {"enabled": False}, "nodeSelector": {"pool": "gpu"}}}), "Deployment", "-serving")
     assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
     assert "nodeSelector" not in pod_spec(cpu) and "tolerations" not in pod_spec(cpu)
+    assert gpu["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # no spare GPU needed
+    assert "strategy" not in cpu["spec"]
 
 
 def test_the_models_configmap_starts_as_an_empty_contract_2_file(render):

@@ -11,7 +11,7 @@ import sys
 import kubernetes_validate
 import pytest
 
-from persona_operator.jobs import job_outcome, training_config, training_job
+from persona_operator.jobs import RUN_STEP, job_outcome, training_config, training_job
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_training.config import TrainConfig
@@ -38,7 +38,9 @@ def build(**spec):
 
 def commands(job) -> list[list[str]]:
     script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
-    return [shlex.split(line) for line in script.splitlines()[2:]]
+    lines = script.splitlines()
+    assert lines[:2] == ["set -eu", RUN_STEP] and all(line.startswith("run persona ") for line in lines[3:])
+    return [shlex.split(line)[1:] for line in lines[3:]]
 
 
 def test_manifest_is_a_valid_job_owned_by_the_persona_model():
@@ -121,3 +123,29 @@ def test_job_outcome(conditions, expected):
     outcome, why = job_outcome({"status": {"conditions": conditions}})
     assert outcome == expected
     assert ("DeadlineExceeded: too slow" in why) == (expected == "failed")
+
+
+def test_sigterm_reaches_the_step_in_flight_and_its_exit_status_is_kept(tmp_path):
+    """The pod's shell is PID 1: without forwarding, a preempted `persona train` never checkpoints."""
+    marker = tmp_path / "checkpointed"
+    step = (f"import signal, sys, time, pathlib\n"
+            f"def stop(*_): pathlib.Path({str(marker)!r}).write_text('yes'); sys.exit(143)\n"
+            f"signal.signal(signal.SIGTERM, stop)\n"
+            f"print('ready', flush=True)\n"
+            f"time.sleep(60)\n")
+    script = f"set -eu\n{RUN_STEP}\nrun {shlex.quote(sys.executable)} -c {shlex.quote(step)}\necho never"
+    shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    assert shell.stdout.readline().strip() == "ready"
+    shell.terminate()  # SIGTERM to the shell only, as the kubelet does to PID 1
+    output, _ = shell.communicate(timeout=30)
+    assert marker.read_text() == "yes" and shell.returncode == 143 and "never" not in output
+
+    quick = subprocess.run(["sh", "-c", f"set -eu\n{RUN_STEP}\nrun sh -c 'exit 3'\necho never"],
+                           capture_output=True, text=True, timeout=30)
+    assert quick.returncode == 3 and "never" not in quick.stdout  # a failed step still stops the Job
+
+
+def test_a_reply_cap_above_the_default_is_baked_into_the_archive():
+    package = commands(build(serving={"generation": {"maxNewTokens": 256}}))[-1]
+    assert package[package.index("--max-new-tokens") + 1] == "256"
+    assert "--max-new-tokens" not in commands(build(serving={"generation": {"maxNewTokens": 64}}))[-1]
