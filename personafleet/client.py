@@ -151,10 +151,20 @@ def _parse_token_file(text: str, kind: KeyKind) -> tuple[str | None, str | None,
 
 
 def is_auth_failure(response: httpx.Response) -> bool:
-    """Did the server reject the key (TorchServe: 400 + phrase; the auth front: 401)?"""
+    """Did the server reject the key (TorchServe: 400 + phrase; the auth front: 401)?
+
+    Only TorchServe's own error body counts: the handler's `{"error", "detail"}` bodies echo what a
+    client sent, and a client must not be able to make every caller rotate its key."""
     if response.status_code == 401:
         return True
-    return response.status_code in (400, 403) and _AUTH_PHRASE in response.text.lower()
+    if response.status_code not in (400, 403):
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return (isinstance(body, dict) and "error" not in body
+            and _AUTH_PHRASE in str(body.get("message", "")).lower())
 
 
 def error_detail(response: httpx.Response) -> tuple[str, str]:
@@ -244,6 +254,9 @@ class InferenceClient(AuthorizedClient):
                 response = await send_authorized(self._http, self.tokens, "POST", path, json=body)
             except httpx.TransportError as exc:  # connection refused/reset, timeouts
                 problem = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, httpx.ReadTimeout):  # the server still generates it: a retry doubles the load
+                    logger.warning("Inference attempt %d/%d timed out; not retried", attempt + 1, self.retries + 1)
+                    break
                 logger.warning("Inference attempt %d/%d failed: %s", attempt + 1, self.retries + 1, problem)
                 continue
             if response.status_code >= 500:

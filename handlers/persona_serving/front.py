@@ -30,6 +30,15 @@ RENEW_BEFORE = timedelta(minutes=5)
 FORWARDED_HEADERS = ("content-type", "accept")
 
 
+def _inference_route(request: web.Request) -> bool:
+    """Predictions and the probe only: explanations and the rest would take a whole batch into
+    paths this handler does not serve."""
+    if request.path == "/ping":
+        return request.method == "GET"
+    parts = request.path.strip("/").split("/")
+    return request.method == "POST" and parts[0] == "predictions" and len(parts) in (2, 3)
+
+
 def _error(status: int, error: str, detail: str) -> web.Response:
     return web.Response(
         status=status, text=InferenceError(error=error, detail=detail).model_dump_json(), content_type="application/json"
@@ -86,6 +95,8 @@ class AuthFront:
         path = request.path
         if path.startswith("/token"):
             return _error(404, "not_found", "key renewal is internal to the pod")
+        if listener is self.inference and not _inference_route(request):
+            return _error(404, "not_found", "the inference API serves GET /ping and POST /predictions/NAME[/VERSION]")
         public_probe = listener is self.inference and path == "/ping" and request.method == "GET"
         if not public_probe and not listener.authorized(request):
             return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
@@ -112,12 +123,16 @@ class AuthFront:
         return stage(self.model_store, url, self.links) if is_store_url(url) else url
 
     async def keep_keys_fresh(self) -> None:
-        """Renew TorchServe's local keys a few minutes before they expire."""
+        """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is
+        retried next round; a key rejected meanwhile is renewed on demand by `send_authorized`)."""
         while True:
             for listener in (self.inference, self.management):
                 expires = listener.local_key.expires_at
                 if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
-                    await listener.local_key.refresh(self.management.http, listener.local_key.token())
+                    try:
+                        await listener.local_key.refresh(self.management.http, listener.local_key.token())
+                    except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad round
+                        logger.warning("Renewing TorchServe's %s key failed: %s", listener.name, exc)
             await asyncio.sleep(30)
 
     async def serve(self, host: str, inference_port: int, management_port: int, stopping: asyncio.Event) -> None:

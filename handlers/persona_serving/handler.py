@@ -67,6 +67,14 @@ class PersonaHandler(BaseHandler):
             "bundled" if self.config.bundled_base else base, "merged" if self.config.merge_adapter else "unmerged",
         )
 
+    # Every request is a prediction. BaseHandler would send the whole batch down the explain or
+    # describe path when only its FIRST request asks for it, failing everyone else's request.
+    def _is_explain(self) -> bool:
+        return False
+
+    def _is_describe(self) -> bool:
+        return False
+
     def preprocess(self, data: list[Any]) -> list[Prepared | Rejected]:
         self._observe(BATCH_SIZE, len(data))
         return [prepare(item, self.persona, self.config.limits) for item in data]

@@ -64,8 +64,8 @@ def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepar
     """Validate one raw request and render its prompt with the shared `render_prompt`."""
     try:
         payload = _payload(item)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return Rejected(400, "invalid_json", f"body is not UTF-8 JSON: {exc}")
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        return Rejected(400, "invalid_json", f"body is not UTF-8 JSON: {exc.__class__.__name__}: {str(exc)[:200]}")
     if not isinstance(payload, dict):
         return Rejected(400, "invalid_request", f"body must be a JSON object, got {type(payload).__name__}")
     try:

@@ -167,6 +167,19 @@ def running_pid(workdir: Path) -> int | None:
     return None
 
 
+def alive(pid: int) -> bool:
+    """Whether the JVM still runs. As a container's PID 1 we inherit it when `torchserve --start`
+    exits, and a dead child we have not reaped is a zombie that `pid_exists` still reports."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and dead
+    except ChildProcessError:
+        pass
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def start(options: ServeOptions) -> int:
     """Start TorchServe in the background and return the JVM's pid (written to W/torchserve.pid)."""
     workdir = options.workdir.resolve()
@@ -247,7 +260,7 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
     deadline = time.monotonic() + options.startup_timeout_s
     async with ManagementClient(options.management_url, token_file=options.key_file, timeout=5) as management:
         while True:
-            if not psutil.pid_exists(pid):
+            if not alive(pid):
                 raise PersonaError(f"TorchServe exited during start; see {options.workdir / 'logs'}")
             if options.key_file.exists():
                 try:
@@ -321,7 +334,7 @@ def serve_foreground(options: ServeOptions, models_file: Path | None, names: lis
         logger.info("Serving %s", json.dumps(await register_models(options, models)))
         front = asyncio.create_task(_front(options, stopping)) if options.front else None
         while not stopping.is_set():
-            if not psutil.pid_exists(pid) or (front is not None and front.done()):
+            if not alive(pid) or (front is not None and front.done()):
                 logger.error("TorchServe or the auth front stopped; exiting")
                 stopping.set()
                 return 1

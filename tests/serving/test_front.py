@@ -71,10 +71,14 @@ async def test_front_requires_the_secret_token(pod):
     async with httpx.AsyncClient(base_url=pod["inference"], timeout=30) as http:
         anonymous = await http.post(f"/predictions/{PERSONA}", json={"message": "hi"})
         wrong = await http.post(f"/predictions/{PERSONA}", json={"message": "hi"}, headers={"Authorization": "Bearer nope"})
-        renewal = await http.get("/token", params={"type": "inference"}, headers={"Authorization": "Bearer inference-secret"})
+        explanation = await http.post(f"/explanations/{PERSONA}", json={"message": "hi"},
+                                      headers={"Authorization": "Bearer inference-secret"})
+    async with httpx.AsyncClient(base_url=pod["management"], timeout=30) as http:
+        renewal = await http.get("/token", params={"type": "inference"}, headers={"Authorization": "Bearer management-secret"})
     assert anonymous.status_code == wrong.status_code == 401
     assert anonymous.json()["error"] == "unauthorized"
-    assert renewal.status_code == 404
+    assert renewal.status_code == 404 and renewal.json()["error"] == "not_found"  # TorchServe's keys stay in the pod
+    assert explanation.status_code == 404
     async with ManagementClient(pod["management"], token_file=pod["secrets"]["inference"]) as management:
         with pytest.raises(ManagementError) as refused:
             await management.list_models()

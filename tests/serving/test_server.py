@@ -54,6 +54,29 @@ async def test_a_batch_of_valid_and_invalid_requests_answers_each_on_its_own(tor
     assert batch_sum > batch_count, "no handler call ever received more than one request"
 
 
+async def test_hostile_requests_in_a_batch_fail_alone_and_rotate_no_key(torchserve):
+    """A body nested past Python's recursion limit, an explanation request (BaseHandler would send
+    the whole batch down its explain path) and a persona that echoes TorchServe's auth phrase."""
+    headers = TokenSource(token_file=torchserve.key_file).headers()
+    key_before = torchserve.key_file.read_text()
+    valid = {"message": "привет", "generation": {"max_new_tokens": 4}}
+    async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=60) as http:
+        responses = await asyncio.gather(
+            http.post(f"/explanations/{torchserve.persona}", json=valid, headers=headers),
+            http.post(f"/predictions/{torchserve.persona}", content=b"[" * 100_000 + b"]" * 100_000, headers=headers),
+            http.post(f"/predictions/{torchserve.persona}", json=valid, headers=headers),
+            http.post(f"/predictions/{torchserve.persona}", json=valid, headers=headers),
+        )
+    assert [r.status_code for r in responses] == [200, 400, 200, 200]
+    assert responses[1].json()["error"] == "invalid_json"
+    async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+        with pytest.raises(InferenceRejected) as rejected:
+            await client.reply(torchserve.persona, InferenceRequest(message="hi", persona="Token Authorization failed"))
+        assert rejected.value.error == "persona_mismatch"
+        await client.reply(torchserve.persona, InferenceRequest(message="hi", generation={"max_new_tokens": 2}))
+    assert torchserve.key_file.read_text() == key_before  # nobody asked TorchServe for a new key
+
+
 async def test_requests_without_a_valid_token_are_refused(torchserve):
     async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=30) as http:
         anonymous = await http.post(f"/predictions/{torchserve.persona}", json={"message": "hi"})
