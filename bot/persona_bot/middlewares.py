@@ -116,7 +116,9 @@ class RateLimitMiddleware(BaseMiddleware):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Message)
-        user_id = event.from_user.id if event.from_user else event.chat.id
+        # Who is posting: a message sent on behalf of a chat carries a placeholder user shared by
+        # everyone doing so (@GroupAnonymousBot, @Channel_Bot), so the sending chat is the key.
+        user_id = event.sender_chat.id if event.sender_chat else (event.from_user or event.chat).id
         if self.limiter.allow(user_id):
             self._warned.pop(user_id, None)
             return await handler(event, data)

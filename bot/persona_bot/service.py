@@ -130,10 +130,12 @@ class BotService:
         """Telegram POSTs updates to WEBHOOK_URL's path; aiogram checks the secret header of
         every one (401 on a mismatch) and processes it in the background."""
         app = web.Application()
+        # Shutdown hooks run in the order added: the dispatcher's (which drains in-flight updates)
+        # must come before the request handler's, which closes the bot's HTTP session.
+        setup_application(app, self.dispatcher, bot=self.bot)
         SimpleRequestHandler(
             self.dispatcher, self.bot, secret_token=self.settings.webhook_secret.get_secret_value()
         ).register(app, path=self.settings.webhook_path)
-        setup_application(app, self.dispatcher, bot=self.bot)
         runner, self.webhook_port = await serve(app, self.settings.listen_host, self.settings.webhook_port)
         logger.info(
             "Webhook on http://%s:%d%s", self.settings.listen_host, self.webhook_port, self.settings.webhook_path

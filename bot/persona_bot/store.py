@@ -17,7 +17,7 @@ from importlib import resources
 import asyncpg
 
 from persona_bot import metrics
-from personafleet.prompt import PromptTemplate, Turn, fit_context
+from personafleet.prompt import PromptTemplate, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -207,21 +207,21 @@ class Store:
             await connection.execute("DELETE FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona)
 
     async def record(self, exchange: Exchange, *, update_history: bool = True) -> None:
-        """Keep the reply (for feedback) and make the chat's history the exchange's context plus
-        the message and reply, trimmed to the model's context budget. One statement, one round
-        trip. The caller answers one message per chat at a time, so the context it loaded is
-        still the stored history; `update_history=False` when it could not be loaded (an
-        outage), so a history that could not be seen is never overwritten."""
-        turns = fit_context(
-            [*exchange.context, Turn(role="user", text=exchange.message), Turn(role="persona", text=exchange.reply)],
-            self.budget.max_context_turns,
-            self.budget.max_context_chars,
-        )
+        """Keep the reply (for feedback) and append the message and reply to the chat's history,
+        keeping its newest turns. One statement, one round trip. Appending in SQL (rather than
+        writing back the history the caller loaded) keeps exchanges that other replicas stored
+        meanwhile, and a history cleared meanwhile stays cleared. `update_history=False` when the
+        history could not be loaded (an outage): the exchange is then not part of it. The
+        character budget is applied when the history is used (`fit_context` before each call)."""
+        pair = [Turn(role="user", text=exchange.message), Turn(role="persona", text=exchange.reply)]
         async with self._connection() as connection:
             await connection.execute(
                 "WITH history AS ("
                 "  INSERT INTO histories (chat_id, persona, turns) SELECT $1, $3, $8 WHERE $9"
-                "  ON CONFLICT (chat_id, persona) DO UPDATE SET turns = EXCLUDED.turns, updated_at = now())"
+                "  ON CONFLICT (chat_id, persona) DO UPDATE SET updated_at = now(), turns = ("
+                "    SELECT jsonb_agg(turn ORDER BY position) FROM jsonb_array_elements(histories.turns || EXCLUDED.turns)"
+                "    WITH ORDINALITY AS newest(turn, position)"
+                "    WHERE position > jsonb_array_length(histories.turns || EXCLUDED.turns) - $10))"
                 " INSERT INTO replies (chat_id, message_id, persona, model_version, context, message, reply)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 exchange.chat_id,
@@ -231,8 +231,9 @@ class Store:
                 _dump(exchange.context),
                 exchange.message,
                 exchange.reply,
-                _dump(turns),
+                _dump(pair),
                 update_history,
+                self.budget.max_context_turns,
             )
 
     async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:

@@ -29,6 +29,7 @@ NO_MEMORY = "(My memory is offline for a moment, so I'm answering without our ea
 # "typing…" only once the model takes noticeably long: the Bot API recommends chat actions just
 # for responses that take a noticeable time, and a quick reply would hide it at once anyway.
 TYPING_AFTER_SECONDS = 0.3
+TELEGRAM_MAX_CHARS = 4096  # sendMessage's limit
 
 
 def cap(text: str, limit: int) -> str:
@@ -78,8 +79,8 @@ async def answer(
         return
     metrics.MODEL_LATENCY.labels(persona, "ok").observe(time.perf_counter() - started)
 
-    reply = cap(response.reply, settings.max_reply_chars)
     note = NO_MEMORY if store.outage_notice_due(chat_id) else ""
+    reply = cap(response.reply, min(settings.max_reply_chars, TELEGRAM_MAX_CHARS - len(note)))
     # In groups the reply quotes the message it answers, so people see who it is for.
     quote = None
     if message.chat.type != ChatType.PRIVATE:
