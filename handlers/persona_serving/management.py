@@ -88,10 +88,6 @@ class ManagementClient(AuthorizedClient):
     async def unregister(self, name: str, version: str) -> dict:
         return await self._call("DELETE", f"/models/{name}/{version}")
 
-    async def scale(self, name: str, version: str, *, min_workers: int, max_workers: int | None = None) -> dict:
-        params = {"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"}
-        return await self._call("PUT", f"/models/{name}/{version}", params=params)
-
     async def list_models(self) -> list[dict]:
         """`[{"modelName", "modelUrl"}, ...]` for every registered model (all pages)."""
         models: list[dict] = []
