@@ -98,6 +98,16 @@ class Cluster:
                 ready.append(pod)
         return sorted(ready, key=lambda pod: pod["metadata"]["name"])
 
+    async def desired_models(self, configmap: str) -> dict[str, Any]:
+        """What models.json asks starting TorchServe pods to serve (empty when the ConfigMap is missing)."""
+        try:
+            found = await self._call(self.core.read_namespaced_config_map, configmap, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return json.loads((found.data or {}).get(MODELS_KEY) or "{}")
+
     async def set_desired_model(self, configmap: str, persona: str, entry: dict[str, str] | None) -> None:
         """Record (or with None, forget) what a starting TorchServe pod registers for `persona` (contract 2).
 

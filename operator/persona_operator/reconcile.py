@@ -84,6 +84,8 @@ class Reconciler:
             return await self._roll_out(body, spec, logger)
         if phase == Phase.FAILED:
             return await self._retry(body, spec, logger)
+        if phase == Phase.READY:
+            return await self._keep_serving(body, spec, logger)
         return None
 
     # ---- training ------------------------------------------------------------------------
@@ -221,6 +223,29 @@ class Reconciler:
         self.retry_due.pop(name, None)
         kopf.event(body, type="Normal", reason="RolledOut",
                   message=message + (f"; unregistered {', '.join(removed)}" if removed else ""))
+        return None
+
+    async def _keep_serving(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> None:
+        """Level-triggered, also when Ready: every replica serves `servingVersion` by default, and
+        models.json says so (a replica may have started mid-rollout; a `helm rollback` restores an
+        old ConfigMap). Problems are logged and tried again next pass; the status stays Ready."""
+        name, serving = body["metadata"]["name"], (body.get("status") or {}).get("servingVersion")
+        if not serving:
+            return None
+        version = int(serving)
+        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        try:
+            fixed = await self.rollout.restore(name, version, replicas, spec.serving)
+            entry = {"version": str(version), "url": model_url(name, version)}
+            if (await self.cluster.desired_models(self.settings.models_configmap)).get(name) != entry:
+                await self.cluster.set_desired_model(self.settings.models_configmap, name, entry)
+                fixed.append(self.settings.models_configmap)
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            logger.warning("Could not keep %s v%s serving everywhere: %s", name, version, exc)
+            return None
+        if fixed:
+            kopf.event(body, type="Normal", reason="Resynced", message=f"version {version} restored on {', '.join(fixed)}")
+            logger.info("Version %s of %s restored on %s", version, name, ", ".join(fixed))
         return None
 
     # ---- failure and retries -------------------------------------------------------------

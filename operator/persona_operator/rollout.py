@@ -171,6 +171,20 @@ class Rollout:
                 return None
             raise
 
+    async def restore(self, persona: str, version: int, replicas: Sequence[Replica], serving: ServingSection) -> list[str]:
+        """Make `version` the default again on every replica where it is not (a pod that started
+        from an older models.json, or a version changed by hand); returns the pods it fixed."""
+        fixed = []
+        for replica in replicas:
+            async with self._management(replica) as management:
+                described = await self._versions(management, persona) or []
+            if any(d["isDefault"] and _version_key(d["modelVersion"]) == version for d in described):
+                continue
+            await self._load(replica, persona, version, serving)
+            await self._set_default(replica, persona, version)
+            fixed.append(replica.pod)
+        return fixed
+
     async def withdraw(self, persona: str, version: int, replicas: Sequence[Replica], previous: int | None) -> None:
         """Take `version` off every replica, the previous version (if any) being the default again."""
         for replica in replicas:

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from personafleet.client import InferenceClient
 from personafleet.inference import InferenceRequest
 from persona_serving.management import ManagementClient
+from persona_operator.rollout import model_url
 from tests.operator.harness import Operator, eventually, operator_settings, persona_model, place_version, serving_replica
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,7 @@ async def test_create_serves_v1_then_an_edit_rolls_out_v2_under_load_and_delete_
     assert await versions(torchserve, "pm-life") == {"1", "2"}  # keepVersions 2
     assert json.loads(cluster.kube.get("configmaps", "default", "personafleet-models")["data"]["models.json"])[
         "pm-life"]["version"] == "2"
-    assert cluster.events("RolledOut")
+    await eventually(lambda: cluster.events("RolledOut"))  # kopf posts Events in the background
     assert REGISTRY.get_sample_value("persona_operator_rollouts_total", {"persona": "pm-life", "outcome": "succeeded"}) == 2
     assert REGISTRY.get_sample_value("persona_operator_time_to_serving_seconds_count", {"persona": "pm-life"}) == 2
 
@@ -154,7 +155,7 @@ async def test_failed_job_gate_rejection_and_an_unreachable_replica_leave_v1_ser
     rolled_out = next(c for c in status["conditions"] if c["type"] == "RolledOut")
     assert rolled_out["reason"] == "GateRejected" and "2.5000" in rolled_out["message"]
     assert await versions(torchserve, "pm-fail") == {"1"}
-    assert cluster.events("GateRejected")
+    await eventually(lambda: cluster.events("GateRejected"))  # kopf posts Events in the background
 
     # Every replica or none: a second, unreachable replica fails the rollout on the first one too.
     cluster.add_serving_pod("torchserve-1", ip="127.0.0.2")
@@ -199,3 +200,26 @@ async def test_restart_mid_rollout_finishes_the_rollout_without_a_new_job(cluste
     assert sorted(j["metadata"]["name"] for j in cluster.jobs("pm-restart")) == ["pm-restart-v1", "pm-restart-v2"]
     assert await ask(torchserve, "pm-restart") == "2"
     assert await versions(torchserve, "pm-restart") == {"1", "2"}
+
+
+async def test_a_ready_persona_puts_a_drifted_replica_and_models_json_back(cluster, serving_operator, replica,
+                                                                           torchserve, tiny_run):
+    """A pod that started from an older models.json, or a version switched by hand: the next pass
+    makes the serving version the default again, and models.json name it again."""
+    await serve_first_version(cluster, tiny_run, "pm-drift")
+    place_version(cluster.store, tiny_run, "pm-drift", 2, loss=1.9)
+    management_url = f"http://127.0.0.1:{replica.management_port}"
+    async with ManagementClient(management_url, token_file=replica.token_file) as management:
+        await management.register(model_url("pm-drift", 2), initial_workers=1, synchronous=True)
+        await management.set_default("pm-drift", "2")
+    stale = json.dumps({"pm-drift": {"version": "2", "url": model_url("pm-drift", 2)}})
+    cluster.kube.patch("configmaps", "default", "personafleet-models", {"data": {"models.json": stale}})
+    assert await ask(torchserve, "pm-drift") == "2"
+
+    job = cluster.jobs("pm-drift")[0]  # any event of the persona's Jobs wakes its reconcile pass
+    cluster.kube.patch("jobs", "default", job["metadata"]["name"], {"metadata": {"annotations": {"touched": "1"}}})
+    await eventually(lambda: cluster.events("Resynced"), timeout=ROLLOUT_TIMEOUT)
+    assert await ask(torchserve, "pm-drift") == "1"
+    models = json.loads(cluster.kube.get("configmaps", "default", "personafleet-models")["data"]["models.json"])
+    assert models["pm-drift"]["version"] == "1"
+    assert cluster.status("pm-drift")["phase"] == "Ready"

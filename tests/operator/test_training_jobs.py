@@ -30,7 +30,7 @@ async def test_create_starts_one_training_job_owned_by_the_resource(cluster, ope
     assert status["observedGeneration"] == 1 and status["latestVersion"] == "1"
     assert status["lastTraining"]["jobName"] == "alice-v1"
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Trained": "False", "Ready": "False"}
-    assert cluster.events("TrainingStarted")
+    await eventually(lambda: cluster.events("TrainingStarted"))  # kopf posts Events in the background
 
 
 async def test_spec_change_supersedes_the_running_job_and_status_changes_do_not_retrain(cluster, operator):
@@ -49,7 +49,7 @@ async def test_spec_change_supersedes_the_running_job_and_status_changes_do_not_
     assert '"lora_rank": 16' in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
     status = await eventually(lambda: cluster.status("alice").get("observedGeneration") == 2 and cluster.status("alice"))
     assert status["latestVersion"] == "2" and status["phase"] == "Training"
-    assert cluster.events("Superseded")
+    await eventually(lambda: cluster.events("Superseded"))  # kopf posts Events in the background
 
 
 async def test_failed_job_is_retried_with_backoff_then_reported_failed(cluster, operator):
@@ -60,7 +60,7 @@ async def test_failed_job_is_retried_with_backoff_then_reported_failed(cluster, 
     # The Job is created first, then the status records the retry: wait for both.
     retried = await eventually(lambda: cluster.status("alice").get("retries") == 1
                                and [j for j in cluster.jobs("alice") if j["metadata"]["name"] == "alice-v2"])
-    failed = cluster.events("TrainingFailed")
+    failed = await eventually(lambda: cluster.events("TrainingFailed"))
     assert failed and "OOMKilled" in failed[0]["message"] and "retry 1/1" in failed[0]["message"]
 
     cluster.finish_job(retried[0], succeeded=False, message="OOMKilled again")
