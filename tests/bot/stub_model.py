@@ -34,6 +34,12 @@ class StubModel:
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self.url
 
+    async def wait_for_request(self, timeout: float = 5.0) -> None:
+        """Until the bot has asked the model something (the answer may still be in the works)."""
+        deadline = time.monotonic() + timeout
+        while not self.requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

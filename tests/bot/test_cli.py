@@ -73,10 +73,7 @@ async def test_sigterm_finishes_the_reply_in_flight_then_exits(bot_env, telegram
     try:
         await telegram.wait_calls("setMyCommands", timeout=30)
         telegram.message("one last thing", chat_id=51)
-        for _ in range(250):
-            if model.requests:
-                break
-            await asyncio.sleep(0.02)
+        await model.wait_for_request(timeout=5)
         assert model.requests and not telegram.sent
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), 30)

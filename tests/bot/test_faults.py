@@ -66,10 +66,7 @@ async def test_stopping_finishes_the_reply_in_flight(running_bot, telegram, mode
     model.delay = 0.8
     async with running_bot():
         telegram.message("slow question", chat_id=33)
-        for _ in range(100):
-            if model.requests:
-                break
-            await asyncio.sleep(0.02)
+        await model.wait_for_request(timeout=2)
         assert model.requests and not telegram.sent
         assert (await telegram.wait_calls("sendChatAction"))[0]["action"] == "typing"  # a slow model: "typing…"
     # The block's exit asked the bot to stop while the model was still working.
