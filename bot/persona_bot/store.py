@@ -29,6 +29,8 @@ OUTAGE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk or memory full
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a replica promoted or demoted mid-failover
+    asyncpg.exceptions.UndefinedTableError,  # the database was recreated: migrate again (below)
 )
 # Any constant works; it keeps two bot replicas from migrating at the same time.
 MIGRATION_LOCK = 7_326_101
@@ -148,6 +150,8 @@ class Store:
                     self._migrated = True
                 yield connection
         except OUTAGE_ERRORS as exc:
+            if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
+                self._migrated = False
             metrics.STORE_ERRORS.inc()
             metrics.STORE_UP.set(0)
             if self.available:

@@ -35,3 +35,24 @@ async def test_replicas_keep_each_others_exchanges_and_a_clear_stays_cleared(pos
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_recreated_database_is_an_outage_then_migrated_again(postgres_database):
+    import asyncpg
+    import pytest
+
+    from persona_bot.store import StoreUnavailable
+
+    store = Store(postgres_database)
+    await store.open()
+    try:
+        await store.record(exchange(1, "one", []))
+        connection = await asyncpg.connect(postgres_database)
+        await connection.execute("DROP TABLE votes, replies, histories, chats, schema_migrations CASCADE")
+        await connection.close()
+        with pytest.raises(StoreUnavailable):
+            await store.history(5, "devops-dude")
+        assert await store.history(5, "devops-dude") == []  # the schema is back, the bot answers again
+        assert store.available
+    finally:
+        await store.close()
