@@ -41,7 +41,8 @@ async def reconcile_persona(name: str, memo: kopf.Memo, stopped: kopf.DaemonStop
     while not stopped:
         wakeup.clear()
         try:
-            delay = await memo.reconciler.reconcile(name, logger)
+            async with _pass_lock(memo, name):
+                delay = await memo.reconciler.reconcile(name, logger)
         except Exception:  # noqa: BLE001 - the pass is retried; the error is counted and logged
             metrics.RECONCILE_ERRORS.labels(name).inc()
             logger.exception("Reconcile of %s failed; retrying in %.0f s", name, ERROR_BACKOFF_SECONDS)
@@ -70,10 +71,14 @@ async def remove_persona(name: str, memo: kopf.Memo, logger: logging.Logger, **_
     Retried a few times, then given up (kopf releases the finalizer): an unreachable replica must not
     keep the resource, and its namespace, from being deleted forever."""
     settings, cluster = memo.settings, memo.reconciler.cluster
-    replicas = [Replica.from_pod(pod, settings) for pod in await cluster.ready_pods(settings.serving_selector)]
-    await memo.reconciler.rollout.remove_persona(name, replicas)
-    await cluster.set_desired_model(settings.models_configmap, name, None)
+    # After a pass still rolling out (kopf stops the daemon only alongside this handler), so
+    # nothing it registers or records is left behind.
+    async with _pass_lock(memo, name):
+        replicas = [Replica.from_pod(pod, settings) for pod in await cluster.ready_pods(settings.serving_selector)]
+        await memo.reconciler.rollout.remove_persona(name, replicas)
+        await cluster.set_desired_model(settings.models_configmap, name, None)
     memo.wakeups.pop(name, None)
+    memo.passes.pop(name, None)
     memo.reconciler.retry_due.pop(name, None)
     logger.info("Removed %s from %d replica(s) and from %s", name, len(replicas), settings.models_configmap)
 
@@ -82,6 +87,11 @@ async def remove_persona(name: str, memo: kopf.Memo, logger: logging.Logger, **_
 def liveness_time(**_: Any) -> str:
     """kopf's /healthz answers only while its event loop runs; this puts a timestamp in the answer."""
     return now()
+
+
+def _pass_lock(memo: kopf.Memo, name: str) -> asyncio.Lock:
+    """One reconcile pass or cleanup of a persona at a time."""
+    return memo.passes.setdefault(name, asyncio.Lock())
 
 
 def _wake(memo: kopf.Memo, name: str) -> None:

@@ -18,7 +18,7 @@ def make_memo(settings: Settings) -> kopf.Memo:
     """What every handler shares: the settings, the reconciler, and the daemons' wake-up events."""
     load_config()
     reconciler = Reconciler(settings=settings, cluster=Cluster(settings.namespace), rollout=Rollout(settings))
-    return kopf.Memo(settings=settings, reconciler=reconciler, wakeups={})
+    return kopf.Memo(settings=settings, reconciler=reconciler, wakeups={}, passes={})
 
 
 async def operate(
