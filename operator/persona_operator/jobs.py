@@ -143,6 +143,7 @@ def training_job(
         "metadata": {"name": job_name(persona, version), "labels": labels},
         "spec": {
             "backoffLimit": 0,  # the operator retries, with back-off, up to rollout.retryLimit
+            "activeDeadlineSeconds": settings.training_deadline_seconds,  # pending pods count too
             # A preempted or evicted pod is replaced without failing the Job; it resumes (see --resume).
             "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "template": {

@@ -74,6 +74,10 @@ class Settings(BaseModel):
     retry_backoff_seconds: float = Field(
         30.0, ge=0, description="PERSONA_RETRY_BACKOFF_SECONDS: first retry delay; doubles with every retry."
     )
+    training_deadline_seconds: int = Field(
+        86400, ge=60, description="PERSONA_TRAINING_DEADLINE_SECONDS: a training Job's activeDeadlineSeconds "
+        "(a Job that never gets a node fails instead of training forever)."
+    )
 
     @field_validator("serving_selector")
     @classmethod
@@ -124,5 +128,6 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_RESYNC_SECONDS": "resync_seconds",
     "PERSONA_ROLLOUT_TIMEOUT_SECONDS": "rollout_timeout_seconds",
     "PERSONA_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
+    "PERSONA_TRAINING_DEADLINE_SECONDS": "training_deadline_seconds",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""

@@ -52,6 +52,7 @@ def test_manifest_is_a_valid_job_owned_by_the_persona_model():
     assert meta["ownerReferences"][0]["uid"] == "u-1" and meta["ownerReferences"][0]["controller"] is True
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 86400  # a Job that never schedules fails, visibly
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert pod["containers"][0]["image"] == "registry.local/personafleet:1.2.3"
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "store-pvc"
