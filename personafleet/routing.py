@@ -1,0 +1,163 @@
+"""The fleet's routing table: which version of each persona answers (contract 2).
+
+One small JSON file at the top of the model store, `STORE/routing.json`:
+
+    {"personas": {"devops-dude": {"serving": 2, "versions": [1, 2]}}}
+
+`serving` answers requests that name no version; `versions` are the versions a request may pin
+(always including `serving`): the operator adds a new version there, smoke-tests it pinned, then
+switches `serving`, then prunes `versions` to `keepVersions`. The files of a version stay in the
+store (`STORE/<persona>/v<N>/`) whether or not the table lists it.
+
+Writers (the operator, `persona switch`) change it under an exclusive lock and replace it with one
+atomic rename; readers (every serving worker) never see half a file. Version naming is one rule
+everywhere: a version is a positive integer N, written without leading zeros; its folder is `vN`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from personafleet.errors import PersonaError, first_error
+from personafleet.persona import PERSONA_NAME_PATTERN
+
+ROUTING_FILE = "routing.json"
+LOCK_FILE = ".routing.lock"
+VERSION_PATTERN = re.compile(r"^v?([1-9][0-9]*)$")
+
+
+def parse_version(text: str | int) -> int:
+    """`3`, `"3"` or `"v3"` -> 3; anything else (`1.0`, `03`, `0`) is a user error naming the rule."""
+    match = VERSION_PATTERN.fullmatch(str(text).strip())
+    if isinstance(text, bool) or match is None:
+        raise PersonaError(f"version {text!r} must be a positive integer such as 3 (its store folder is v3)")
+    return int(match[1])
+
+
+def version_dir(store: Path, persona: str, version: int) -> Path:
+    """`STORE/<persona>/v<N>/` (contract 1)."""
+    return store / persona / f"v{version}"
+
+
+class PersonaRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    serving: int = Field(ge=1, description="the version answering requests that pin none")
+    versions: list[int] = Field(description="versions a request may pin, oldest first; includes `serving`")
+
+    @model_validator(mode="after")
+    def _serving_is_listed(self) -> PersonaRoute:
+        self.versions = sorted(set(self.versions) | {self.serving})
+        if any(v < 1 for v in self.versions):
+            raise ValueError("versions are positive integers")
+        return self
+
+
+class RoutingTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    personas: dict[str, PersonaRoute] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_are_persona_names(self) -> RoutingTable:
+        for name in self.personas:
+            if not re.fullmatch(PERSONA_NAME_PATTERN, name):
+                raise ValueError(f"persona name {name!r} must match {PERSONA_NAME_PATTERN}")
+        return self
+
+    def resolve(self, persona: str, version: int | None = None) -> int | None:
+        """The version that answers `persona` (pinned or serving), or None when it is not routed."""
+        route = self.personas.get(persona)
+        if route is None:
+            return None
+        if version is None:
+            return route.serving
+        return version if version in route.versions else None
+
+    def add(self, persona: str, version: int, *, serve: bool) -> None:
+        """List `version` for pinned requests; with `serve`, make it the answering version too."""
+        route = self.personas.get(persona)
+        if route is None:
+            self.personas[persona] = PersonaRoute(serving=version, versions=[version])
+            return
+        self.personas[persona] = PersonaRoute(
+            serving=version if serve else route.serving, versions=[*route.versions, version]
+        )
+
+    def withdraw(self, persona: str, version: int) -> None:
+        """Unlist a version that is not serving (a failed rollout); the serving one stays."""
+        route = self.personas.get(persona)
+        if route is not None and version != route.serving:
+            route.versions = [v for v in route.versions if v != version]
+
+    def prune(self, persona: str, keep: int) -> list[int]:
+        """Keep the newest `keep` versions (never dropping `serving`); returns the versions dropped."""
+        route = self.personas.get(persona)
+        if route is None:
+            return []
+        kept = set(sorted(route.versions, reverse=True)[: max(keep, 1)]) | {route.serving}
+        dropped = [v for v in route.versions if v not in kept]
+        route.versions = sorted(kept)
+        return dropped
+
+    def remove(self, persona: str) -> None:
+        self.personas.pop(persona, None)
+
+
+def parse_routing(text: str | bytes, source: str = ROUTING_FILE) -> RoutingTable:
+    try:
+        return RoutingTable.model_validate_json(text)
+    except ValidationError as exc:
+        raise PersonaError(f"{source} is not a valid routing table ({first_error(exc, 'table')})") from None
+
+
+def read_routing(store: Path) -> RoutingTable:
+    """The store's table; an empty one when there is none yet."""
+    path = store / ROUTING_FILE
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return RoutingTable()
+    except OSError as exc:
+        raise PersonaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_routing(text, str(path))
+
+
+@contextmanager
+def _locked(store: Path) -> Iterator[None]:
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / LOCK_FILE, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_routing(store: Path, table: RoutingTable) -> None:
+    """Replace the table in one rename (readers see the old file or the new one, never a mix)."""
+    with tempfile.NamedTemporaryFile("w", dir=store, prefix=".routing-", suffix=".json", delete=False,
+                                     encoding="utf-8") as tmp:
+        tmp.write(table.model_dump_json(indent=2))
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, store / ROUTING_FILE)
+
+
+def update_routing(store: Path, change: Callable[[RoutingTable], None]) -> RoutingTable:
+    """Read, change and write the table under the store's lock (the operator and `persona switch`
+    may write at the same time); returns the table as written."""
+    with _locked(store):
+        table = read_routing(store)
+        change(table)
+        write_routing(store, table)
+        return table
