@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from personafleet.errors import PersonaError
+from personafleet.inference import MAX_NEW_TOKENS
 from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS
 
 app = typer.Typer(
@@ -115,7 +116,7 @@ def package(
     max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes per TorchServe instance.")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Reply length cap in tokens.")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
     merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge the LoRA adapter into the base at load.")] = True,
 ) -> None:
     """Build a versioned TorchServe .mar from a training run."""

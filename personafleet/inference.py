@@ -31,10 +31,15 @@ class GenerationOptions(BaseModel):
     num_beams: int | None = None
 
 
+MAX_NEW_TOKENS = 512
+"""The highest reply length cap anything may configure: the PersonaModel CRD's maximum of
+serving.generation.maxNewTokens, and so the highest cap a packaged persona can carry."""
+
+
 class GenerationLimits(BaseModel):
     """Bounds the server enforces; the reply length cap defaults to 128 tokens (seed 004)."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
     max_temperature: float = 2.0
     min_temperature: float = 0.05
     max_top_k: int = 200

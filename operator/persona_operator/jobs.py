@@ -12,7 +12,10 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import kopf
+from kubernetes.client import V1Job
+from pydantic import ValidationError
 
+from personafleet.errors import PersonaError, first_error
 from personafleet.inference import GenerationLimits
 from personafleet.persona import PersonaSpec
 
@@ -81,7 +84,7 @@ def training_script(persona: str, version: int, spec: PersonaModelSpec, settings
     store = PurePosixPath(settings.store_path)
     out = version_dir(store, persona, version)
     dataset = spec.dataset
-    exports = [str(store / path) if not path.startswith("/") else path for path in dataset.exports]
+    exports = [str(store / path) for path in dataset.exports]  # relative paths only (PersonaModelSpec)
     prepare = ["persona", "prepare", *exports, "--out", f"{WORK_DIR}/data"]
     if spec.persona.author_id:
         prepare += ["--persona-id", spec.persona.author_id]
@@ -128,7 +131,7 @@ def training_job(
         "image": settings.training_image,
         "command": ["sh", "-c", training_script(persona, version, spec, settings)],
         "env": [{"name": TRAIN_CONFIG_ENV, "value": json.dumps(training_config(persona, spec), ensure_ascii=False)}],
-        "resources": spec.resources if spec.resources is not None else defaults.resources,
+        "resources": spec.resources if spec.resources is not None else defaults.resources,  # normalised below
         "volumeMounts": [
             {"name": "store", "mountPath": str(settings.store_path)},
             {"name": "work", "mountPath": WORK_DIR},
@@ -150,6 +153,7 @@ def training_job(
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,  # training talks to no Kubernetes API
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "nodeSelector": spec.node_selector if spec.node_selector is not None else defaults.node_selector,
@@ -164,7 +168,30 @@ def training_job(
         },
     }
     kopf.adopt(job, owner=owner)
+    return api_ready(job)
+
+
+def api_ready(job: dict[str, Any]) -> dict[str, Any]:
+    """The Job as the API (and the `kubernetes` client's models) take it: every resource quantity a
+    string, as YAML's `nvidia.com/gpu: 1` is an integer; anything else the client would refuse
+    becomes one `PersonaError` here, not a refusal in `create_namespaced_job` on every pass."""
+    for pod_container in job["spec"]["template"]["spec"]["containers"]:
+        pod_container["resources"] = {
+            section: {name: _quantity(value) for name, value in (amounts or {}).items()}
+            if section in ("limits", "requests") else amounts
+            for section, amounts in (pod_container.get("resources") or {}).items()
+        }
+    try:
+        V1Job.model_validate(job)
+    except ValidationError as exc:
+        raise PersonaError(f"the training Job would be refused: {first_error(exc, 'job')}") from None
     return job
+
+
+def _quantity(value: Any) -> Any:
+    """A quantity in the API's string form (`1` -> "1", `0.5` -> "0.5"); other types are left for the
+    API to refuse."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def job_outcome(job: dict[str, Any]) -> tuple[JobOutcome, str]:

@@ -15,6 +15,7 @@ run any number of times, and an operator restarted mid-training or mid-rollout c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from persona_operator import metrics
 from persona_operator.cluster import Cluster
@@ -73,9 +75,21 @@ class Reconciler:
         generation = body["metadata"]["generation"]
         try:
             spec = PersonaModelSpec.parse(body.get("spec") or {})
+            spec.check_scheduling(self.settings.training_overrides)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))
-        if status.get("observedGeneration") != generation:
+        try:
+            return await self._step(body, spec, logger)
+        except (ApiException, OSError, PersonaError) as exc:
+            # A step the cluster or the store refused (a Job the API server finds invalid, an
+            # unreadable store, ...) is a failure like a failed Job: status, Event, back-off, retry.
+            training = status.get("observedGeneration") != generation or status.get("phase") == Phase.TRAINING \
+                or _failed_step(status) == TRAINING_FAILED
+            return await self._fail(body, spec, TRAINING_FAILED if training else ROLLOUT_FAILED, describe(exc), logger)
+
+    async def _step(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+        status = body.get("status") or {}
+        if status.get("observedGeneration") != body["metadata"]["generation"]:
             return await self._start_training(body, spec, logger)
         phase = status.get("phase")
         if phase == Phase.TRAINING:
@@ -252,8 +266,10 @@ class Reconciler:
     async def _fail(self, body: dict, spec: PersonaModelSpec, reason: str, detail: str,
                     logger: logging.Logger) -> float | None:
         """Record a failure; if retries are left, schedule the failed step again after a back-off."""
-        name, status = body["metadata"]["name"], body.get("status") or {}
-        retries, limit = int(status.get("retries") or 0), spec.rollout.retry_limit
+        name, status, generation = body["metadata"]["name"], body.get("status") or {}, body["metadata"]["generation"]
+        # A new generation that failed before its first status write starts counting retries afresh.
+        retries = int(status.get("retries") or 0) if status.get("observedGeneration") == generation else 0
+        limit = spec.rollout.retry_limit
         message = detail
         delay = None
         if retries < limit:
@@ -262,7 +278,7 @@ class Reconciler:
             self.retry_due[name] = asyncio.get_running_loop().time() + delay
         else:
             message += f"; no retries left ({limit})" if limit else ""
-        update = StatusUpdate(status).set(phase=Phase.FAILED, message=message)
+        update = StatusUpdate(status).set(phase=Phase.FAILED, observedGeneration=generation, retries=retries, message=message)
         if reason == TRAINING_FAILED:
             update.condition("Trained", False, reason, detail)
         else:
@@ -320,6 +336,20 @@ class Reconciler:
         if store.is_dir():
             known += [int(m.group(1)) for p in store.iterdir() if (m := VERSION_DIR.match(p.name))]
         return max(known) + 1
+
+
+def describe(exc: ApiException | OSError | PersonaError) -> str:
+    """One line for the status: the API server's own message (it names the object and field), or
+    what the store or a step said."""
+    if isinstance(exc, ApiException):
+        try:
+            message = json.loads(exc.body or "{}").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"the API server refused a request ({exc.status} {exc.reason}): {message or exc.body or 'no details'}"
+    if isinstance(exc, OSError):
+        return f"the model store is unreadable: {exc}"
+    return str(exc)
 
 
 def _failed_at(job: dict) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from persona_operator.spec import SchedulingField
 from personafleet.errors import PersonaError
 
 
@@ -62,6 +63,11 @@ class Settings(BaseModel):
         default_factory=TrainingDefaults,
         description="PERSONA_TRAINING_DEFAULTS: JSON {nodeSelector, tolerations, resources} for training Jobs.",
     )
+    training_overrides: frozenset[SchedulingField] = Field(
+        frozenset({"resources"}),
+        description="PERSONA_TRAINING_OVERRIDES: JSON list of the scheduling fields a PersonaModel may set "
+        "(resources, nodeSelector, tolerations); the others come from PERSONA_TRAINING_DEFAULTS only.",
+    )
     metrics_port: int = Field(9090, description="METRICS_PORT: Prometheus /metrics.")
     health_port: int = Field(8080, description="PERSONA_HEALTH_PORT: kopf's liveness endpoint /healthz.")
     listen_address: str = Field("0.0.0.0", description="PERSONA_LISTEN_ADDRESS: bind address of /metrics and /healthz.")
@@ -95,7 +101,7 @@ class Settings(BaseModel):
             raw = environ.get(variable)
             if raw is None or raw == "":
                 continue
-            if field == "training_defaults":
+            if field in JSON_FIELDS:
                 try:
                     values[field] = json.loads(raw)
                 except json.JSONDecodeError as exc:
@@ -122,6 +128,7 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_MODELS_CONFIGMAP": "models_configmap",
     "PERSONA_DATABASE_SECRET": "database_secret",
     "PERSONA_TRAINING_DEFAULTS": "training_defaults",
+    "PERSONA_TRAINING_OVERRIDES": "training_overrides",
     "METRICS_PORT": "metrics_port",
     "PERSONA_HEALTH_PORT": "health_port",
     "PERSONA_LISTEN_ADDRESS": "listen_address",
@@ -131,3 +138,4 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_TRAINING_DEADLINE_SECONDS": "training_deadline_seconds",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""
+JSON_FIELDS = frozenset({"training_defaults", "training_overrides"})

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError, first_error
+from personafleet.inference import MAX_NEW_TOKENS
+
+SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
 
 
 class _Camel(BaseModel):
@@ -35,10 +38,11 @@ class DatasetSection(_Camel):
     @field_validator("exports")
     @classmethod
     def _inside_the_store(cls, exports: list[str]) -> list[str]:
-        """Relative paths are resolved in the model store; one that climbs out of it is a mistake."""
+        """The model store is the only source of training data: paths are relative to it, and may
+        neither be absolute (another volume of the training pod) nor climb out of it."""
         for path in exports:
-            if not path.startswith("/") and ".." in PurePosixPath(path).parts:
-                raise ValueError(f"{path!r} leaves the model store (relative paths are read from it)")
+            if path.startswith("/") or ".." in PurePosixPath(path).parts:
+                raise ValueError(f"{path!r} is not inside the model store (give a path relative to it)")
         return exports
 
 
@@ -57,7 +61,7 @@ class TrainingSection(_Camel):
 
 
 class GenerationSection(_Camel):
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
     repetition_penalty: float | None = Field(None, ge=1)
@@ -96,3 +100,14 @@ class PersonaModelSpec(_Camel):
             return cls.model_validate(spec)
         except ValidationError as exc:
             raise PersonaError(f"spec.{first_error(exc, 'spec')}") from None
+
+    def check_scheduling(self, allowed: frozenset[str]) -> None:
+        """Refuse scheduling fields the installation does not let a PersonaModel set (the chart's
+        training.allowedOverrides): the Job would otherwise run where, and with what, its author says."""
+        given = sorted(to_camel(name) for name in ("resources", "node_selector", "tolerations")
+                       if getattr(self, name) is not None)
+        refused = [name for name in given if name not in allowed]
+        if refused:
+            permitted = ", ".join(sorted(allowed)) or "none"
+            raise PersonaError(f"spec.{refused[0]}: this installation does not let a PersonaModel set it "
+                               f"(the chart's training.allowedOverrides: {permitted})")

@@ -88,3 +88,25 @@ def env_of(obj: dict) -> dict[str, dict]:
 
 def secret_data(secret: dict) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def resolve_env(objects: list[dict], workload: dict, tmp_path) -> dict[str, str]:
+    """A container's environment as the process sees it: values, Secret keys, the pod's namespace;
+    a mounted file path (…_FILE) points at a temp file holding the Secret key's content."""
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    env: dict[str, str] = {}
+    for name, entry in env_of(workload).items():
+        source = entry.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
+        elif "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.namespace"
+            env[name] = NAMESPACE
+        else:
+            env[name] = entry["value"]
+        if name.endswith("_FILE"):
+            mounted = tmp_path / name
+            mounted.write_text("token-from-the-secret")
+            env[name] = str(mounted)
+    return env

@@ -11,6 +11,7 @@ import pytest
 import typer
 
 from tests.charts.conftest import (
+    resolve_env,
     BOT_TOKEN,
     CHART,
     MINIMAL,
@@ -210,28 +211,6 @@ def test_the_bot_settings_load_from_the_rendered_environment(render, tmp_path):
     assert settings.inference_url == f"http://{FULLNAME}-serving:8080"
     assert settings.database_url.get_secret_value().startswith("postgresql://personafleet:")
     assert settings.listen_host == "0.0.0.0" and settings.metrics_port == 9090 and settings.webhook_port == 8443
-
-
-def resolve_env(objects: list[dict], workload: dict, tmp_path) -> dict[str, str]:
-    """A container's environment as the process sees it: values, Secret keys, the pod's namespace;
-    a mounted file path (…_FILE) points at a temp file holding the Secret key's content."""
-    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
-    env: dict[str, str] = {}
-    for name, entry in env_of(workload).items():
-        source = entry.get("valueFrom", {})
-        if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            env[name] = secret_data(secrets[ref["name"]])[ref["key"]]
-        elif "fieldRef" in source:
-            assert source["fieldRef"]["fieldPath"] == "metadata.namespace"
-            env[name] = NAMESPACE
-        else:
-            env[name] = entry["value"]
-        if name.endswith("_FILE"):
-            mounted = tmp_path / name
-            mounted.write_text("token-from-the-secret")
-            env[name] = str(mounted)
-    return env
 
 
 def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):

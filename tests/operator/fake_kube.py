@@ -13,7 +13,11 @@ official `kubernetes` client use, with the semantics they depend on:
 - the status subresource: the main endpoint ignores `status`, `/status` changes only `status`;
 - deletion with finalizers (deletionTimestamp first) and garbage collection of dependents through
   ownerReferences (what the real garbage collector does, done at once);
-- custom resources pruned and validated against the CRD's openAPIV3Schema when one is given (422).
+- custom resources pruned and validated against the CRD's openAPIV3Schema and its CEL rules when
+  one is given, Jobs checked as the API server checks their resources (422; `admission.py`);
+- every request recorded as the (verb, resource) RBAC would authorise (`FakeKube.access`), with the
+  `update` on the owner's `finalizers` that OwnerReferencesPermissionEnforcement demands for a
+  `blockOwnerDeletion` owner reference (kubernetes.md #6).
 
 Tests drive it over HTTP like any client, or directly through `FakeKube.create/patch/...` (the
 "kubelet" and "Job controller" parts). Everything runs on the test's event loop.
@@ -31,8 +35,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import jsonpatch
-import jsonschema
 from aiohttp import web
+
+from tests.operator.admission import custom_resource_errors, job_errors
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ class FakeKube:
     def __init__(self, crd_schemas: dict[str, dict] | None = None):
         self.objects: dict[tuple[str, str | None, str], dict] = {}  # (plural, namespace, name) -> object
         self.history: list[tuple[int, Kind, dict]] = []  # (resourceVersion, kind, event)
-        self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
+        self.access: list[tuple[str, str, str]] = []  # (apiGroup, resource, verb) of every request, in order
         self._rv = 0
         self._watchers: list[_Watcher] = []
         self._schemas = crd_schemas or {}
@@ -286,22 +291,25 @@ class FakeKube:
         return kind.plural, meta.get("namespace") if kind.namespaced else None, meta["name"]
 
     def _validate(self, kind: Kind, obj: dict) -> None:
-        """Prune unknown fields (as the API server does for structural schemas), then validate."""
+        """Prune unknown fields (as the API server does for structural schemas), then validate:
+        custom resources against their CRD's schema and CEL rules, Jobs as the API server does."""
         schema = self._schemas.get(kind.plural)
-        if schema is None:
-            return
-        for key, value in list(obj.items()):
-            if key not in ("apiVersion", "kind", "metadata"):
-                if key in schema.get("properties", {}):
-                    obj[key] = prune(value, schema["properties"][key])
-                else:
-                    del obj[key]
-        try:
-            jsonschema.validate({k: v for k, v in obj.items() if k != "metadata"}, schema)
-        except jsonschema.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.absolute_path)
-            raise ApiError(422, "Invalid", f'{kind.kind}.{kind.group} "{obj["metadata"].get("name")}" is invalid: '
-                                           f"{path}: {exc.message}") from None
+        if schema is not None:
+            for key, value in list(obj.items()):
+                if key not in ("apiVersion", "kind", "metadata"):
+                    if key in schema.get("properties", {}):
+                        obj[key] = prune(value, schema["properties"][key])
+                    else:
+                        del obj[key]
+            errors = custom_resource_errors(obj, schema)
+        elif kind.plural == "jobs":
+            errors = job_errors(obj)
+        else:
+            errors = []
+        if errors:
+            group = f".{kind.group}" if kind.group else ""
+            raise ApiError(422, "Invalid", f'{kind.kind}{group} "{obj["metadata"].get("name")}" is invalid: '
+                                           + "; ".join(errors))
 
     def _store(self, kind: Kind, key: tuple, obj: dict, event_type: str) -> dict:
         self._rv += 1
@@ -346,7 +354,6 @@ class FakeKube:
             watcher.queue.put_nowait(None)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.method, request.path))
         try:
             return await self._route(request)
         except ApiError as exc:
@@ -377,6 +384,7 @@ class FakeKube:
         if subresource not in (None, "status") or (subresource and not kind.status):
             raise ApiError(404, "NotFound", f"no subresource {subresource} on {kind.plural}")
         query = request.query
+        await self._record(request, kind, name, subresource)
         if name is None:
             if request.method == "GET" and query.get("watch") in ("true", "1"):
                 return await self._watch(request, kind, namespace)
@@ -396,6 +404,23 @@ class FakeKube:
             if request.method == "DELETE":
                 return web.json_response(self.delete(kind.plural, namespace, name))
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    async def _record(self, request: web.Request, kind: Kind, name: str | None, subresource: str | None) -> None:
+        """The (apiGroup, resource, verb) RBAC authorises this request as; creating or replacing an
+        object whose owner reference blocks the owner's deletion also needs `update` on the owner's
+        `finalizers` (OwnerReferencesPermissionEnforcement)."""
+        if request.method == "GET":
+            verb = "watch" if request.query.get("watch") in ("true", "1") else "get" if name else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete" if name else "deletecollection"}.get(request.method, request.method.lower())
+        self.access.append((kind.group, kind.plural + (f"/{subresource}" if subresource else ""), verb))
+        if verb in ("create", "update") and request.can_read_body:
+            body = await request.json()  # aiohttp keeps the body for the handler
+            for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+                owner = next((k for k in KINDS if (k.api_version, k.kind) == (ref.get("apiVersion"), ref.get("kind"))), None)
+                if ref.get("blockOwnerDeletion") and owner is not None:
+                    self.access.append((owner.group, f"{owner.plural}/finalizers", "update"))
 
     def _list_body(self, kind: Kind, namespace: str | None, selector: str | None) -> dict:
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,

@@ -59,7 +59,7 @@ def test_manifest_is_a_valid_job_owned_by_the_persona_model():
 
 
 def test_command_follows_contract_4():
-    prepare, train, package = commands(build(dataset={"exports": ["exports/a.json", "/store/b.json"],
+    prepare, train, package = commands(build(dataset={"exports": ["exports/a.json", "b.json"],
                                                       "contextTurns": 4, "windowMinutes": 30, "scrub": True}))
     assert prepare == ["persona", "prepare", "/store/exports/a.json", "/store/b.json", "--out", "/work/data",
                        "--persona-id", "user1", "--context-turns", "4", "--window-minutes", "30.0", "--scrub"]
@@ -92,7 +92,7 @@ def test_feedback_is_exported_and_trained_on_when_asked():
 def test_scheduling_comes_from_the_chart_defaults_unless_the_resource_says():
     pod = build()["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}  # the API's string form
     pod = build(nodeSelector={"pool": "a100"}, tolerations=[], resources={"limits": {"memory": "8Gi"}})["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"} and pod["tolerations"] == []
     assert pod["containers"][0]["resources"] == {"limits": {"memory": "8Gi"}}
@@ -107,6 +107,53 @@ def test_train_config_is_accepted_by_persona_train():
     assert (config.lora_rank, config.target_modules, config.precision) == (4, ["q", "k"], "fp32")
     assert config.persona.name == "alice" and config.persona.description == "Отвечаю коротко."
     assert config.persona.generation.max_new_tokens == 40 and config.persona.generation.temperature == 0.5
+
+
+def test_every_quantity_goes_out_as_the_api_takes_it():
+    """YAML's `nvidia.com/gpu: 1` is an integer, which the client's models refuse: one normalisation
+    where the Job is built turns every quantity, from the CR or the chart, into its string form."""
+    from kubernetes.client import V1Job
+
+    job = build(resources={"requests": {"cpu": 0.5, "memory": "24Gi"}, "limits": {"nvidia.com/gpu": 2, "cpu": 4}})
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "0.5", "memory": "24Gi"}, "limits": {"nvidia.com/gpu": "2", "cpu": "4"}}
+    V1Job.model_validate(job)
+
+
+def test_a_job_the_client_would_refuse_is_a_one_line_error_when_it_is_built():
+    with pytest.raises(PersonaError, match=r"^the training Job would be refused: .*resources"):
+        build(resources={"limits": {"memory": ["8Gi"]}})
+
+
+def test_training_pods_get_no_service_account_token():
+    assert build()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("path", ["/store/exports/result.json", "/var/run/secrets/kubernetes.io/token", "a/../../b"])
+def test_exports_come_from_the_model_store_only(path):
+    with pytest.raises(PersonaError, match=r"spec\.dataset\.exports: .*not inside the model store"):
+        build(dataset={"exports": [path]})
+
+
+@pytest.mark.parametrize(("allowed", "spec", "refused"), [
+    (frozenset({"resources"}), {"nodeSelector": {"pool": "a100"}}, "nodeSelector"),
+    (frozenset({"resources"}), {"tolerations": []}, "tolerations"),
+    (frozenset(), {"resources": {"limits": {"memory": "8Gi"}}}, "resources"),
+    (frozenset({"resources", "nodeSelector", "tolerations"}), {"nodeSelector": {"a": "b"}, "tolerations": []}, None),
+])
+def test_the_chart_decides_which_scheduling_fields_a_resource_may_set(allowed, spec, refused):
+    parsed = PersonaModelSpec.parse(persona_model(**spec)["spec"])
+    if refused is None:
+        parsed.check_scheduling(allowed)
+        return
+    with pytest.raises(PersonaError, match=rf"^spec\.{refused}: this installation does not let"):
+        parsed.check_scheduling(allowed)
+
+
+def test_by_default_a_resource_may_set_resources_only():
+    assert Settings().training_overrides == frozenset({"resources"})
+    PersonaModelSpec.parse(persona_model(resources={"limits": {"memory": "8Gi"}})["spec"]).check_scheduling(
+        Settings().training_overrides)
 
 
 def test_invalid_spec_names_the_field():
