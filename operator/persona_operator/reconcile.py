@@ -302,6 +302,7 @@ class Reconciler:
         self.retry_due.pop(name, None)
         logger.info("Retry %d/%d of %s for %s", retries + 1, spec.rollout.retry_limit, step, name)
         if step == TRAINING_FAILED:
+            body["status"] = {**status, "retries": retries + 1}  # what a failure of this attempt counts from
             return await self._start_training(body, spec, logger, retry=retries + 1)
         update = StatusUpdate(status).set(phase=Phase.ROLLING_OUT, retries=retries + 1,
                                           message=f"retrying the rollout of version {status['latestVersion']}")

@@ -10,7 +10,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from personafleet.errors import PersonaError
 from personafleet.persona import PERSONA_NAME_PATTERN
 from persona_operator.spec import PersonaModelSpec
 from tests.charts.conftest import CRD, ROOT
@@ -150,3 +152,85 @@ def test_broken_resources_are_refused(schema, example, path, value):
 
 def test_a_bad_status_phase_is_refused(schema, example):
     assert not jsonschema.Draft4Validator(schema).is_valid(example | {"status": {"phase": "Done"}})
+
+
+# ---- CEL rules (issue 11.2, 11.7) ------------------------------------------------------------
+def rules(schema: dict, path: str = "") -> list[tuple[str, dict, dict]]:
+    """(path, schema node, rule) of every x-kubernetes-validations rule."""
+    found = [(path, schema, rule) for rule in schema.get("x-kubernetes-validations") or []]
+    for key, sub in (schema.get("properties") or {}).items():
+        found += rules(sub, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found += rules(schema[key], f"{path}[*]")
+    return found
+
+
+def resolve(schema: dict, field_path: str) -> dict | None:
+    """The sub-schema a `fieldPath` (`.a.b`) names, as the API server checks it when the CRD is created."""
+    node = schema
+    for key in field_path.strip(".").split("."):
+        node = (node.get("properties") or {}).get(key)
+        if node is None:
+            return None
+    return node
+
+
+def test_every_rule_on_an_object_names_its_field_and_the_field_exists(schema):
+    """kubernetes.md #3: a rule without fieldPath on an object reports `<nil>: Invalid value`."""
+    objects = [(path, node, rule) for path, node, rule in rules(schema) if node.get("type") == "object"]
+    assert len(objects) >= 2  # the name rule and requests <= limits
+    for path, node, rule in objects:
+        assert rule.get("fieldPath"), f"the rule at {path or '<root>'} has no fieldPath"
+        assert resolve(node, rule["fieldPath"]) is not None, f"{path}: {rule['fieldPath']} is not in the schema"
+        assert rule.get("message")
+
+
+def test_every_rule_compiles_in_cel():
+    import celpy
+
+    for _path, _node, rule in rules(yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+        celpy.Environment().compile(rule["rule"])
+
+
+@pytest.mark.parametrize(("resources", "refused"), [
+    ({"requests": {"memory": "48Gi"}, "limits": {"memory": "32Gi"}}, True),   # issue 11.2's 422
+    ({"requests": {"nvidia.com/gpu": 2}, "limits": {"nvidia.com/gpu": 1}}, True),
+    ({"requests": {"cpu": "1500m"}, "limits": {"cpu": 1}}, True),
+    ({"requests": {"memory": "32Gi"}, "limits": {"memory": "32Gi"}}, False),
+    ({"requests": {"cpu": "500m", "memory": "1G"}, "limits": {"cpu": 1, "memory": "1Gi"}}, False),
+    ({"requests": {"cpu": "8"}, "limits": {"memory": "1Gi"}}, False),  # no limit of that name
+    ({"requests": {"cpu": "8"}}, False),
+])
+def test_requests_above_limits_are_refused_by_a_cel_rule(schema, example, resources, refused):
+    from tests.operator.admission import custom_resource_errors
+
+    errors = custom_resource_errors(example | {"spec": {**example["spec"], "resources": resources}}, schema)
+    assert bool(errors) == refused, errors
+    if refused:
+        assert errors[0].startswith('spec.resources.requests: Invalid value: "object": every request must be at most')
+
+
+def test_a_bad_name_is_reported_on_metadata_name(schema, example):
+    from tests.operator.admission import custom_resource_errors
+
+    errors = custom_resource_errors(example | {"metadata": {"name": "Devops_Dude"}}, schema)
+    assert errors and errors[0].startswith('metadata.name: Invalid value: "object": the name is the persona')
+
+
+def test_the_reply_cap_is_the_one_packaging_and_serving_enforce(schema):
+    from personafleet.inference import MAX_NEW_TOKENS, GenerationLimits
+
+    generation = schema["properties"]["spec"]["properties"]["serving"]["properties"]["generation"]["properties"]
+    assert generation["maxNewTokens"]["maximum"] == MAX_NEW_TOKENS
+    with pytest.raises(ValidationError):
+        GenerationLimits(max_new_tokens=MAX_NEW_TOKENS + 1)
+    with pytest.raises(PersonaError, match="maxNewTokens"):
+        PersonaModelSpec.parse({"baseModel": "b", "dataset": {"exports": ["a"]},
+                                "serving": {"generation": {"maxNewTokens": MAX_NEW_TOKENS + 1}}})
+
+
+def test_absolute_export_paths_are_refused(schema, example):
+    resource = broken(example, "dataset.exports", ["/etc/passwd"])
+    for validator in validators(schema):
+        assert not validator.is_valid(resource)

@@ -107,7 +107,7 @@ async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
     # The CRD's schema cannot see that a relative export path climbs out of the model store.
     cluster.apply(persona_model("bob", dataset={"exports": ["../secrets/result.json"]}))
     status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
-    assert "spec.dataset.exports" in status["message"] and "leaves the model store" in status["message"]
+    assert "spec.dataset.exports" in status["message"] and "not inside the model store" in status["message"]
     assert cluster.jobs("bob") == []
 
 
@@ -145,3 +145,39 @@ async def test_trained_version_waits_pending_while_no_serving_pod_is_ready(clust
     assert status["lastTraining"]["evalLoss"] == 2.5 and status["lastTraining"]["evalPerplexity"] == 12.2
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions["Trained"] == ("True", "TrainingSucceeded") and conditions["RolledOut"] == ("False", "NoReplicas")
+
+
+async def test_a_job_the_api_server_refuses_fails_visibly_and_is_retried(cluster):
+    """Issue 11.2: requests above limits in the chart's defaults pass every CRD check, and the Job API
+    answers 422 on every attempt. The status, an Event and the retries say so, with the server's words."""
+    from persona_operator.settings import TrainingDefaults
+    from tests.operator.harness import Operator, operator_settings
+
+    defaults = TrainingDefaults(resources={"requests": {"memory": "48Gi"}, "limits": {"memory": "32Gi"}})
+    operator = Operator(operator_settings(cluster, training_defaults=defaults))
+    await operator.start()
+    try:
+        cluster.apply(persona_model("alice"))  # retryLimit 1
+        first = await eventually(lambda: cluster.status("alice").get("phase") == "Failed" and cluster.status("alice"))
+        assert "must be less than or equal to memory limit of 32Gi" in first["message"]
+        assert "422" in first["message"] and first["observedGeneration"] == 1
+        trained = next(c for c in first["conditions"] if c["type"] == "Trained")
+        assert (trained["status"], trained["reason"]) == ("False", "TrainingFailed")
+        warning = await eventually(lambda: cluster.events("TrainingFailed"))
+        assert warning[0]["type"] == "Warning" and "memory limit of 32Gi" in warning[0]["message"]
+
+        final = await eventually(lambda: "no retries left" in cluster.status("alice").get("message", "")
+                                 and cluster.status("alice"))
+        assert final["retries"] == 1 and final["phase"] == "Failed"
+        assert cluster.jobs("alice") == []
+    finally:
+        await operator.stop()
+
+
+async def test_a_scheduling_field_the_chart_does_not_allow_is_refused_in_the_status(cluster, operator):
+    """Issue 15.4: by default a PersonaModel may set its resources, not where its Job runs."""
+    cluster.apply(persona_model("bob", nodeSelector={"kubernetes.io/hostname": "control-plane"}))
+    status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
+    assert status["message"].startswith("spec.nodeSelector: this installation does not let a PersonaModel set it")
+    assert cluster.jobs("bob") == []
+    await eventually(lambda: cluster.events("InvalidSpec"))
