@@ -123,9 +123,12 @@ def custom_resource_errors(obj: dict, schema: dict) -> list[str]:
 
 
 def job_errors(job: dict) -> list[str]:
-    """The API server's checks of a Job's containers' resources: valid quantities, requests <= limits."""
+    """The API server's checks of a Job's containers and their resources: valid quantities, requests <= limits."""
+    containers = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers")
+    if not containers:
+        return ["spec.template.spec.containers: Required value"]
     errors = []
-    for index, container in enumerate(job.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []):
+    for index, container in enumerate(containers):
         where = f"spec.template.spec.containers[{index}].resources"
         resources = container.get("resources") or {}
         values: dict[str, dict[str, Decimal]] = {}

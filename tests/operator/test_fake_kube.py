@@ -48,7 +48,7 @@ def test_finalizers_hold_deletion_and_dependents_are_collected():
                                           "metadata": {"name": "alice", "finalizers": ["x/y"]}})
     kube.create("jobs", {"metadata": {"name": "alice-v1", "ownerReferences": [
         {"apiVersion": "personafleet.io/v1alpha1", "kind": "PersonaModel", "name": "alice", "uid": owner["metadata"]["uid"]}]},
-        "spec": {}})
+        "spec": {"template": {"spec": {"containers": [{"name": "train", "image": "x"}]}}}})
     kube.delete("personamodels", "default", "alice")
     assert kube.get("personamodels", "default", "alice")["metadata"]["deletionTimestamp"]
     kube.patch("personamodels", "default", "alice", {"metadata": {"finalizers": []}})
@@ -87,3 +87,40 @@ def test_crd_schema_prunes_unknown_fields_and_refuses_invalid_ones():
     with pytest.raises(ApiError) as invalid:
         kube.create("personamodels", {"metadata": {"name": "b"}, "spec": {"baseModel": 3}})
     assert invalid.value.code == 422 and "spec.baseModel" in invalid.value.message
+
+
+def test_crd_cel_rules_are_enforced_with_the_field_they_name():
+    schema = {"type": "object", "properties": {"spec": {
+        "type": "object", "properties": {"rate": {"type": "number", "x-kubernetes-validations": [
+            {"rule": "self > 0.0", "message": "must be greater than 0"}]}, "low": {"type": "integer"},
+            "high": {"type": "integer"}},
+        "x-kubernetes-validations": [{"rule": "self.low <= self.high", "fieldPath": ".low", "message": "low > high"}]}},
+        "x-kubernetes-validations": [{"rule": "self.metadata.name.startsWith('a')", "message": "starts with a"}]}
+    kube = FakeKube({"personamodels": schema})
+    kube.create("personamodels", {"metadata": {"name": "a"}, "spec": {"rate": 2, "low": 1, "high": 2}})  # 2: a double here
+    for body, expected in (({"rate": 0, "low": 1, "high": 2}, 'spec.rate: Invalid value: "integer": must be greater than 0'),
+                           ({"rate": 1, "low": 3, "high": 2}, 'spec.low: Invalid value: "object": low > high')):
+        with pytest.raises(ApiError) as invalid:
+            kube.create("personamodels", {"metadata": {"name": "a2"}, "spec": body})
+        assert invalid.value.code == 422 and expected in invalid.value.message
+    with pytest.raises(ApiError) as unnamed:
+        kube.create("personamodels", {"metadata": {"name": "b"}, "spec": {"rate": 1, "low": 1, "high": 1}})
+    assert '<nil>: Invalid value: "object": starts with a' in unnamed.value.message  # kubernetes.md #3
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    ({"requests": {"memory": "48Gi"}, "limits": {"memory": "32Gi"}}, "must be less than or equal to memory limit of 32Gi"),
+    ({"limits": {"memory": "lots"}}, 'resources.limits[memory]: Invalid value: "lots"'),
+    ({"requests": {"cpu": "1500m"}, "limits": {"cpu": "1"}}, "must be less than or equal to cpu limit of 1"),
+    ({"requests": {"cpu": "500m", "memory": "1G"}, "limits": {"cpu": 1, "memory": "1Gi"}}, None),
+])
+def test_jobs_are_refused_as_the_api_server_refuses_them(resources, expected):
+    kube = FakeKube()
+    job = {"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [
+        {"name": "train", "image": "x", "resources": resources}]}}}}
+    if expected is None:
+        kube.create("jobs", job)
+        return
+    with pytest.raises(ApiError) as refused:
+        kube.create("jobs", job)
+    assert refused.value.code == 422 and expected in refused.value.message
