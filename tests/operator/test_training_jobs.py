@@ -181,3 +181,28 @@ async def test_a_scheduling_field_the_chart_does_not_allow_is_refused_in_the_sta
     assert status["message"].startswith("spec.nodeSelector: this installation does not let a PersonaModel set it")
     assert cluster.jobs("bob") == []
     await eventually(lambda: cluster.events("InvalidSpec"))
+
+
+async def test_the_readme_lists_the_phases_in_the_order_a_new_persona_goes_through_them(cluster, operator):
+    """Issue 11.6: a new PersonaModel starts in Training; Pending comes only after training."""
+    import re
+    from pathlib import Path
+
+    cluster.apply(persona_model("alice"))
+    job = (await eventually(lambda: cluster.jobs("alice")))[0]
+    run = cluster.store / "alice" / "v1" / "run"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text('{"eval": {"after": {"loss": 2.5, "perplexity": 12.2}}}')
+    cluster.finish_job(job, succeeded=True)
+    await eventually(lambda: cluster.status("alice").get("phase") == "Pending")
+    observed: list[str] = []
+    for _rv, kind, event in cluster.kube.history:
+        phase = (event["object"].get("status") or {}).get("phase")
+        if kind.plural == "personamodels" and phase and phase not in observed[-1:]:
+            observed.append(phase)
+    assert observed == ["Training", "RollingOut", "Pending"] or observed == ["Training", "Pending"], observed
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    watch = next(line for line in readme.splitlines() if "get pm -w" in line)
+    listed = re.findall(r"[A-Z][A-Za-z]+", watch.split("#", 1)[1].split("(", 1)[0])
+    assert listed[0] == observed[0] and "Pending" not in listed[:listed.index("Training") + 1], watch
