@@ -197,3 +197,15 @@ def test_a_reply_cap_above_the_default_is_baked_into_the_archive():
     package = commands(build(serving={"generation": {"maxNewTokens": 256}}))[-1]
     assert package[package.index("--max-new-tokens") + 1] == "256"
     assert "--max-new-tokens" not in commands(build(serving={"generation": {"maxNewTokens": 64}}))[-1]
+
+
+def test_the_archive_cap_follows_the_crd_cap(tmp_path):
+    """Issue 15.4: the highest maxNewTokens the CRD lets through is the highest `persona package` takes."""
+    from personafleet.inference import MAX_NEW_TOKENS
+
+    package = commands(build(serving={"generation": {"maxNewTokens": MAX_NEW_TOKENS}}))[-1]
+    assert package[package.index("--max-new-tokens") + 1] == str(MAX_NEW_TOKENS)
+    refused = subprocess.run([sys.executable, "-m", "personafleet.cli", "package", "--run", str(tmp_path), "--name", "a",
+                              "--version", "1", "--out", str(tmp_path), "--max-new-tokens", str(MAX_NEW_TOKENS + 1)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--max-new-tokens" in refused.stderr
