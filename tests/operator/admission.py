@@ -113,12 +113,23 @@ def cel_errors(value: Any, schema: dict, path: str = "") -> list[str]:
     return errors
 
 
+_VALIDATORS: dict[int, tuple[dict, jsonschema.protocols.Validator]] = {}  # id -> (schema kept alive, validator)
+
+
+def _validator(schema: dict) -> jsonschema.protocols.Validator:
+    """One checked validator per schema (`jsonschema.validate` checks the schema on every call)."""
+    if id(schema) not in _VALIDATORS:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _VALIDATORS[id(schema)] = (schema, cls(schema))
+    return _VALIDATORS[id(schema)][1]
+
+
 def custom_resource_errors(obj: dict, schema: dict) -> list[str]:
     """What the API server says about a custom resource: its schema first, then its CEL rules."""
-    try:
-        jsonschema.validate({k: v for k, v in obj.items() if k != "metadata"}, schema)
-    except jsonschema.ValidationError as exc:
-        return [f"{'.'.join(str(p) for p in exc.absolute_path)}: {exc.message}"]
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors({k: v for k, v in obj.items() if k != "metadata"}))
+    if error is not None:
+        return [f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}"]
     return cel_errors(obj, schema)
 
 
