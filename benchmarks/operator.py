@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kopf
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fake API server and the fixtures live in tests/
@@ -124,12 +125,29 @@ async def run_both(run: Path, work: Path, args: argparse.Namespace) -> dict:
                                          rollout_timeout_seconds=120.0)
             operator = Operator(settings, registry=registry)
             await operator.start()
+            before = step_totals()
             try:
                 pause = functools.partial(random.Random(7).uniform, 0, args.poll_interval)
                 results[label] = await measure(cluster, run, args.trials, 4 * args.poll_interval + 120, label, pause)
             finally:
                 await operator.stop()
+            after = step_totals()
+            results[f"{label} steps"] = {step: (after[step][0] - before.get(step, (0.0, 0))[0]) /
+                                       max(1, after[step][1] - before.get(step, (0.0, 0))[1]) for step in after}
     return results
+
+
+def step_totals() -> dict[str, tuple[float, float]]:
+    """(sum, count) of `persona_operator_rollout_step_seconds` per step, from this process's registry."""
+    totals: dict[str, list[float]] = {}
+    for family in REGISTRY.collect():
+        if family.name != "persona_operator_rollout_step_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                entry = totals.setdefault(sample.labels["step"], [0.0, 0.0])
+                entry[sample.name.endswith("_count")] += sample.value
+    return {step: (total, count) for step, (total, count) in totals.items()}
 
 
 def main() -> None:
@@ -156,6 +174,11 @@ def main() -> None:
         print(f"| {step} | < {target:g} s | {statistics.median(ours):.2f} s | {max(ours):.2f} s | "
               f"{statistics.median(naive):.2f} s | {max(naive):.2f} s | "
               f"{statistics.median(naive) / statistics.median(ours):.1f}x |")
+    steps = results["operator steps"]
+    print("\nRollout steps of the shipped operator, mean per rollout (persona_operator_rollout_step_seconds):\n")
+    print("| " + " | ".join(steps) + " |")
+    print("| " + " | ".join("---" for _ in steps) + " |")
+    print("| " + " | ".join(f"{seconds * 1000:.0f} ms" for seconds in steps.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class Rollout:
     def __init__(self, settings: Settings, logger: logging.Logger | None = None):
         self.store = Path(settings.store_path)
         self.model = settings.serving_model
-        self.token_file: Path | None = settings.serving_token_file
+        self.tokens = TokenSource(token_file=settings.serving_token_file, kind="inference")
         self.timeout = settings.rollout_timeout_seconds
         self.verify_timeout = settings.verify_timeout_seconds
         self.logger = logger or logging.getLogger(__name__)
@@ -112,22 +112,24 @@ class Rollout:
         """Make `version` answer `persona` on every replica, or on none of them; returns the versions pruned
         from the table. `previous` is the version that served before (it serves again on a failure)."""
         self.check_published(persona, version)
-        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-            ("route", lambda: self.route(lambda table: table.add(persona, version, serve=False)))]
-        if smoke_test:
-            steps.append(("smoke test", lambda: self._everywhere(replicas, lambda r: self._smoke_test(r, persona, version))))
-        steps += [("switch", lambda: self.route(lambda table: table.add(persona, version, serve=True))),
-                  ("verify", lambda: self._everywhere(replicas, lambda r: self._verify(r, persona, version)))]
-        for step, work in steps:
-            try:
-                with metrics.ROLLOUT_STEP_SECONDS.labels(metric_step(step)).time():
-                    await work()
-            except ReplicaFailure as failure:
-                await self.withdraw(persona, version, previous)
-                raise RolloutFailed(step, failure.replica, failure.detail) from failure
-            except (PersonaError, OSError) as exc:  # the table itself is unreadable or unwritable
-                await self.withdraw(persona, version, previous)
-                raise RolloutFailed(step, "the routing table", str(exc)) from exc
+        async with self._http() as http:
+            steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+                ("route", lambda: self.route(lambda table: table.add(persona, version, serve=False)))]
+            if smoke_test:
+                steps.append(("smoke test", lambda: self._everywhere(
+                    replicas, lambda r: self._smoke_test(http, r, persona, version))))
+            steps += [("switch", lambda: self.route(lambda table: table.add(persona, version, serve=True))),
+                      ("verify", lambda: self._everywhere(replicas, lambda r: self._verify(http, r, persona, version)))]
+            for step, work in steps:
+                try:
+                    with metrics.ROLLOUT_STEP_SECONDS.labels(metric_step(step)).time():
+                        await work()
+                except ReplicaFailure as failure:
+                    await self.withdraw(persona, version, previous)
+                    raise RolloutFailed(step, failure.replica, failure.detail) from failure
+                except (PersonaError, OSError) as exc:  # the table itself is unreadable or unwritable
+                    await self.withdraw(persona, version, previous)
+                    raise RolloutFailed(step, "the routing table", str(exc)) from exc
         dropped: list[int] = []
         try:
             with metrics.ROLLOUT_STEP_SECONDS.labels("prune").time():
@@ -182,18 +184,18 @@ class Rollout:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _smoke_test(self, replica: Replica, persona: str, version: int) -> None:
-        answered = await self.ask(replica, persona, version, timeout=self.timeout)
+    async def _smoke_test(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int) -> None:
+        answered = await self.ask(http, replica, persona, version)
         if answered != version:
             raise ReplicaFailure(replica.pod, f"a request pinned to version {version} was answered by version {answered}")
         self.logger.info("Smoke test of %s v%s passed on %s", persona, version, replica.pod)
 
-    async def _verify(self, replica: Replica, persona: str, version: int) -> None:
+    async def _verify(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int) -> None:
         """Unpinned requests until the replica answers as `version` (its workers noticed the switch)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.verify_timeout
         while True:
-            answered = await self.ask(replica, persona, None, timeout=self.timeout)
+            answered = await self.ask(http, replica, persona, None)
             if answered == version:
                 return
             if loop.time() > deadline:
@@ -203,24 +205,29 @@ class Rollout:
 
     async def answers(self, persona: str, replicas: Sequence[Replica]) -> dict[str, int | str]:
         """Which version each replica answers unpinned requests with (or why it did not answer)."""
-        async def one(replica: Replica) -> int | str:
+        async def one(http: httpx.AsyncClient, replica: Replica) -> int | str:
             try:
-                return await self.ask(replica, persona, None, timeout=self.timeout)
+                return await self.ask(http, replica, persona, None)
             except ReplicaFailure as failure:
                 return failure.detail
-        found = await asyncio.gather(*(one(r) for r in replicas))
+        async with self._http() as http:
+            found = await asyncio.gather(*(one(http, r) for r in replicas))
         return {r.pod: v for r, v in zip(replicas, found, strict=True)}
 
-    async def ask(self, replica: Replica, persona: str, version: int | None, *, timeout: float) -> int:
+    def _http(self) -> httpx.AsyncClient:
+        """One connection pool per rollout or check (a client per request would rebuild its TLS context
+        every time: measurable under load)."""
+        return httpx.AsyncClient(timeout=self.timeout)
+
+    async def ask(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int | None) -> int:
         """One contract 3 request to the fleet model; the version that answered it."""
         body: dict[str, Any] = {"persona": persona, "message": SMOKE_MESSAGE,
                                 "generation": {"max_new_tokens": CHECK_TOKENS}}
         if version is not None:
             body["version"] = version
-        tokens = TokenSource(token_file=self.token_file, kind="inference")
         try:
-            async with httpx.AsyncClient(base_url=replica.inference_url, timeout=timeout) as http:
-                response = await send_authorized(http, tokens, "POST", f"/predictions/{self.model}", json=body)
+            response = await send_authorized(http, self.tokens, "POST", f"{replica.inference_url}/predictions/{self.model}",
+                                             json=body)
         except httpx.HTTPError as exc:
             raise ReplicaFailure(replica.pod, f"{exc.__class__.__name__}: {exc}".rstrip(": ")) from exc
         if response.status_code != 200:
