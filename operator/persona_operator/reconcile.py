@@ -198,7 +198,8 @@ class Reconciler:
         except RolloutFailed as exc:
             metrics.ROLLOUTS.labels(name, "failed").inc()
             metrics.ROLLOUT_FAILURES.labels(name, metric_step(exc.step)).inc()
-            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; it was withdrawn", logger)
+            kept = f"version {serving} keeps serving" if serving else "no version serves"
+            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; {kept}", logger)
         finished = parse_time((status.get("lastTraining") or {}).get("finishedAt"))
         if finished is not None:
             metrics.TIME_TO_SERVING.labels(name).observe(max(0.0, time.time() - finished.timestamp()))

@@ -174,7 +174,7 @@ async def test_a_replica_that_keeps_answering_the_old_version_fails_verify_and_v
     status = await eventually(lambda: cluster.status("pm-verify").get("phase") == "Failed" and cluster.status("pm-verify"),
                               timeout=ROLLOUT_TIMEOUT)
     assert "verify failed on torchserve-0: still answers as version 1" in status["message"]
-    assert status["servingVersion"] == "1" and "withdrawn" in status["message"]
+    assert status["servingVersion"] == "1" and "version 1 keeps serving" in status["message"]
     assert route(cluster, "pm-verify") == (1, [1])
     replica.frozen = False
     assert await answers_as(replica, "pm-verify") == "1"
@@ -227,7 +227,8 @@ async def test_first_version_failing_its_smoke_test_leaves_nothing_routed(cluste
     cluster.finish_job(job[0], succeeded=True)
     status = await eventually(lambda: cluster.status("pm-first").get("phase") == "Failed" and cluster.status("pm-first"),
                               timeout=ROLLOUT_TIMEOUT)
-    assert "smoke test failed" in status["message"] and not status.get("servingVersion")
+    assert "smoke test failed" in status["message"] and "no version serves" in status["message"]
+    assert not status.get("servingVersion")
     assert route(cluster, "pm-first") is None
     assert await answers_as(replica, "pm-first") == "unknown_persona"
 
