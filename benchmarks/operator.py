@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """How fast the operator reacts: CR apply -> training Job, spec edit -> new Job, Job success ->
-new version serving. Measured on the tests' fake API server with a real TorchServe and the tiny
-model, for the operator as shipped (event-driven) and for a naive baseline in the same run:
+new version answering on every replica (routing table: add, pinned smoke test, switch, verify,
+prune). Measured on the tests' fake API server with two serving replicas (`fleet_replica`, the
+tests' seam for the fleet TorchServe: it reads the routing table per request but loads no adapter)
+and the tiny model's adapter, for the operator as shipped (event-driven) and for a naive baseline
+in the same run:
 
     .venv/bin/python benchmarks/operator.py                 # 5 trials each, baseline polls every 10 s
     .venv/bin/python benchmarks/operator.py --trials 3 --poll-interval 30
@@ -11,7 +14,7 @@ that polls every resource every N seconds (kopf timers have no default interval;
 more eager than the 30-60 s such loops usually use). It reacts on its first tick (kopf runs a
 timer as soon as it sees a resource), then only on later ticks; the script waits a random part of
 the interval before each change so that changes do not land in step with the ticks. Targets (issue 7): apply -> Job
-< 2 s, Job success -> serving < 60 s.
+< 2 s; issue 12: Job success -> new version answering on every replica < 2 s.
 """
 
 from __future__ import annotations
@@ -30,23 +33,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kopf
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fake API server and the fixtures live in tests/
 
 from persona_operator import handlers  # noqa: E402
 from persona_operator.cluster import GROUP, PLURAL, VERSION  # noqa: E402
-from persona_serving.server import ServeOptions, serve_background, stop  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_base, prepare_sample, train_tiny_run  # noqa: E402
-from tests.fixtures.torchserve import PERSONA, TorchServeInstance, build_mar, free_port  # noqa: E402
+from tests.fixtures.torchserve import free_port  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
     Cluster,
     Operator,
     fake_cluster,
+    fleet_replica,
     operator_settings,
     persona_model,
     place_version,
-    serving_replica,
 )
 
 
@@ -101,32 +104,50 @@ async def measure(cluster: Cluster, run: Path, trials: int, timeout: float, labe
         await until(lambda: cluster.status(name).get("servingVersion") == "2", timeout)
         results["Job success -> serving"].append(time.perf_counter() - started)
 
-        cluster.kube.delete("personamodels", cluster.namespace, name)  # unregisters it again
+        cluster.kube.delete("personamodels", cluster.namespace, name)  # unroutes it again
         await until(lambda: not any(p["metadata"]["name"] == name for p in cluster.kube.list("personamodels")), timeout)
         print(f"  {label} trial {trial + 1}/{trials}: " + ", ".join(f"{v[-1]:.2f} s" for v in results.values()),
               file=sys.stderr)
     return results
 
 
-async def run_both(torchserve: TorchServeInstance, run: Path, work: Path, args: argparse.Namespace) -> dict:
-    """The shipped operator, then the polling baseline, against the same cluster and replica."""
+async def run_both(run: Path, work: Path, args: argparse.Namespace) -> dict:
+    """The shipped operator, then the polling baseline, against the same cluster and replicas."""
     results = {}
-    async with serving_replica(torchserve, work / "front") as replica, fake_cluster(work) as cluster:
-        cluster.store = replica.model_store
+    port = free_port()
+    async with fake_cluster(work) as cluster, \
+            fleet_replica(cluster.store, work / "replica-0", port=port) as first, \
+            fleet_replica(cluster.store, work / "replica-1", host="127.0.0.2", port=port, token_file=first.token_file):
         cluster.add_serving_pod("torchserve-0")
+        cluster.add_serving_pod("torchserve-1", ip="127.0.0.2")
         for label, registry in (("operator", None), ("baseline", polling_registry(args.poll_interval))):
-            settings = operator_settings(
-                cluster, store_path=replica.model_store, serving_management_port=replica.management_port,
-                serving_inference_port=replica.inference_port, serving_token_file=replica.token_file,
-                rollout_timeout_seconds=120.0)
+            settings = operator_settings(cluster, serving_inference_port=port, serving_token_file=first.token_file,
+                                         rollout_timeout_seconds=120.0)
             operator = Operator(settings, registry=registry)
             await operator.start()
+            before = step_totals()
             try:
                 pause = functools.partial(random.Random(7).uniform, 0, args.poll_interval)
                 results[label] = await measure(cluster, run, args.trials, 4 * args.poll_interval + 120, label, pause)
             finally:
                 await operator.stop()
+            after = step_totals()
+            results[f"{label} steps"] = {step: (after[step][0] - before.get(step, (0.0, 0))[0]) /
+                                       max(1, after[step][1] - before.get(step, (0.0, 0))[1]) for step in after}
     return results
+
+
+def step_totals() -> dict[str, tuple[float, float]]:
+    """(sum, count) of `persona_operator_rollout_step_seconds` per step, from this process's registry."""
+    totals: dict[str, list[float]] = {}
+    for family in REGISTRY.collect():
+        if family.name != "persona_operator_rollout_step_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                entry = totals.setdefault(sample.labels["step"], [0.0, 0.0])
+                entry[sample.name.endswith("_count")] += sample.value
+    return {step: (total, count) for step, (total, count) in totals.items()}
 
 
 def main() -> None:
@@ -138,20 +159,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         work = Path(tmp)
-        print("training the tiny model and starting TorchServe ...", file=sys.stderr)
+        print("training the tiny model ...", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
             run = train_tiny_run(build_tiny_base(work / "base"), prepare_sample(work / "data"), work / "run")
-        build_mar(run, PERSONA, "1", work / "store")
-        options = ServeOptions(model_store=work / "store", workdir=work / "serve", inference_port=free_port(),
-                               management_port=free_port(), metrics_port=free_port())
-        serve_background(options, [PERSONA])
-        try:
-            results = asyncio.run(run_both(TorchServeInstance(options, PERSONA), run, work, args))
-        finally:
-            stop(options.workdir)
+        results = asyncio.run(run_both(run, work, args))
 
-    targets = {"apply -> Job created": 2.0, "spec edit -> new Job": 2.0, "Job success -> serving": 60.0}
-    print(f"\nOperator latency, {args.trials} trials each (fake API server, real TorchServe, tiny model); "
+    targets = {"apply -> Job created": 2.0, "spec edit -> new Job": 2.0, "Job success -> serving": 2.0}
+    print(f"\nOperator latency, {args.trials} trials each (fake API server, 2 routing-table replicas, tiny adapter); "
           f"baseline: kopf timer polling every {args.poll_interval:g} s\n")
     print("| step | target | operator median | operator max | baseline median | baseline max | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -160,6 +174,11 @@ def main() -> None:
         print(f"| {step} | < {target:g} s | {statistics.median(ours):.2f} s | {max(ours):.2f} s | "
               f"{statistics.median(naive):.2f} s | {max(naive):.2f} s | "
               f"{statistics.median(naive) / statistics.median(ours):.1f}x |")
+    steps = results["operator steps"]
+    print("\nRollout steps of the shipped operator, mean per rollout (persona_operator_rollout_step_seconds):\n")
+    print("| " + " | ".join(steps) + " |")
+    print("| " + " | ".join("---" for _ in steps) + " |")
+    print("| " + " | ".join(f"{seconds * 1000:.0f} ms" for seconds in steps.values()) + " |")
 
 
 if __name__ == "__main__":

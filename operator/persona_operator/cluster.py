@@ -7,7 +7,6 @@ Objects come back as plain dicts in the API's camelCase, the same shape kopf han
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import kubernetes
@@ -16,7 +15,6 @@ from kubernetes.client.exceptions import ApiException
 from personafleet.errors import PersonaError
 
 GROUP, VERSION, PLURAL = "personafleet.io", "v1alpha1", "personamodels"
-MODELS_KEY = "models.json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -97,45 +95,3 @@ class Cluster:
             if status.get("phase") == "Running" and conditions.get("Ready") == "True" and status.get("podIP"):
                 ready.append(pod)
         return sorted(ready, key=lambda pod: pod["metadata"]["name"])
-
-    async def desired_models(self, configmap: str) -> dict[str, Any]:
-        """What models.json asks starting TorchServe pods to serve (empty when the ConfigMap is missing)."""
-        try:
-            found = await self._call(self.core.read_namespaced_config_map, configmap, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return {}
-            raise
-        return json.loads((found.data or {}).get(MODELS_KEY) or "{}")
-
-    async def set_desired_model(self, configmap: str, persona: str, entry: dict[str, str] | None) -> None:
-        """Record (or with None, forget) what a starting TorchServe pod registers for `persona` (contract 2).
-
-        Read-modify-write with the resourceVersion, retried on conflict: several personas share the file.
-        """
-        for _attempt in range(5):
-            try:
-                found = await self._call(self.core.read_namespaced_config_map, configmap, self.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                found = None
-            models = json.loads(((found.data or {}) if found else {}).get(MODELS_KEY) or "{}")
-            if entry is None:
-                models.pop(persona, None)
-            else:
-                models[persona] = entry
-            data = {MODELS_KEY: json.dumps(models, indent=2, sort_keys=True)}
-            try:
-                if found is None:
-                    body = {"metadata": {"name": configmap, "labels": {"app.kubernetes.io/managed-by": "persona-operator"}},
-                            "data": data}
-                    await self._call(self.core.create_namespaced_config_map, self.namespace, body)
-                else:
-                    found.data = data
-                    await self._call(self.core.replace_namespaced_config_map, configmap, self.namespace, found)
-                return
-            except ApiException as exc:
-                if exc.status not in (409,):
-                    raise
-        raise RuntimeError(f"ConfigMap {configmap} kept changing under the operator; giving up this pass")

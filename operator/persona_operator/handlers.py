@@ -15,7 +15,6 @@ import kopf
 from persona_operator import metrics
 from persona_operator.cluster import GROUP, PLURAL, VERSION
 from persona_operator.jobs import LABEL_MANAGED_BY, LABEL_PERSONA, MANAGED_BY
-from persona_operator.rollout import Replica
 from persona_operator.status import now
 
 FINALIZER = "personafleet.io/cleanup"
@@ -66,21 +65,21 @@ async def job_changed(labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, retries=DELETE_RETRIES, backoff=DELETE_BACKOFF_SECONDS)
 async def remove_persona(name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Unregister the persona from every replica and from models.json; its Jobs go with their owner.
+    """Remove the persona from the routing table (replicas stop answering it within a second); its
+    files stay on the store, its Jobs go with their owner.
 
-    Retried a few times, then given up (kopf releases the finalizer): an unreachable replica must not
+    Retried a few times, then given up (kopf releases the finalizer): an unwritable store must not
     keep the resource, and its namespace, from being deleted forever."""
-    settings, cluster = memo.settings, memo.reconciler.cluster
     # After a pass still rolling out (kopf stops the daemon only alongside this handler), so
-    # nothing it registers or records is left behind.
+    # nothing it routes is left behind.
     async with _pass_lock(memo, name):
-        replicas = [Replica.from_pod(pod, settings) for pod in await cluster.ready_pods(settings.serving_selector)]
-        await memo.reconciler.rollout.remove_persona(name, replicas)
-        await cluster.set_desired_model(settings.models_configmap, name, None)
+        await memo.reconciler.rollout.route(lambda table: table.remove(name))
     memo.wakeups.pop(name, None)
     memo.passes.pop(name, None)
     memo.reconciler.retry_due.pop(name, None)
-    logger.info("Removed %s from %d replica(s) and from %s", name, len(replicas), settings.models_configmap)
+    memo.reconciler.drift.pop(name, None)
+    metrics.forget(name)
+    logger.info("Removed %s from the routing table", name)
 
 
 @kopf.on.probe(id="now")

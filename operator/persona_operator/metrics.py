@@ -5,9 +5,10 @@ Labels stay low-cardinality: the persona (a handful per cluster), an outcome, a 
 
 from __future__ import annotations
 
+import contextlib
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 TRAINING_DURATION = Histogram(
     "persona_operator_training_duration_seconds",
@@ -31,11 +32,38 @@ TIME_TO_SERVING = Histogram(
     ["persona"],
     buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
 )
+ROLLOUT_STEP_SECONDS = Histogram(
+    "persona_operator_rollout_step_seconds",
+    "Duration of each rollout step (route, smoke_test, switch, verify, prune), successful or not.",
+    ["step"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+ROLLOUT_FAILURES = Counter(
+    "persona_operator_rollout_step_failures_total",
+    "Rollouts that failed, by the step that failed (publish_check, route, smoke_test, switch, verify).",
+    ["persona", "step"],
+)
+ROUTING_CORRECTIONS = Counter(
+    "persona_operator_routing_corrections_total",
+    "Times the routing table named another serving version than a Ready persona's status and was put back.",
+    ["persona"],
+)
+DRIFTED_REPLICAS = Gauge(
+    "persona_operator_drifted_replicas",
+    "Ready replicas that, at the last check, did not answer a persona's unpinned requests as its serving version.",
+    ["persona"],
+)
 JOBS_CREATED = Counter(
     "persona_operator_training_jobs_created_total",
     "Training Jobs the operator created (first attempts and retries).",
     ["persona"],
 )
+
+
+def forget(persona: str) -> None:
+    """Drop a deleted persona's gauges (its counters and histograms keep their totals, as Prometheus expects)."""
+    with contextlib.suppress(KeyError):
+        DRIFTED_REPLICAS.remove(persona)
 
 
 def serve(port: int, address: str) -> WSGIServer:

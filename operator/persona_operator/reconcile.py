@@ -6,10 +6,10 @@ run any number of times, and an operator restarted mid-training or mid-rollout c
 
     new generation  -> stop Jobs of older generations, start (or adopt) this generation's Job
     Training        -> Job running: wait; failed: fail (retry); succeeded: gate, then roll out
-    RollingOut      -> roll out (idempotent per replica), record models.json, prune old versions
+    RollingOut      -> roll out through the routing table (idempotent), prune old versions from it
     Pending         -> trained, but no serving pod is ready: look again every few seconds
     Failed          -> after the back-off, retry the failed step, up to rollout.retryLimit
-    Ready           -> nothing to do
+    Ready           -> the routing table serves the status's version; replicas answering another are reported
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from persona_operator.jobs import (
     persona_selector,
     training_job,
 )
-from persona_operator.rollout import Replica, Rollout, RolloutFailed, model_url
+from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_step
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
@@ -65,6 +65,7 @@ class Reconciler:
     cluster: Cluster
     rollout: Rollout
     retry_due: dict[str, float] = field(default_factory=dict)  # persona -> monotonic time of the next retry
+    drift: dict[str, dict[str, int | None]] = field(default_factory=dict)  # persona -> pod -> version it answered
 
     async def reconcile(self, name: str, logger: logging.Logger) -> float | None:
         """Take the next step for PersonaModel `name`; returns seconds until a pass is due again (None: on events)."""
@@ -203,25 +204,16 @@ class Reconciler:
                           .condition("RolledOut", False, "NoReplicas", message))
                 await self.cluster.patch_status(name, update.patch)
             return REPLICA_POLL_SECONDS
+        serving = status.get("servingVersion")
         try:
-            serving = status.get("servingVersion")
-            await self.rollout.roll_out(name, version, replicas, serving=spec.serving, smoke_test=spec.rollout.smoke_test,
-                                        previous=int(serving) if serving else None)
+            pruned = await self.rollout.roll_out(name, version, replicas, smoke_test=spec.rollout.smoke_test,
+                                                 previous=int(serving) if serving else None,
+                                                 keep=spec.rollout.keep_versions)
         except RolloutFailed as exc:
             metrics.ROLLOUTS.labels(name, "failed").inc()
-            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; it was withdrawn", logger)
-        try:
-            await self.cluster.set_desired_model(self.settings.models_configmap, name,
-                                                 {"version": str(version), "url": model_url(name, version)})
-        except Exception as exc:  # noqa: BLE001 - e.g. 403: say so in the status; the retry rolls out again
-            metrics.ROLLOUTS.labels(name, "failed").inc()
-            detail = f"version {version} serves, but {self.settings.models_configmap} could not record it: {exc}"
-            return await self._fail(body, spec, ROLLOUT_FAILED, detail, logger)
-        try:
-            removed = await self.rollout.prune(name, replicas, spec.rollout.keep_versions, version)
-        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the next rollout tries again
-            logger.warning("Could not unregister old versions of %s: %s", name, exc)
-            removed = []
+            metrics.ROLLOUT_FAILURES.labels(name, metric_step(exc.step)).inc()
+            kept = f"version {serving} keeps serving" if serving else "no version serves"
+            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; {kept}", logger)
         finished = parse_time((status.get("lastTraining") or {}).get("finishedAt"))
         if finished is not None:
             metrics.TIME_TO_SERVING.labels(name).observe(max(0.0, time.time() - finished.timestamp()))
@@ -236,30 +228,43 @@ class Reconciler:
         await self.cluster.patch_status(name, update.patch)
         self.retry_due.pop(name, None)
         kopf.event(body, type="Normal", reason="RolledOut",
-                  message=message + (f"; unregistered {', '.join(removed)}" if removed else ""))
+                  message=message + (f"; no longer pinnable: {', '.join(f'v{v}' for v in pruned)}" if pruned else ""))
         return None
 
     async def _keep_serving(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> None:
-        """Level-triggered, also when Ready: every replica serves `servingVersion` by default, and
-        models.json says so (a replica may have started mid-rollout; a `helm rollback` restores an
-        old ConfigMap). Problems are logged and tried again next pass; the status stays Ready."""
+        """Level-triggered, also when Ready: the routing table serves `servingVersion` (a table edited by
+        hand or restored from a backup is put back), and every replica answers as it (one that does not
+        is reported: a Warning Event when the set of such replicas changes, and a gauge). Problems are
+        logged and looked at again next pass; the status stays Ready."""
         name, serving = body["metadata"]["name"], (body.get("status") or {}).get("servingVersion")
         if not serving:
             return None
         version = int(serving)
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
         try:
-            fixed = await self.rollout.restore(name, version, replicas, spec.serving)
-            entry = {"version": str(version), "url": model_url(name, version)}
-            if (await self.cluster.desired_models(self.settings.models_configmap)).get(name) != entry:
-                await self.cluster.set_desired_model(self.settings.models_configmap, name, entry)
-                fixed.append(self.settings.models_configmap)
-        except Exception as exc:  # noqa: BLE001 - the next pass tries again
-            logger.warning("Could not keep %s v%s serving everywhere: %s", name, version, exc)
+            before = await self.rollout.restore(name, version)
+        except (PersonaError, OSError) as exc:
+            logger.warning("Could not check the routing table for %s v%s: %s", name, version, exc)
             return None
-        if fixed:
-            kopf.event(body, type="Normal", reason="Resynced", message=f"version {version} restored on {', '.join(fixed)}")
-            logger.info("Version %s of %s restored on %s", version, name, ", ".join(fixed))
+        if before is not None:
+            metrics.ROUTING_CORRECTIONS.labels(name).inc()
+            said = f"version {before}" if before else "nothing"
+            kopf.event(body, type="Normal", reason="Resynced",
+                       message=f"routing table put back to version {version} (it routed {name} to {said})")
+            logger.info("Routing table put back to %s v%s (it said %s)", name, version, said)
+        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        answers = await self.rollout.answers(name, replicas)
+        drifted = {pod: answer for pod, answer in answers.items() if answer != version}
+        metrics.DRIFTED_REPLICAS.labels(name).set(len(drifted))
+        seen = {pod: answer if isinstance(answer, int) else None for pod, answer in drifted.items()}  # not error texts
+        if seen != self.drift.get(name, {}):
+            if drifted:
+                detail = "; ".join(f"{pod} answers as version {a}" if isinstance(a, int) else f"{pod}: {a}"
+                                   for pod, a in sorted(drifted.items()))
+                kopf.warn(body, reason="ReplicaDrift", message=f"version {version} is routed, but {detail}")
+                logger.warning("Replicas of %s not answering as v%s: %s", name, version, detail)
+            else:
+                logger.info("Every replica answers %s as v%s again", name, version)
+        self.drift[name] = seen
         return None
 
     # ---- failure and retries -------------------------------------------------------------

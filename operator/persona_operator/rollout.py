@@ -1,51 +1,60 @@
-"""Rolling a persona version out to every TorchServe replica, and back when anything fails.
+"""Rolling a persona version out through the fleet's routing table (contract 2), and back when anything fails.
 
-Order matters for zero failed requests: load the new version next to the old one everywhere,
-smoke-test it, and only then switch each replica's default (TorchServe switches unversioned
-traffic atomically). A failure before the last switch leaves the old default untouched; the new
-version is then unregistered again so replicas do not carry a half-rolled-out model.
+Every serving replica reads `STORE/routing.json` (a stat per batch) and hot-loads adapters from the
+store, so a rollout is table writes plus inference requests; no TorchServe management call:
+
+    add N to `versions`  -> unpinned traffic still answered by the serving version
+    smoke test           -> on every ready replica a request pinned to N (it loads the adapter)
+    switch `serving` = N -> workers notice within about a second
+    verify               -> every replica answers unpinned requests as N (polled briefly)
+    prune `versions`     -> the newest keepVersions stay pinnable; files stay on the store
+
+A failure at any step withdraws N (the previous serving version answers again, N is unlisted), so
+no replica is left on a half-rolled-out version. Each step is idempotent: a rollout interrupted by
+an operator restart is simply run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persona_serving.management import ManagementClient, ManagementError
-from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
-from personafleet.inference import InferenceRequest
+import httpx
 
+from personafleet.client import TokenSource, error_detail, send_authorized
+from personafleet.errors import PersonaError
+from personafleet.routing import RoutingTable, parse_version, read_routing, update_routing, version_dir
+
+from persona_operator import metrics
 from persona_operator.settings import Settings
-from persona_operator.spec import ServingSection
 
 SMOKE_MESSAGE = "Привет! Как дела?"
+CHECK_TOKENS = 8  # a smoke test proves the adapter loads and generates; a long reply proves nothing more
+VERIFY_INTERVAL_SECONDS = 0.2  # between unpinned requests while waiting for a replica to switch
+VERSION_FILE = "version.json"  # written last by `persona package`: the version is complete (contract 1)
 
 
 @dataclass(frozen=True)
 class Replica:
-    """One TorchServe pod, addressed directly (not through the Service) so each one is checked."""
+    """One serving pod, addressed directly (not through the Service) so each one is checked."""
 
     pod: str
-    management_url: str
     inference_url: str
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any], settings: Settings) -> Replica:
         ip = pod["status"]["podIP"]
         host = f"[{ip}]" if ":" in ip else ip
-        return cls(
-            pod=pod["metadata"]["name"],
-            management_url=f"http://{host}:{settings.serving_management_port}",
-            inference_url=f"http://{host}:{settings.serving_inference_port}",
-        )
+        return cls(pod=pod["metadata"]["name"], inference_url=f"http://{host}:{settings.serving_inference_port}")
 
 
 class ReplicaFailure(Exception):
-    """One replica failed a rollout step."""
+    """One replica did not answer as asked."""
 
     def __init__(self, replica: str, detail: str):
         super().__init__(f"{replica}: {detail}")
@@ -53,183 +62,182 @@ class ReplicaFailure(Exception):
 
 
 class RolloutFailed(Exception):
-    """A rollout step failed on a replica; the new version has been withdrawn again."""
+    """A rollout step failed (on a replica, or in the model store); the new version has been withdrawn."""
 
-    def __init__(self, step: str, replica: str, detail: str):
-        super().__init__(f"{step} failed on {replica}: {detail}")
-        self.step, self.replica, self.detail = step, replica, detail
-
-
-def model_url(persona: str, version: int) -> str:
-    """The .mar's path relative to the model store (contract 2)."""
-    return f"{persona}/v{version}/{persona}.mar"
+    def __init__(self, step: str, where: str, detail: str):
+        super().__init__(f"{step} failed on {where}: {detail}")
+        self.step, self.where, self.detail = step, where, detail
 
 
-def _version_key(version: str) -> float:
-    try:
-        return float(version)
-    except ValueError:
-        return -1.0
+def metric_step(step: str) -> str:
+    """A step's name as a metric label value ("smoke test" -> "smoke_test")."""
+    return step.replace(" ", "_")
+
+
+def withdraw_version(table: RoutingTable, persona: str, version: int, previous: int | None) -> None:
+    """Undo a rollout of `version` in `table`: `previous` serves again (or, with no previous version,
+    the persona leaves the table) and `version` is no longer pinnable."""
+    route = table.personas.get(persona)
+    if route is None or previous == version:
+        return
+    if route.serving == version:
+        if previous is None:
+            table.remove(persona)
+            return
+        table.add(persona, previous, serve=True)
+    table.withdraw(persona, version)
 
 
 class Rollout:
-    """TorchServe management and inference calls for one operator."""
+    """The routing-table writes and the inference requests of one operator."""
 
     def __init__(self, settings: Settings, logger: logging.Logger | None = None):
-        self.token_file: Path | None = settings.serving_token_file
+        self.store = Path(settings.store_path)
+        self.model = settings.serving_model
+        self.tokens = TokenSource(token_file=settings.serving_token_file, kind="inference")
         self.timeout = settings.rollout_timeout_seconds
+        self.verify_timeout = settings.verify_timeout_seconds
         self.logger = logger or logging.getLogger(__name__)
 
-    def _management(self, replica: Replica) -> ManagementClient:
-        return ManagementClient(replica.management_url, token_file=self.token_file, timeout=self.timeout)
+    # ---- the routing table (blocking file lock: off the event loop) ------------------------
+    async def route(self, change: Callable[[RoutingTable], None]) -> RoutingTable:
+        return await asyncio.to_thread(update_routing, self.store, change)
 
-    async def roll_out(
-        self,
-        persona: str,
-        version: int,
-        replicas: Sequence[Replica],
-        *,
-        serving: ServingSection,
-        smoke_test: bool,
-        previous: int | None,
-    ) -> None:
-        """Make `version` the default of `persona` on every replica, or on none of them."""
-        step = "register"
-        try:
-            # Every replica loads at once; all are waited for, so none is still loading when withdrawn.
-            loaded = await asyncio.gather(*(self._on(r, self._load(r, persona, version, serving)) for r in replicas),
-                                          return_exceptions=True)
-            for outcome in loaded:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+    async def table(self) -> RoutingTable:
+        return await asyncio.to_thread(read_routing, self.store)
+
+    # ---- rollout ---------------------------------------------------------------------------
+    async def roll_out(self, persona: str, version: int, replicas: Sequence[Replica], *, smoke_test: bool,
+                       previous: int | None, keep: int) -> list[int]:
+        """Make `version` answer `persona` on every replica, or on none of them; returns the versions pruned
+        from the table. `previous` is the version that served before (it serves again on a failure)."""
+        self.check_published(persona, version)
+        async with self._http() as http:
+            steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+                ("route", lambda: self.route(lambda table: table.add(persona, version, serve=False)))]
             if smoke_test:
-                step = "smoke test"
-                for replica in replicas:
-                    await self._on(replica, self._smoke_test(replica, persona, version))
-            step = "set default"
-            for replica in replicas:
-                await self._on(replica, self._set_default(replica, persona, version))
-        except ReplicaFailure as failure:
-            await self.withdraw(persona, version, replicas, previous)
-            raise RolloutFailed(step, failure.replica, failure.detail) from failure
-
-    @staticmethod
-    async def _on(replica: Replica, step: Awaitable[None]) -> None:
-        """Run one replica's step; a failure names the replica."""
-        try:
-            await step
-        except (ManagementError, InferenceRejected, InferenceUnavailable, TimeoutError) as exc:
-            raise ReplicaFailure(replica.pod, str(exc) or exc.__class__.__name__) from exc
-
-    async def _load(self, replica: Replica, persona: str, version: int, serving: ServingSection) -> None:
-        """Register the version unless the replica has it, then wait until its workers are ready."""
-        async with self._management(replica) as management:
-            if await self._versions(management, persona, str(version)) is None:
+                steps.append(("smoke test", lambda: self._everywhere(
+                    replicas, lambda r: self._smoke_test(http, r, persona, version))))
+            steps += [("switch", lambda: self.route(lambda table: table.add(persona, version, serve=True))),
+                      ("verify", lambda: self._everywhere(replicas, lambda r: self._verify(http, r, persona, version)))]
+            for step, work in steps:
                 try:
-                    await management.register(
-                        model_url(persona, version),
-                        initial_workers=serving.workers,
-                        synchronous=True,
-                        batch_size=serving.batch_size,
-                        max_batch_delay_ms=serving.max_batch_delay_ms,
-                        response_timeout_s=serving.response_timeout_seconds,
-                    )
-                except ManagementError as exc:
-                    if exc.status != 409:  # 409: a registration before a restart is still loading it
-                        raise
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.timeout
-            while True:
-                described = await self._versions(management, persona, str(version)) or []
-                ready = [w for d in described for w in d.get("workers", []) if w.get("status") == "READY"]
-                if len(ready) >= serving.workers:
-                    return
-                if loop.time() > deadline:
-                    raise TimeoutError(f"{len(ready)}/{serving.workers} workers ready after {self.timeout:.0f} s")
-                await asyncio.sleep(0.5)
+                    with metrics.ROLLOUT_STEP_SECONDS.labels(metric_step(step)).time():
+                        await work()
+                except ReplicaFailure as failure:
+                    await self.withdraw(persona, version, previous)
+                    raise RolloutFailed(step, failure.replica, failure.detail) from failure
+                except (PersonaError, OSError) as exc:  # the table itself is unreadable or unwritable
+                    await self.withdraw(persona, version, previous)
+                    raise RolloutFailed(step, "the routing table", str(exc)) from exc
+        dropped: list[int] = []
+        try:
+            with metrics.ROLLOUT_STEP_SECONDS.labels("prune").time():
+                await self.route(lambda table: dropped.extend(table.prune(persona, keep)))
+        except (PersonaError, OSError) as exc:  # housekeeping: the next rollout prunes again
+            self.logger.warning("Could not prune old versions of %s from the routing table: %s", persona, exc)
+        return dropped
 
-    async def _set_default(self, replica: Replica, persona: str, version: int) -> None:
-        async with self._management(replica) as management:
-            await management.set_default(persona, str(version))
+    async def restore(self, persona: str, version: int) -> int | None:
+        """Make the table route `persona` to `version` again where it does not (edited by hand, restored
+        from a backup); returns the version it routed to before (0: none), None when it was right."""
+        route = (await self.table()).personas.get(persona)
+        if route is not None and route.serving == version:
+            return None  # no write: every worker would re-read an unchanged table
+        before: list[int] = []
 
-    async def _smoke_test(self, replica: Replica, persona: str, version: int) -> None:
-        async with InferenceClient(replica.inference_url, token_file=self.token_file, timeout=60.0, retries=1) as client:
-            # Naming the persona makes the handler check that the archive really serves it.
-            request = InferenceRequest(persona=persona, message=SMOKE_MESSAGE)
-            response = await client.reply(persona, request, version=str(version))
-        if _version_key(response.model_version) != float(version):
-            raise InferenceRejected(f"answered as version {response.model_version!r}, expected {version}")
-        self.logger.info("Smoke test of %s v%s on %s: %r", persona, version, replica.pod, response.reply[:60])
+        def put_back(table: RoutingTable) -> None:
+            found = table.personas.get(persona)
+            before.append(found.serving if found else 0)
+            table.add(persona, version, serve=True)
+
+        await self.route(put_back)
+        return before[0] if before[0] != version else None
+
+    def check_published(self, persona: str, version: int) -> None:
+        """The version folder is complete (its version.json names it), so no replica is sent to load half a
+        version; a Job that succeeded without publishing fails here, before the table changes."""
+        path = version_dir(self.store, persona, version) / VERSION_FILE
+        try:
+            published = json.loads(path.read_text(encoding="utf-8"))
+            ok = published.get("persona") == persona and parse_version(published.get("version")) == version
+        except FileNotFoundError:
+            raise RolloutFailed("publish check", "the model store", f"{path} is missing: the version was not published") from None
+        except (OSError, ValueError, AttributeError, PersonaError) as exc:
+            raise RolloutFailed("publish check", "the model store", f"{path} is unreadable: {exc}") from None
+        if not ok:
+            raise RolloutFailed("publish check", "the model store", f"{path} names {published!r}, not {persona} v{version}")
+
+    async def withdraw(self, persona: str, version: int, previous: int | None) -> None:
+        """Take `version` out of the table, `previous` serving again; logged, never raised (the caller
+        is already reporting a failure)."""
+        try:
+            await self.route(lambda table: withdraw_version(table, persona, version, previous))
+        except (PersonaError, OSError) as exc:
+            self.logger.error("Could not withdraw %s v%s from the routing table: %s", persona, version, exc)
 
     @staticmethod
-    async def _versions(management: ManagementClient, persona: str, version: str | None = None) -> list[dict] | None:
-        """`describe`, with "not registered" as None instead of an error."""
-        try:
-            return await management.describe(persona, version)
-        except ManagementError as exc:
-            if exc.status == 404:
-                return None
-            raise
+    async def _everywhere(replicas: Sequence[Replica], step: Callable[[Replica], Awaitable[None]]) -> None:
+        """Run `step` on every replica at once; all are waited for, then the first failure is raised."""
+        outcomes = await asyncio.gather(*(step(r) for r in replicas), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
-    async def restore(self, persona: str, version: int, replicas: Sequence[Replica], serving: ServingSection) -> list[str]:
-        """Make `version` the default again on every replica where it is not (a pod that started
-        from an older models.json, or a version changed by hand); returns the pods it fixed."""
-        fixed = []
-        for replica in replicas:
-            async with self._management(replica) as management:
-                described = await self._versions(management, persona) or []
-            if any(d["isDefault"] and _version_key(d["modelVersion"]) == version for d in described):
-                continue
-            await self._load(replica, persona, version, serving)
-            await self._set_default(replica, persona, version)
-            fixed.append(replica.pod)
-        return fixed
+    async def _smoke_test(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int) -> None:
+        answered = await self.ask(http, replica, persona, version)
+        if answered != version:
+            raise ReplicaFailure(replica.pod, f"a request pinned to version {version} was answered by version {answered}")
+        self.logger.info("Smoke test of %s v%s passed on %s", persona, version, replica.pod)
 
-    async def withdraw(self, persona: str, version: int, replicas: Sequence[Replica], previous: int | None) -> None:
-        """Take `version` off every replica, the previous version (if any) being the default again."""
-        for replica in replicas:
+    async def _verify(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int) -> None:
+        """Unpinned requests until the replica answers as `version` (its workers noticed the switch)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.verify_timeout
+        while True:
+            answered = await self.ask(http, replica, persona, None)
+            if answered == version:
+                return
+            if loop.time() > deadline:
+                raise ReplicaFailure(replica.pod, f"still answers as version {answered} {self.verify_timeout:g} s "
+                                                  f"after the routing table switched to {version}")
+            await asyncio.sleep(VERIFY_INTERVAL_SECONDS)
+
+    async def answers(self, persona: str, replicas: Sequence[Replica]) -> dict[str, int | str]:
+        """Which version each replica answers unpinned requests with (or why it did not answer)."""
+        async def one(http: httpx.AsyncClient, replica: Replica) -> int | str:
             try:
-                async with self._management(replica) as management:
-                    versions = {d["modelVersion"] for d in await self._versions(management, persona) or []}
-                    mine = next((v for v in versions if _version_key(v) == version), None)
-                    if mine is None:
-                        continue
-                    back = next((v for v in versions if previous is not None and _version_key(v) == previous), None)
-                    if back is not None:
-                        await management.set_default(persona, back)
-                    await management.unregister(persona, mine)
-            except ManagementError as exc:
-                self.logger.warning("Could not withdraw %s v%s from %s: %s", persona, version, replica.pod, exc)
+                return await self.ask(http, replica, persona, None)
+            except ReplicaFailure as failure:
+                return failure.detail
+        async with self._http() as http:
+            found = await asyncio.gather(*(one(http, r) for r in replicas))
+        return {r.pod: v for r, v in zip(replicas, found, strict=True)}
 
-    async def prune(self, persona: str, replicas: Sequence[Replica], keep: int, serving: int) -> list[str]:
-        """Unregister all but the newest `keep` versions (never the serving one); returns what went."""
-        removed = []
-        for replica in replicas:
-            async with self._management(replica) as management:
-                described = await self._versions(management, persona) or []
-                versions = sorted({d["modelVersion"] for d in described}, key=_version_key, reverse=True)
-                for old in versions[keep:]:
-                    if _version_key(old) == serving:
-                        continue
-                    await management.unregister(persona, old)
-                    removed.append(f"{replica.pod}:{old}")
-        return removed
+    def _http(self) -> httpx.AsyncClient:
+        """One connection pool per rollout or check (a client per request would rebuild its TLS context
+        every time: measurable under load)."""
+        return httpx.AsyncClient(timeout=self.timeout)
 
-    async def remove_persona(self, persona: str, replicas: Sequence[Replica]) -> None:
-        """Unregister every version of `persona`. TorchServe refuses to remove the default version
-        while others remain, so what it refuses is tried again once the rest is gone."""
-        for replica in replicas:
-            async with self._management(replica) as management:
-                pending = [d["modelVersion"] for d in await self._versions(management, persona) or []]
-                while pending:
-                    refused: list[str] = []
-                    for version in pending:
-                        try:
-                            await management.unregister(persona, version)
-                        except ManagementError:
-                            if len(pending) == 1:
-                                raise
-                            refused.append(version)
-                    if len(refused) == len(pending):
-                        raise ManagementError(f"{replica.pod} refused to unregister {persona} {refused}")
-                    pending = refused
+    async def ask(self, http: httpx.AsyncClient, replica: Replica, persona: str, version: int | None) -> int:
+        """One contract 3 request to the fleet model; the version that answered it."""
+        body: dict[str, Any] = {"persona": persona, "message": SMOKE_MESSAGE,
+                                "generation": {"max_new_tokens": CHECK_TOKENS}}
+        if version is not None:
+            body["version"] = version
+        try:
+            response = await send_authorized(http, self.tokens, "POST", f"{replica.inference_url}/predictions/{self.model}",
+                                             json=body)
+        except httpx.HTTPError as exc:
+            raise ReplicaFailure(replica.pod, f"{exc.__class__.__name__}: {exc}".rstrip(": ")) from exc
+        if response.status_code != 200:
+            error, detail = error_detail(response)
+            raise ReplicaFailure(replica.pod, f"HTTP {response.status_code} {error}: {detail}")
+        try:
+            answer = response.json()
+            answered_persona, answered = answer["persona"], parse_version(answer["model_version"])
+        except (ValueError, KeyError, TypeError, PersonaError) as exc:
+            raise ReplicaFailure(replica.pod, f"not a contract 3 answer ({exc}): {response.text[:200]}") from exc
+        if answered_persona != persona:
+            raise ReplicaFailure(replica.pod, f"answered as persona {answered_persona!r}, not {persona!r}")
+        return answered

@@ -46,14 +46,13 @@ class Settings(BaseModel):
         "app.kubernetes.io/component=serving",
         description="PERSONA_SERVING_SELECTOR: label selector of the TorchServe pods.",
     )
-    serving_management_port: int = Field(8081, description="PERSONA_SERVING_MANAGEMENT_PORT")
     serving_inference_port: int = Field(8080, description="PERSONA_SERVING_INFERENCE_PORT")
+    serving_model: str = Field(
+        "fleet", min_length=1, description="PERSONA_SERVING_MODEL: the fleet model smoke tests are sent to (contract 3)."
+    )
     serving_token_file: Path | None = Field(
         None,
         description="PERSONA_SERVING_TOKEN_FILE: TorchServe key_file.json (or a plain token) from the mounted Secret.",
-    )
-    models_configmap: str = Field(
-        "personafleet-models", description="PERSONA_MODELS_CONFIGMAP: ConfigMap whose models.json replicas load at start."
     )
     database_secret: str | None = Field(
         None,
@@ -75,7 +74,12 @@ class Settings(BaseModel):
         30.0, gt=0, description="PERSONA_RESYNC_SECONDS: how often every PersonaModel is reconciled regardless of events."
     )
     rollout_timeout_seconds: float = Field(
-        300.0, gt=0, description="PERSONA_ROLLOUT_TIMEOUT_SECONDS: longest wait for a replica to load a version."
+        300.0, gt=0, description="PERSONA_ROLLOUT_TIMEOUT_SECONDS: longest wait for a replica's pinned smoke test "
+        "(it loads the new adapter)."
+    )
+    verify_timeout_seconds: float = Field(
+        10.0, gt=0, description="PERSONA_VERIFY_TIMEOUT_SECONDS: how long each replica may take to answer as the "
+        "new version after the routing table switched (workers notice within about 1 s)."
     )
     retry_backoff_seconds: float = Field(
         30.0, ge=0, description="PERSONA_RETRY_BACKOFF_SECONDS: first retry delay; doubles with every retry."
@@ -122,10 +126,9 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_STORE_PVC": "store_pvc",
     "PERSONA_STORE_PATH": "store_path",
     "PERSONA_SERVING_SELECTOR": "serving_selector",
-    "PERSONA_SERVING_MANAGEMENT_PORT": "serving_management_port",
     "PERSONA_SERVING_INFERENCE_PORT": "serving_inference_port",
+    "PERSONA_SERVING_MODEL": "serving_model",
     "PERSONA_SERVING_TOKEN_FILE": "serving_token_file",
-    "PERSONA_MODELS_CONFIGMAP": "models_configmap",
     "PERSONA_DATABASE_SECRET": "database_secret",
     "PERSONA_TRAINING_DEFAULTS": "training_defaults",
     "PERSONA_TRAINING_OVERRIDES": "training_overrides",
@@ -134,6 +137,7 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_LISTEN_ADDRESS": "listen_address",
     "PERSONA_RESYNC_SECONDS": "resync_seconds",
     "PERSONA_ROLLOUT_TIMEOUT_SECONDS": "rollout_timeout_seconds",
+    "PERSONA_VERIFY_TIMEOUT_SECONDS": "verify_timeout_seconds",
     "PERSONA_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
     "PERSONA_TRAINING_DEADLINE_SECONDS": "training_deadline_seconds",
 }

@@ -221,16 +221,16 @@ def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):
 
 
 # ---- serving -------------------------------------------------------------------------------
-def test_serving_runs_the_auth_front_with_the_token_secret_and_the_models_configmap(render):
+def test_serving_runs_the_auth_front_with_the_token_secret_and_the_store(render):
     objects = render()
     serving = find(objects, "Deployment", "-serving")
     params = parse_cli(container(serving)["args"])
     assert params["foreground"] and params["host"] == "0.0.0.0"
-    assert str(params["models_file"]) == "/etc/personafleet/models/models.json"
+    assert params.get("models_file") is None  # what serves is the store's routing table (contract 2)
     assert str(params["auth_token_file"]) == "/var/run/secrets/persona/inference-token"
     assert str(params["management_token_file"]) == "/var/run/secrets/persona/management-token"
     volumes = {v["name"]: v for v in pod_spec(serving)["volumes"]}
-    assert volumes["models"]["configMap"]["name"] == f"{FULLNAME}-models"
+    assert "models" not in volumes and not [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-models")]
     assert volumes["tokens"]["secret"]["secretName"] == f"{FULLNAME}-serving-token"
     assert volumes["store"]["persistentVolumeClaim"] == {"claimName": f"{FULLNAME}-store", "readOnly": True}
     assert find(objects, "PersistentVolumeClaim", "-store")["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -251,13 +251,6 @@ def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):
     assert "strategy" not in cpu["spec"]
 
 
-def test_the_models_configmap_starts_as_an_empty_contract_2_file(render):
-    from persona_serving.server import DesiredModels
-
-    models = find(render(), "ConfigMap", "-models")["data"]["models.json"]
-    assert DesiredModels.model_validate_json(models).root == {}
-
-
 # ---- the operator --------------------------------------------------------------------------
 def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_path):
     """Contract 6: the operator's own Settings accept every variable the chart sets, and they
@@ -272,13 +265,16 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert settings.namespace == NAMESPACE
     assert settings.training_image == "personafleet-serve:0.1.0"
     assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
-    assert settings.models_configmap == find(objects, "ConfigMap", "-models")["metadata"]["name"]
     assert settings.database_secret == f"{FULLNAME}-database"
     assert settings.training_defaults.node_selector == {"pool": "gpu"}
     assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
     token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
     mounts = {m["mountPath"]: m["name"] for m in container(operator)["volumeMounts"]}
-    assert token_file == "/var/run/secrets/persona/management-token" and mounts["/var/run/secrets/persona"] == "token"
+    assert token_file == "/var/run/secrets/persona/inference-token" and mounts["/var/run/secrets/persona"] == "token"
+    token_volume = next(v for v in pod_spec(operator)["volumes"] if v["name"] == "token")
+    assert token_volume["secret"]["items"] == [{"key": "inference-token", "path": "inference-token"}]  # no management key
+    store_mount = next(m for m in container(operator)["volumeMounts"] if m["name"] == "store")
+    assert store_mount["mountPath"] == str(settings.store_path) and not store_mount.get("readOnly")  # writes routing.json
     serving_labels = find(objects, "Deployment", "-serving")["spec"]["template"]["metadata"]["labels"]
     selector = dict(pair.split("=") for pair in settings.serving_selector.split(","))
     assert selector.items() <= serving_labels.items() and selector["app.kubernetes.io/component"] == "serving"
@@ -296,9 +292,7 @@ def test_operator_rbac_is_namespaced_and_least_privilege(render):
     assert not any(resource == "secrets" for _, resource, _ in granted)
     assert ("personafleet.io", "personamodels/status", "patch") in granted
     assert ("batch", "jobs", "create") in granted and ("", "events", "create") in granted
-    assert ("", "configmaps", "create") not in granted
-    configmaps = next(r for r in rules if r["resources"] == ["configmaps"])
-    assert configmaps["resourceNames"] == [find(objects, "ConfigMap", "-models")["metadata"]["name"]]
+    assert not any(resource == "configmaps" for _, resource, _ in granted)  # the routing table replaced models.json
     binding = find(objects, "RoleBinding", "-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}]
     assert pod_spec(find(objects, "Deployment", "-operator"))["serviceAccountName"] == f"{FULLNAME}-operator"
@@ -307,14 +301,12 @@ def test_operator_rbac_is_namespaced_and_least_privilege(render):
 
 
 # ---- network policies ----------------------------------------------------------------------
-def test_management_and_metrics_ports_are_reachable_only_from_the_operator_and_prometheus(render):
+def test_management_is_reachable_from_no_pod_and_metrics_only_from_prometheus(render):
     objects = render()
     rules = {r["ports"][0]["port"]: r["from"] for r in find(objects, "NetworkPolicy", "-serving")["spec"]["ingress"]}
     operator = find(objects, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
     bot = find(objects, "Deployment", "-bot")["spec"]["template"]["metadata"]["labels"]
-    assert set(rules) == {"inference", "management", "metrics"}
-    assert len(rules["management"]) == 1 and selects(rules["management"][0]["podSelector"], operator)
-    assert not selects(rules["management"][0]["podSelector"], bot)
+    assert set(rules) == {"inference", "metrics"}  # a policy denies every port it does not list
     assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
     assert [selects(peer["podSelector"], bot) or selects(peer["podSelector"], operator) for peer in rules["inference"]] == [True, True]

@@ -2,14 +2,15 @@
 
 The tests play the parts no process here can: the Job controller (`finish_job` sets a Job's
 status after the test placed what `persona train`/`package` would have written into the model
-store) and the kubelet (`add_serving_pod` creates a Ready pod whose IP is TorchServe's).
+store) and the kubelet (`add_serving_pod` creates a Ready pod whose IP is a serving replica's,
+`fleet_replica`: the one seam where the real fleet TorchServe plugs in).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,10 @@ import yaml
 from aiohttp import web
 
 from persona_operator.settings import Settings
-from tests.fixtures.torchserve import build_mar, free_port
+from personafleet.errors import PersonaError
+from personafleet.inference import InferenceRequest
+from personafleet.routing import RoutingTable, read_routing, version_dir
+from tests.fixtures.torchserve import free_port
 from tests.operator.fake_kube import ApiError, FakeKube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "personafleet" / "crds" / "personamodel.yaml"
@@ -210,57 +214,129 @@ async def fake_cluster(workdir: Path) -> AsyncIterator[Cluster]:
         await runner.cleanup()
 
 
-@dataclass(frozen=True)
-class Replica:
-    """A serving pod as the operator sees it: the auth front's ports on 127.0.0.1, and the token
-    file of the operator's Secret (docs/serving.md: the front accepts it on both ports)."""
+# ---- THE SEAM: the serving replica --------------------------------------------------------------
+# `fleet_replica` stands in for one pod of the fleet TorchServe (contract 3) until that lands on this
+# branch; at merge the lead swaps its body for the real `persona serve --model-store STORE --base BASE`
+# behind the auth front, and `place_version` for the real `persona package`. The tests use nothing
+# else of it than what the real one offers: its inference URL and token, plus the fault knobs below.
 
-    inference_port: int
-    management_port: int
-    token_file: Path  # the management token: the operator's
-    inference_token_file: Path  # the bot's
-    model_store: Path
+@dataclass
+class FleetReplica:
+    """A strict stand-in for one serving pod: `POST /predictions/<model>` as contract 3 says, the routing
+    table read through `personafleet.routing` on every request (a real worker stats it per batch), a
+    404 for an unknown persona or version, a 503 when the version folder is not a complete published
+    version (version.json naming it, adapter/adapter_config.json), the bearer token checked.
+
+    Fault knobs: `frozen` keeps answering from the last table read (a worker that stopped noticing
+    routing changes); `hold`, when cleared, stalls pinned requests (a slow adapter load);
+    `pinned` records the versions pinned requests asked for."""
+
+    store: Path
+    host: str
+    port: int
+    token_file: Path
+    model: str = "fleet"
+    frozen: bool = False
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    pinned: list[tuple[str, int]] = field(default_factory=list)
+    table: RoutingTable = field(default_factory=RoutingTable)  # the last table read
+
+    def __post_init__(self) -> None:
+        self.hold.set()
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/predictions/{model}", self._predict)
+        return app
+
+    def _routing(self) -> RoutingTable:
+        if not self.frozen:
+            try:
+                self.table = read_routing(self.store)
+            except PersonaError:  # a bad table is never used: the last good one stays in force
+                pass
+        return self.table
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token_file.read_text().strip()}":
+            return web.json_response({"code": 401, "type": "Unauthorized", "message": "Token Authorization failed"},
+                                     status=401)
+        if request.match_info["model"] != self.model:
+            return web.json_response({"code": 404, "type": "ModelNotFoundException",
+                                      "message": f"Model not found: {request.match_info['model']}"}, status=404)
+        try:
+            body = await request.json()
+            persona, version = body.pop("persona"), body.pop("version", None)
+            if not isinstance(persona, str) or not (version is None or (type(version) is int and version >= 1)):
+                raise ValueError("persona must be a name, version a positive integer")
+            InferenceRequest.model_validate({**body, "persona": persona})
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            return _error(400, "bad_request", str(exc))
+        table = self._routing()
+        if version is not None:
+            self.pinned.append((persona, version))
+            await self.hold.wait()
+        answering = table.resolve(persona, version)
+        if answering is None:
+            if persona not in table.personas:
+                return _error(404, "unknown_persona", f"no persona {persona!r} is routed")
+            return _error(404, "unknown_version", f"{persona} has no version {version} in the routing table")
+        folder = version_dir(self.store, persona, answering)
+        try:
+            published = json.loads((folder / "version.json").read_text())
+            complete = (published["persona"], published["version"]) == (persona, answering)
+        except (OSError, ValueError, KeyError, TypeError):
+            complete = False
+        if not complete or not (folder / "adapter" / "adapter_config.json").is_file():
+            return _error(503, "adapter_unavailable", f"{folder} is not a complete published version")
+        return web.json_response({"reply": f"{persona} v{answering}", "persona": persona,
+                                  "model_version": str(answering), "tokens": 2})
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
 
 
 @asynccontextmanager
-async def serving_replica(torchserve: Any, workdir: Path) -> AsyncIterator[Replica]:
-    """Put the production auth front (persona_serving.front) before a running TorchServe: it checks
-    the Secret's token, forwards with TorchServe's own key, and stages nested model-store urls
-    into TorchServe's directory of links."""
-    from persona_serving.front import AuthFront
-
+async def fleet_replica(store: Path, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                        token_file: Path | None = None) -> AsyncIterator[FleetReplica]:
+    """One serving pod on `host:port` reading `store` (THE SEAM, see above). Replicas of one test share
+    the port (pods differ by IP: 127.0.0.1, 127.0.0.2, ...) and the operator's token file."""
     workdir.mkdir(parents=True, exist_ok=True)
-    tokens = {kind: workdir / f"{kind}-token" for kind in ("inference", "management")}
-    for kind, path in tokens.items():
-        path.write_text(f"{kind}-{time.time_ns()}\n")
-    front = AuthFront(
-        inference_token_file=tokens["inference"], management_token_file=tokens["management"],
-        key_file=torchserve.key_file, inference_backend=torchserve.inference_url,
-        management_backend=torchserve.management_url, model_store=torchserve.model_store,
-        links=torchserve.options.links,
-    )
-    replica = Replica(free_port(), free_port(), tokens["management"], tokens["inference"], torchserve.model_store)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(front.serve("127.0.0.1", replica.inference_port, replica.management_port, stopping))
-    await eventually(lambda: _listening(replica.management_port), timeout=10)
+    if token_file is None:
+        token_file = workdir / "management-token"
+        token_file.write_text(f"operator-{time.time_ns()}\n")
+    replica = FleetReplica(store=store, host=host, port=port or free_port(), token_file=token_file)
+    runner = web.AppRunner(replica.app(), handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, host, replica.port).start()
     try:
         yield replica
     finally:
-        stopping.set()
-        await task
+        replica.hold.set()
+        await runner.cleanup()
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def place_version(store: Path, run: Path, persona: str, version: int, loss: float) -> Path:
-    """What a successful training Job leaves in the model store (contract 1): run/report.json and
-    the .mar. Returns the .mar's path."""
-    out = store / persona / f"v{version}"
+def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True) -> Path:
+    """What a successful training Job leaves in the model store (contract 1): `run/report.json` with
+    the given eval loss and, with `publish`, the version folder `persona package` writes (adapter/,
+    persona.json, version.json last) from the tiny run. Returns the version folder."""
+    out = version_dir(store, persona, version)
     (out / "run").mkdir(parents=True, exist_ok=True)
     report = json.loads((run / "report.json").read_text())
     report.setdefault("eval", {})["after"] = {"loss": loss, "perplexity": round(2.718281828 ** loss, 4)}
     (out / "run" / "report.json").write_text(json.dumps(report))
-    return build_mar(run, persona, str(version), store)
+    if publish:
+        (out / "adapter").mkdir(exist_ok=True)
+        for item in run.iterdir():
+            if item.is_file() and item.name not in ("report.json", "persona.json") and item.suffix != ".png":
+                shutil.copy2(item, out / "adapter" / item.name)
+        spec = json.loads((run / "persona.json").read_text())
+        (out / "persona.json").write_text(json.dumps({**spec, "name": persona}, ensure_ascii=False))
+        (out / "version.json").write_text(json.dumps({"persona": persona, "version": version,
+                                                      "base": report.get("base_model")}))
+    return out

@@ -49,16 +49,19 @@ def test_condition_transition_time_changes_only_when_the_status_flips():
 
 
 def test_settings_from_environment():
-    settings = Settings.from_env({"PERSONA_NAMESPACE": "bots", "PERSONA_SERVING_MANAGEMENT_PORT": "18081",
+    settings = Settings.from_env({"PERSONA_NAMESPACE": "bots", "PERSONA_SERVING_INFERENCE_PORT": "18080",
                                   "PERSONA_STORE_PATH": "/mnt/store", "METRICS_PORT": "9100",
+                                  "PERSONA_SERVING_MODEL": "fleet-large", "PERSONA_VERIFY_TIMEOUT_SECONDS": "4",
                                   "PERSONA_TRAINING_DEFAULTS": '{"nodeSelector": {"pool": "gpu"}}'})
-    assert (settings.namespace, settings.serving_management_port, str(settings.store_path)) == ("bots", 18081, "/mnt/store")
+    assert (settings.namespace, settings.serving_inference_port, str(settings.store_path)) == ("bots", 18080, "/mnt/store")
+    assert (settings.serving_model, settings.verify_timeout_seconds) == ("fleet-large", 4.0)
     assert settings.training_defaults.node_selector == {"pool": "gpu"} and settings.metrics_port == 9100
     assert Settings.from_env({}).serving_inference_port == 8080
 
 
 @pytest.mark.parametrize(("environ", "message"), [
-    ({"PERSONA_SERVING_MANAGEMENT_PORT": "eighty"}, "PERSONA_SERVING_MANAGEMENT_PORT"),
+    ({"PERSONA_SERVING_INFERENCE_PORT": "eighty"}, "PERSONA_SERVING_INFERENCE_PORT"),
+    ({"PERSONA_VERIFY_TIMEOUT_SECONDS": "0"}, "PERSONA_VERIFY_TIMEOUT_SECONDS"),
     ({"PERSONA_TRAINING_DEFAULTS": "{nodeSelector"}, "PERSONA_TRAINING_DEFAULTS is not valid JSON"),
     ({"PERSONA_SERVING_SELECTOR": " "}, "PERSONA_SERVING_SELECTOR"),
 ])
@@ -76,6 +79,8 @@ def test_metrics_endpoint_exports_the_operator_metrics():
         server.shutdown()
         server.server_close()
     for name in ("persona_operator_training_duration_seconds", "persona_operator_rollouts_total",
-                 "persona_operator_reconcile_errors_total", "persona_operator_time_to_serving_seconds"):
+                 "persona_operator_reconcile_errors_total", "persona_operator_time_to_serving_seconds",
+                 "persona_operator_rollout_step_seconds", "persona_operator_rollout_step_failures_total",
+                 "persona_operator_routing_corrections_total", "persona_operator_drifted_replicas"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
     assert 'persona_operator_rollouts_total{outcome="succeeded",persona="metrics-test"} 1.0' in text

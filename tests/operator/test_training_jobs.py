@@ -9,6 +9,7 @@ import asyncio
 
 import httpx
 
+from personafleet.routing import read_routing, update_routing
 from tests.operator.harness import eventually, persona_model
 
 
@@ -111,10 +112,8 @@ async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
     assert cluster.jobs("bob") == []
 
 
-async def test_delete_removes_the_resource_its_jobs_and_its_models_entry(cluster, operator):
-    cluster.kube.create("configmaps", {"metadata": {"name": "personafleet-models"},
-                                       "data": {"models.json": '{"alice": {"version": "1", "url": "alice/v1/alice.mar"},'
-                                                               ' "bob": {"version": "4", "url": "bob/v4/bob.mar"}}'}})
+async def test_delete_removes_the_resource_its_jobs_and_its_routing_entry(cluster, operator):
+    update_routing(cluster.store, lambda table: (table.add("alice", 1, serve=True), table.add("bob", 4, serve=True)))
     cluster.apply(persona_model("alice"))
     await eventually(lambda: cluster.jobs("alice"))
     assert "personafleet.io/cleanup" in cluster.persona("alice")["metadata"]["finalizers"]
@@ -122,8 +121,7 @@ async def test_delete_removes_the_resource_its_jobs_and_its_models_entry(cluster
     cluster.kube.delete("personamodels", "default", "alice")
     await eventually(lambda: not cluster.kube.list("personamodels", "default"))
     assert cluster.jobs("alice") == []  # garbage-collected through ownerReferences
-    models = cluster.kube.get("configmaps", "default", "personafleet-models")["data"]["models.json"]
-    assert '"alice"' not in models and '"bob"' in models
+    assert set(read_routing(cluster.store).personas) == {"bob"}
 
 
 async def test_liveness_endpoint_answers_while_kopf_runs(cluster, operator):

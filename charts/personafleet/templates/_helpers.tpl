@@ -60,10 +60,6 @@ app.kubernetes.io/part-of: personafleet
 {{- default (printf "%s-store" (include "personafleet.fullname" .)) .Values.store.existingClaim }}
 {{- end }}
 
-{{- define "personafleet.modelsConfigMap" -}}
-{{- printf "%s-models" (include "personafleet.fullname" .) }}
-{{- end }}
-
 {{- define "personafleet.servingTokenSecret" -}}
 {{- default (printf "%s-serving-token" (include "personafleet.fullname" .)) .Values.serving.auth.existingSecret }}
 {{- end }}
