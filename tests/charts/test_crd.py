@@ -72,8 +72,11 @@ def test_the_name_rule_is_the_persona_name_pattern(schema):
 
 
 def test_the_example_is_valid_and_means_what_the_operator_reads(schema, example):
+    from tests.operator.admission import custom_resource_errors
+
     for validator in validators(schema):
         validator.validate(example)
+    assert custom_resource_errors(example, schema) == []  # the CEL rules too
     assert example["apiVersion"] == "personafleet.io/v1alpha1" and example["kind"] == "PersonaModel"
     assert re.fullmatch(PERSONA_NAME_PATTERN, example["metadata"]["name"])
     spec = PersonaModelSpec.parse(example["spec"])
