@@ -66,6 +66,7 @@ def prepare(
 def init_base(
     out: Annotated[Path, typer.Option("--out", help="Directory for the base model and its tokenizer.")],
     corpus: Annotated[Optional[list[Path]], typer.Option("--corpus", help="Telegram export(s) to learn from (repeatable). [default: examples/sample-export/result.json]")] = None,
+    shape: Annotated[str, typer.Option(help="t5: T5 tokenizer and architecture; fred: FRED-T5's (byte-level BPE, plain added markers, gated-GELU, untied).")] = "t5",
     steps: Annotated[int, typer.Option(min=1, help="Pre-training steps.")] = 400,
     d_model: Annotated[int, typer.Option(min=8, help="Hidden size.")] = 128,
     layers: Annotated[int, typer.Option(min=1, help="Encoder and decoder layers (each).")] = 2,
@@ -78,7 +79,9 @@ def init_base(
     from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base as build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = BaseModelOptions(steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
+    if shape not in ("t5", "fred"):
+        raise PersonaError(f"--shape {shape}: choose t5 or fred")
+    options = BaseModelOptions(shape=shape, steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
     build(out, corpus or [DEFAULT_CORPUS], options)
 
 
