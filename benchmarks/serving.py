@@ -247,6 +247,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every server (OMP_NUM_THREADS)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="TorchServe workers (default: one per core, as the baseline's thread pool uses every core)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where serving.json and serving.png go (`make bench` keeps quick runs out of the repo)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the baseline subprocess inherits it
     import torch
@@ -258,7 +260,7 @@ def main() -> None:
     from persona_serving.server import ServeOptions, free_port, serve_background, stop
     from persona_training.package import ArchiveOptions, build_archive
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         work = Path(tmp)
         logger.info("Building the model (base + LoRA run)")
@@ -296,12 +298,12 @@ def main() -> None:
             process.wait(30)
 
     print_table(results, bare_p50)
-    plot(results, RESULTS / "serving.png")
-    (RESULTS / "serving.json").write_text(json.dumps(
+    plot(results, args.results / "serving.png")
+    (args.results / "serving.json").write_text(json.dumps(
         {"args": vars(args), "bare_generate_p50": bare_p50,
          "results": {s: [{k: v for k, v in r.items() if k != "latencies"} for r in rows] for s, rows in results.items()}},
         indent=2))
-    print(f"\nwrote {RESULTS / 'serving.png'} and {RESULTS / 'serving.json'}")
+    print(f"\nwrote {args.results / 'serving.png'} and {args.results / 'serving.json'}")
 
 
 def serve_baseline() -> None:

@@ -14,7 +14,7 @@ import typer
 
 from personafleet.errors import PersonaError
 from personafleet.inference import MAX_NEW_TOKENS
-from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS
+from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS, CONTEXT_WINDOW_SECONDS, MERGE_GAP_SECONDS, MESSAGE_CHARS
 
 app = typer.Typer(
     name="persona",
@@ -37,8 +37,9 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", help="Directory for train.jsonl, val.jsonl, stats.json.")],
     persona_id: Annotated[Optional[str], typer.Option(help="Keep only replies by this from_id (e.g. user123).")] = None,
     context_turns: Annotated[int, typer.Option(min=1, help="Most context turns per record.")] = CONTEXT_TURNS,
-    window_minutes: Annotated[float, typer.Option(min=0, help="Preceding messages within this window are context.")] = 180,
-    max_message_chars: Annotated[int, typer.Option(min=1, help="Longer replies are not used as targets.")] = 200,
+    window_minutes: Annotated[float, typer.Option(min=0, help="Preceding messages within this window are context.")] = CONTEXT_WINDOW_SECONDS / 60,
+    merge_gap_seconds: Annotated[float, typer.Option(min=0, help="Consecutive messages of one author this close are one turn.")] = MERGE_GAP_SECONDS,
+    max_message_chars: Annotated[int, typer.Option(min=1, help="Longer replies are not used as targets; longer context turns are cut.")] = MESSAGE_CHARS,
     max_context_chars: Annotated[int, typer.Option(min=1, help="Character budget of a record's context.")] = CONTEXT_CHARS,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of records held out for validation, in whole conversations.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split.")] = 13,
@@ -51,6 +52,7 @@ def prepare(
         persona_id=persona_id,
         context_turns=context_turns,
         window_minutes=window_minutes,
+        merge_gap_seconds=merge_gap_seconds,
         max_message_chars=max_message_chars,
         max_context_chars=max_context_chars,
         val_fraction=val_fraction,
@@ -65,6 +67,7 @@ def prepare(
 def init_base(
     out: Annotated[Path, typer.Option("--out", help="Directory for the base model and its tokenizer.")],
     corpus: Annotated[Optional[list[Path]], typer.Option("--corpus", help="Telegram export(s) to learn from (repeatable). [default: examples/sample-export/result.json]")] = None,
+    shape: Annotated[str, typer.Option(help="t5: T5 tokenizer and architecture; fred: FRED-T5's (byte-level BPE, plain added markers, gated-GELU, untied).")] = "t5",
     steps: Annotated[int, typer.Option(min=1, help="Pre-training steps.")] = 400,
     d_model: Annotated[int, typer.Option(min=8, help="Hidden size.")] = 128,
     layers: Annotated[int, typer.Option(min=1, help="Encoder and decoder layers (each).")] = 2,
@@ -77,7 +80,9 @@ def init_base(
     from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base as build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = BaseModelOptions(steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
+    if shape not in ("t5", "fred"):
+        raise PersonaError(f"--shape {shape}: choose t5 or fred")
+    options = BaseModelOptions(shape=shape, steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
     build(out, corpus or [DEFAULT_CORPUS], options)
 
 

@@ -26,11 +26,26 @@ class Turn(BaseModel):
     text: str
 
 
+class TimedTurn(Turn):
+    """A turn with the Unix time of its last message: what the bot keeps as history, so that the
+    same window and merge rules as `persona prepare` can be applied to it."""
+
+    time: float = Field(0.0, description="0: unknown (kept before times were), outside every window")
+
+
 # The context budget, one for the whole pipeline: `persona prepare` builds records with it, the
 # prompt keeps it, the bot keeps that much history. A model sees at serving time what it was
 # trained on (the seeds used 3 turns).
 CONTEXT_TURNS = 3
 CONTEXT_CHARS = 500
+# The conversation's shape, also one for the whole pipeline (issue 11.5): `persona prepare`'s
+# defaults and the history the bot sends. Seed 003 used a 3-hour window and 200-character messages.
+CONTEXT_WINDOW_SECONDS = 3 * 3600.0  # older turns are not a reply's context
+MESSAGE_CHARS = 200  # the per-message cap: longer replies are not trained on, longer context turns are cut
+# People split one thought into a burst of messages typed within a minute or two; a pause of five
+# minutes usually starts a new one. Merging the burst keeps "the persona answers its own message"
+# out of the data and gives the model the whole thought as one turn.
+MERGE_GAP_SECONDS = 300.0
 
 
 class PromptTemplate(BaseModel):
@@ -51,6 +66,45 @@ class PromptTemplate(BaseModel):
         return [self.prefix, self.instruction, self.user_label, self.persona_label, self.answer_marker]
 
 
+def continues_turn(speaker: str, end: float, next_speaker: str, next_start: float, gap: float) -> bool:
+    """Whether a message (or turn) by `next_speaker` starting at `next_start` belongs to the turn
+    of `speaker` that ended at `end`: the same speaker, at most `gap` seconds later."""
+    return speaker == next_speaker and 0 <= next_start - end <= gap
+
+
+def join_turn(texts: Sequence[str]) -> str:
+    """The text of one turn made of several messages (a prompt line holds one turn: no newlines)."""
+    return " ".join(texts)
+
+
+def cap_text(text: str, max_chars: int) -> str:
+    """A turn cut to `max_chars` keeps its end: the part nearest to the reply."""
+    return text if len(text) <= max_chars else text[-max_chars:]
+
+
+def conversation(
+    turns: Sequence[TimedTurn],
+    now: float,
+    *,
+    window: float = CONTEXT_WINDOW_SECONDS,
+    gap: float = MERGE_GAP_SECONDS,
+    max_chars: int = MESSAGE_CHARS,
+) -> list[Turn]:
+    """Stored turns (oldest first, the newest being the message to answer) shaped as `persona
+    prepare` shapes a record's context: turns older than `window` before `now` left out, consecutive
+    turns of one role within `gap` merged, each cut to `max_chars`. The newest is always kept."""
+    *history, newest = turns
+    recent = [turn for turn in history if turn.time >= now - window] + [newest]
+    merged: list[TimedTurn] = []
+    for turn in recent:
+        last = merged[-1] if merged else None
+        if last is not None and continues_turn(last.role, last.time, turn.role, turn.time, gap):
+            merged[-1] = TimedTurn(role=turn.role, text=join_turn([last.text, turn.text]), time=turn.time)
+        else:
+            merged.append(turn)
+    return [Turn(role=turn.role, text=cap_text(turn.text, max_chars)) for turn in merged]
+
+
 def fit_context(turns: Sequence[Turn], max_turns: int, max_chars: int) -> list[Turn]:
     """Keep the newest turns that fit both budgets; a turn never gets cut in the middle,
     except the newest one, which is kept (truncated from its start) so there is something to answer."""
@@ -61,7 +115,7 @@ def fit_context(turns: Sequence[Turn], max_turns: int, max_chars: int) -> list[T
             break
         if used + len(turn.text) > max_chars:
             if not kept:
-                kept.append(Turn(role=turn.role, text=turn.text[-max_chars:]))
+                kept.append(Turn(role=turn.role, text=cap_text(turn.text, max_chars)))
             break
         kept.append(turn)
         used += len(turn.text)

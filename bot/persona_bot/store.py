@@ -17,7 +17,7 @@ from importlib import resources
 import asyncpg
 
 from persona_bot import metrics
-from personafleet.prompt import PromptTemplate, Turn
+from personafleet.prompt import PromptTemplate, TimedTurn, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class Exchange:
     context: list[Turn]
     message: str
     reply: str
+    message_time: float = 0.0  # Unix times of the message and the reply (Telegram's), kept in the history
+    reply_time: float = 0.0
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -98,6 +100,10 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
 
 def _turns(rows: object) -> list[Turn]:
     return [Turn.model_validate(turn) for turn in rows or []]
+
+
+def _history(rows: object) -> list[TimedTurn]:
+    return [TimedTurn.model_validate(turn) for turn in rows or []]
 
 
 def _dump(turns: list[Turn]) -> list[dict]:
@@ -199,12 +205,13 @@ class Store:
                 insanity,
             )
 
-    async def history(self, chat_id: int, persona: str) -> list[Turn]:
+    async def history(self, chat_id: int, persona: str) -> list[TimedTurn]:
+        """The stored turns, oldest first, with their times (the caller applies the window)."""
         async with self._connection() as connection:
             turns = await connection.fetchval(
                 "SELECT turns FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona
             )
-        return _turns(turns)
+        return _history(turns)
 
     async def clear_history(self, chat_id: int, persona: str) -> None:
         async with self._connection() as connection:
@@ -216,8 +223,11 @@ class Store:
         writing back the history the caller loaded) keeps exchanges that other replicas stored
         meanwhile, and a history cleared meanwhile stays cleared. `update_history=False` when the
         history could not be loaded (an outage): the exchange is then not part of it. The
-        character budget is applied when the history is used (`fit_context` before each call)."""
-        pair = [Turn(role="user", text=exchange.message), Turn(role="persona", text=exchange.reply)]
+        time window and the budgets are applied when the history is used (before each call)."""
+        pair = [
+            TimedTurn(role="user", text=exchange.message, time=exchange.message_time),
+            TimedTurn(role="persona", text=exchange.reply, time=exchange.reply_time),
+        ]
         async with self._connection() as connection:
             await connection.execute(
                 "WITH history AS ("

@@ -22,6 +22,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
+from persona_serving.decoding import decode_replies
 from persona_serving.metrics import BATCH_SIZE, ERRORS, GENERATION_SECONDS, TOKENS_GENERATED, MetricSpec
 from persona_serving.requests import Prepared, Rejected, option_groups, prepare
 from personafleet.inference import InferenceResponse
@@ -104,7 +105,7 @@ class PersonaHandler(BaseHandler):
         elapsed = time.perf_counter() - started
         sequences = output[:, 1:]  # drop the decoder start token
         counts = (sequences != self.tokenizer.pad_token_id).sum(dim=1).tolist()
-        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        texts = decode_replies(self.tokenizer, sequences)
         for _ in prompts:
             self._observe(GENERATION_SECONDS, elapsed)
         self._observe(TOKENS_GENERATED, sum(counts))

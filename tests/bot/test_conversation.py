@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
-from persona_bot.store import Store
-from personafleet.prompt import PromptTemplate
+from persona_bot.store import Exchange, Store
+from personafleet.prompt import CONTEXT_WINDOW_SECONDS, MESSAGE_CHARS
 
 
 async def test_private_reply_uses_the_stored_history(running_bot, telegram, model, postgres_database):
@@ -92,12 +93,12 @@ async def test_persona_switch_keeps_separate_histories(running_bot, telegram, mo
 
 
 async def test_limits_long_messages_replies_and_rate(running_bot, telegram, model):
-    budget = PromptTemplate().max_context_chars
     async with running_bot(MAX_REPLY_CHARS="20", RATE_LIMIT_MESSAGES="2", RATE_LIMIT_SECONDS="60"):
-        telegram.message("x" * (budget + 500) + " the end", chat_id=11)
+        telegram.message("x" * (MESSAGE_CHARS + 500) + " the end", chat_id=11)
         sent = await telegram.wait_sent(1)
         request = model.requests[-1][1]
-        assert len(request.message) == budget and request.message.endswith("the end")
+        # Cut to the per-message cap training contexts have (issue 11.5), keeping its end.
+        assert len(request.message) == MESSAGE_CHARS and request.message.endswith("the end")
         assert len(sent[0]["text"]) == 20 and sent[0]["text"].endswith("…")
 
         for text in ("two", "three", "four"):
@@ -106,3 +107,25 @@ async def test_limits_long_messages_replies_and_rate(running_bot, telegram, mode
         await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
         assert len(model.requests) == 2  # "three" and "four" never reached the model
         assert sum("faster than I can think" in m["text"] for m in telegram.sent) == 1  # told once
+
+
+async def test_only_history_inside_the_training_window_is_sent(running_bot, telegram, model, postgres_database):
+    """Training contexts reach back 3 hours: older stored turns stay stored but are not sent."""
+    now = time.time()
+    store = Store(postgres_database)
+    await store.open()
+    try:
+        for message_id, age, text in ((1, CONTEXT_WINDOW_SECONDS + 600, "yesterday"), (2, 3600, "an hour ago")):
+            await store.record(Exchange(
+                chat_id=12, message_id=message_id, persona="devops-dude", model_version="1", context=[],
+                message=text, reply=f"re: {text}", message_time=now - age, reply_time=now - age + 5,
+            ))
+        stored = [t.text for t in await store.history(12, "devops-dude")]
+    finally:
+        await store.close()
+    assert stored == ["re: yesterday", "an hour ago", "re: an hour ago"]
+    async with running_bot():
+        telegram.message("and now?", chat_id=12)
+        await telegram.wait_sent(1)
+    request = model.requests[-1][1]
+    assert [t.text for t in request.context] == ["an hour ago", "re: an hour ago"] and request.message == "and now?"

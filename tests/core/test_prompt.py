@@ -1,4 +1,12 @@
-from personafleet.prompt import PromptTemplate, Turn, fit_context, record_turns, render_prompt
+from personafleet.prompt import (
+    PromptTemplate,
+    TimedTurn,
+    Turn,
+    conversation,
+    fit_context,
+    record_turns,
+    render_prompt,
+)
 from personafleet.records import DialogueRecord
 
 
@@ -45,3 +53,32 @@ def test_record_turns_gives_the_reply_author_the_persona_role():
         }
     )
     assert [t.role for t in record_turns(record)] == ["user", "persona", "user"]
+
+
+def _timed(*turns: tuple[str, str, float]) -> list[TimedTurn]:
+    return [TimedTurn(role=role, text=text, time=time) for role, text, time in turns]
+
+
+def test_conversation_sends_only_turns_inside_the_window_and_always_the_newest():
+    now = 100_000.0
+    turns = _timed(("user", "unknown age", 0), ("persona", "too old", now - 3 * 3600 - 1),
+                   ("user", "recent", now - 3 * 3600), ("persona", "answer", now - 10), ("user", "new", now))
+    assert [t.text for t in conversation(turns, now)] == ["recent", "answer", "new"]
+    assert [t.text for t in conversation(_timed(("user", "alone", 0)), now)] == ["alone"]
+
+
+def test_conversation_merges_one_roles_turns_within_the_gap_like_prepare():
+    now = 100_000.0
+    turns = _timed(("user", "hi", now - 1100), ("user", "are you there?", now - 700),
+                   ("user", "hello??", now - 600), ("persona", "yes", now - 590), ("user", "ok", now))
+    shaped = conversation(turns, now, gap=300)
+    assert [(t.role, t.text) for t in shaped] == [
+        ("user", "hi"), ("user", "are you there? hello??"), ("persona", "yes"), ("user", "ok"),
+    ]
+    assert all(type(t) is Turn for t in shaped)  # what the inference API takes
+
+
+def test_conversation_cuts_every_turn_to_the_message_cap_keeping_its_end():
+    now = 100_000.0
+    shaped = conversation(_timed(("persona", "a" * 300 + "end", now - 5), ("user", "b" * 250, now)), now, max_chars=200)
+    assert [len(t.text) for t in shaped] == [200, 200] and shaped[0].text.endswith("end")

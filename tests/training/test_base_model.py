@@ -68,3 +68,12 @@ def test_init_base_cli_refuses_a_corpus_that_is_not_an_export(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "not a Telegram Desktop export" in result.stderr
     assert not (tmp_path / "base").exists()
+
+
+def test_init_base_cli_refuses_an_unknown_shape(tmp_path):
+    result = subprocess.run(
+        [PERSONA, "init-base", "--out", str(tmp_path / "base"), "--shape", "gpt"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr == "persona: error: --shape gpt: choose t5 or fred\n"
+    assert not (tmp_path / "base").exists()

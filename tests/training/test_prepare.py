@@ -17,7 +17,7 @@ from persona_training.prepare import DropReason, PrepareOptions, run_prepare
 
 EXPORTS = Path(__file__).parent / "fixtures" / "exports"
 CHAT = EXPORTS / "single_chat.json"
-REPLIES = {3, 4, 7, 9, 11, 14, 21, 36, 37, 38, 39, 40, 41, 42}
+REPLIES = {3, 4, 7, 9, 11, 14, 21, 31, 36, 37, 38, 39, 40, 41, 42}
 
 
 def prepare(out: Path, *exports: Path, **options) -> tuple[list[DialogueRecord], list[DialogueRecord], dict]:
@@ -45,7 +45,8 @@ def test_every_message_is_a_reply_or_dropped_for_one_counted_reason(default_run)
     assert set(records) == REPLIES
     assert stats["dropped"] == {
         "service": 2, "other_author": 0, "deleted_account": 1, "no_author": 1, "forwarded": 1,
-        "media_only": 2, "empty": 1, "url_only": 1, "too_long": 1, "no_context": 3, "duplicate": 2,
+        "media_only": 2, "empty": 1, "url_only": 1, "merged": 1, "too_long": 1, "no_context": 3, "own_turn": 0,
+        "duplicate": 0,
     }
     assert set(stats["dropped"]) == {reason.value for reason in DropReason}
     assert stats["messages_read"] == 29 == len(records) + sum(stats["dropped"].values())
@@ -97,9 +98,9 @@ def test_window_minutes_bounds_the_context(tmp_path):
     train, val, stats = prepare(tmp_path / "w0", window_minutes=0)
     records = by_id(train + val)
     # Without a window only a surviving replied-to message gives context.
-    assert set(records) == {3, 4, 9, 14, 21, 36, 37, 38, 40, 41, 42}
+    assert set(records) == {3, 4, 9, 14, 21, 31, 36, 37, 38, 40, 41, 42}
     assert all(len(r.context) == 1 for r in records.values())
-    assert stats["dropped"]["no_context"] == 3 + 4  # ids 7, 11, 32, 39 lost their window
+    assert stats["dropped"]["no_context"] == 3 + 3  # ids 7, 11, 39 lost their window
     train, val, _ = prepare(tmp_path / "w2", window_minutes=2)
     assert texts(by_id(train + val)[9]) == ["вот дашборд", "Kubernetes 1.30 released"]
 
@@ -120,8 +121,9 @@ def test_replies_over_the_message_limit_are_not_targets(tmp_path):
     train, val, stats = prepare(tmp_path / "data", max_message_chars=12)
     assert all(len(r.reply.text) <= 12 for r in train + val)
     assert {r.source.message_id for r in train + val} == {7, 9, 11, 14, 21, 38, 40}
-    # id 13 as before, 7 former replies, and id 2, whose length is checked before its (missing) context.
-    assert (stats["dropped"]["too_long"], stats["dropped"]["no_context"]) == (1 + 7 + 1, 3 - 1)
+    # id 13 as before, 7 former replies, id 2, whose length is checked before its (missing) context,
+    # and ids 31-32: "привет" twice is one 13-character turn.
+    assert (stats["dropped"]["too_long"], stats["dropped"]["no_context"]) == (1 + 7 + 1 + 1, 3 - 1)
 
 
 def test_scrub_replaces_personal_data_in_replies_and_context(tmp_path):
@@ -140,7 +142,7 @@ def test_without_scrub_the_text_is_kept_verbatim(default_run):
 
 def test_persona_id_keeps_only_that_authors_replies(tmp_path):
     train, val, stats = prepare(tmp_path / "data", persona_id="user1002")
-    assert {r.source.message_id for r in train + val} == {3, 7, 9, 21, 37, 40}
+    assert {r.source.message_id for r in train + val} == {3, 7, 9, 21, 31, 37, 40}
     assert {r.reply.author for r in train + val} == {"user1002"}
     assert stats["dropped"]["other_author"] == 17  # every message not by user1002, Ghost's included
     assert stats["options"]["persona_id"] == "user1002"
@@ -162,7 +164,7 @@ def test_unknown_persona_id_names_the_authors_to_choose_from(tmp_path):
 def test_duplicate_pairs_are_dropped_even_across_exports(tmp_path):
     train, val, stats = prepare(tmp_path / "data", CHAT, CHAT)
     assert len(train + val) == len(REPLIES)
-    assert stats["dropped"]["duplicate"] == 2 * 2 + len(REPLIES)
+    assert stats["dropped"]["duplicate"] == len(REPLIES)
     assert stats["messages_read"] == 58
 
 
@@ -191,15 +193,15 @@ def test_val_fraction_zero_puts_everything_in_train(tmp_path):
 def test_stats_record_options_and_authors(default_run):
     _, stats = default_run
     assert stats["options"]["context_turns"] == 3 and stats["options"]["window_minutes"] == 180
-    assert stats["authors"][0] == {"author": "user1002", "name": "Bob", "messages": 10, "records": 6}
+    assert stats["authors"][0] == {"author": "user1002", "name": "Bob", "messages": 10, "records": 7}
     assert stats["exports"] == [str(CHAT)]
 
 
 def test_summary_lists_counts_drops_and_top_authors(tmp_path, capsys):
     prepare(tmp_path / "data")
     printed = capsys.readouterr().out
-    assert "read 29 messages in 1 chat(s) -> 14 records" in printed
-    assert "duplicate 2" in printed and "user1002 Bob (10 msgs, 6 records)" in printed
+    assert "read 29 messages in 1 chat(s) -> 15 records" in printed
+    assert "merged 1" in printed and "user1002 Bob (10 msgs, 7 records)" in printed
 
 
 def test_large_exports_show_progress(tmp_path, capsys, monkeypatch):
@@ -251,3 +253,27 @@ def test_a_single_conversation_stays_in_train_with_a_warning(tmp_path, capsys):
     train, val, _ = prepare(tmp_path / "data", export)
     assert [r.reply.text for r in train] == ["pong"] and val == []
     assert "warning: validation set is empty" in capsys.readouterr().out
+
+
+def test_one_authors_messages_within_the_merge_gap_are_one_turn(default_run):
+    records, stats = default_run
+    # ids 31 and 32 (Bob, one minute apart) are one reply, named by its first message.
+    assert records[31].reply.text == "привет привет" and texts(records[31]) == ["привет"]
+    assert stats["dropped"]["merged"] == 1 and stats["options"]["merge_gap_seconds"] == 300
+
+
+def test_a_turn_right_after_its_own_authors_turn_is_not_a_reply(tmp_path):
+    # Below the ids' one-minute spacing nothing merges: id 32 follows Bob's own id 31.
+    train, val, stats = prepare(tmp_path / "data", merge_gap_seconds=30)
+    records = by_id(train + val)
+    assert 32 not in records and stats["dropped"]["own_turn"] == 1
+    assert 31 not in records and stats["dropped"]["duplicate"] == 1  # the same pair as ids 20-21
+    assert all(r.context[-1].author != r.reply.author for r in records.values())
+
+
+def test_context_turns_are_cut_to_the_message_cap_not_dropped(default_run, tmp_path):
+    records, _ = default_run
+    long_message = records[14].context[-1].text
+    assert len(long_message) == 200 and long_message.endswith("connection refused;")  # id 13 has 245
+    train, val, _ = prepare(tmp_path / "c100", max_message_chars=100)
+    assert [len(t) for t in texts(by_id(train + val)[14])][-1] == 100  # and older turns now fit the budget

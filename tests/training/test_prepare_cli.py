@@ -37,14 +37,14 @@ def test_options_reach_the_data_step_and_the_summary_is_printed(tmp_path):
     out = tmp_path / "data"
     result = persona(
         "prepare", EXPORTS / "single_chat.json", "--out", out, "--persona-id", "user1002", "--context-turns", "1",
-        "--window-minutes", "30", "--max-message-chars", "150", "--max-context-chars", "300",
+        "--window-minutes", "30", "--merge-gap-seconds", "90", "--max-message-chars", "150", "--max-context-chars", "300",
         "--val-fraction", "0.2", "--seed", "7", "--scrub",
     )
     assert result.returncode == 0, result.stderr
-    assert "-> 6 records" in result.stdout and "user1002 Bob" in result.stdout
+    assert "-> 7 records" in result.stdout and "user1002 Bob" in result.stdout
     stats = (out / "stats.json").read_text(encoding="utf-8")
     for option in ('"context_turns": 1', '"window_minutes": 30.0', '"max_message_chars": 150',
-                   '"max_context_chars": 300', '"val_fraction": 0.2', '"seed": 7', '"scrub": true'):
+                   '"merge_gap_seconds": 90.0', '"max_context_chars": 300', '"val_fraction": 0.2', '"seed": 7', '"scrub": true'):
         assert option in stats
 
 

@@ -108,6 +108,16 @@ def test_the_persona_gets_enough_records_in_a_recognisable_style(prepared):
     assert stats["authors"][0]["author"] == PERSONA_ID
 
 
+def test_no_record_answers_its_own_author_and_every_turn_keeps_the_message_cap(prepared):
+    """Issue 11.5: 58 of the persona's 1,594 training records followed its own message, and context
+    turns ran up to 477 characters while replies were capped at 200."""
+    for name in ("all", "persona"):
+        train, val, stats = prepared[name]
+        assert not [r.source for r in train + val if r.context[-1].author == r.reply.author]
+        assert max(len(t.text) for r in train + val for t in [*r.context, r.reply]) <= PrepareOptions().max_message_chars
+        assert stats["dropped"]["merged"] > 0 and stats["dropped"]["own_turn"] > 0
+
+
 def test_validation_conversations_share_no_message_with_training(prepared):
     """A context turn is a message; none of the messages train records use may appear in val."""
     (chat,) = load_export(SAMPLE)

@@ -1,10 +1,19 @@
 """`persona init-base`: a tiny T5 built from the sample chat, for machines without a model hub.
 
 Production adapts `ai-forever/FRED-T5-large`; here nothing can be downloaded, so the project
-makes its own base with the same shape of artefacts: a Unigram tokenizer wrapped as
-`T5Tokenizer` (pad=0, eos=1, unk=2, `<extra_id_N>` sentinels) and a `T5ForConditionalGeneration`
-pre-trained briefly with T5's span-corruption objective on the chat text. Everything downstream
-loads it with `AutoTokenizer` / `AutoModelForSeq2SeqLM.from_pretrained`, the production path.
+makes its own base with the same shape of artefacts, in one of two shapes:
+
+- `t5` (the default): a Unigram tokenizer wrapped as `T5Tokenizer` (pad=0, eos=1, unk=2,
+  `<extra_id_N>` sentinels as special tokens, EOS appended by the tokenizer) and a classic T5
+  (ReLU feed-forward, tied embeddings);
+- `fred`: FRED-T5's choices, so its tokenizer path is exercised: a GPT-2-style byte-level BPE
+  (pad=0, `<s>`=1, `</s>`=2, unk `<|endoftext|>`, nothing appended when encoding), then
+  `<extra_id_0>`..`<extra_id_99>`, `<LM>` and `<SC1>`..`<SC6>` as plain (non-special) added
+  tokens in FRED's order, and a gated-GELU T5 with untied embeddings (no output scaling).
+
+Either is pre-trained briefly with T5's span-corruption objective on the chat text. Everything
+downstream loads it with `AutoTokenizer` / `AutoModelForSeq2SeqLM.from_pretrained`, the
+production path.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +37,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CORPUS = Path("examples/sample-export/result.json")
 BASE_INFO_FILE = "persona_base.json"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2: T5's convention
+FRED_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|endoftext|>"]  # pad=0, bos=1, eos=2 as in FRED's config.json
+FRED_SENTINELS = 100  # FRED-T5's added tokens: <extra_id_0..99>, then <LM>, then <SC1>..<SC6>
+FRED_TASK_TOKENS = ["<LM>", *(f"<SC{i}>" for i in range(1, 7))]
 
 
 class BaseModelOptions(BaseModel):
@@ -34,6 +47,7 @@ class BaseModelOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    shape: Literal["t5", "fred"] = Field("t5", description="tokenizer and architecture choices (module docstring)")
     vocab_size: int = Field(4000, ge=64, description="upper bound; a small corpus yields fewer pieces")
     d_model: int = Field(128, ge=8)
     d_ff: int = Field(512, ge=8)
@@ -91,9 +105,51 @@ def train_tokenizer(texts: Sequence[str], options: BaseModelOptions, template: P
     return T5Tokenizer(vocab=vocab, extra_ids=options.sentinels, additional_special_tokens=extra + sentinels)
 
 
-def tiny_t5_config(vocab_size: int, options: BaseModelOptions):
+def train_fred_tokenizer(texts: Sequence[str], options: BaseModelOptions, template: PromptTemplate):
+    """A byte-level BPE laid out like FRED-T5's tokenizer, as a `GPT2TokenizerFast`: the added
+    tokens are plain ones, so `skip_special_tokens` leaves them in decoded text (as FRED's do)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    template_text = [" ".join(word for word in template.words() if not word.startswith("<")), DEFAULT_DESCRIPTION]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=options.vocab_size,
+        special_tokens=FRED_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(list(texts) + template_text * 20, trainer=trainer)
+    wrapped = GPT2TokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        unk_token="<|endoftext|>", add_prefix_space=False,
+    )
+    sentinels = [f"<extra_id_{i}>" for i in range(max(options.sentinels, FRED_SENTINELS))]
+    wrapped.add_tokens([AddedToken(token, special=False, normalized=True) for token in sentinels + FRED_TASK_TOKENS])
+    return wrapped
+
+
+def tiny_t5_config(vocab_size: int, options: BaseModelOptions, tokenizer=None):
     from transformers import T5Config
 
+    if options.shape == "fred":  # FRED-T5-large's config.json, scaled down
+        return T5Config(
+            vocab_size=vocab_size,
+            d_model=options.d_model,
+            d_kv=options.d_model // options.num_heads,
+            d_ff=options.d_ff,
+            num_layers=options.num_layers,
+            num_decoder_layers=options.num_layers,
+            num_heads=options.num_heads,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
     return T5Config(
         vocab_size=vocab_size,
         d_model=options.d_model,
@@ -107,6 +163,17 @@ def tiny_t5_config(vocab_size: int, options: BaseModelOptions):
         eos_token_id=1,
         decoder_start_token_id=0,
     )
+
+
+def untie_output_embeddings(model) -> None:
+    """Give the model its own output projection, as FRED-T5 has (config.json: tie_word_embeddings
+    false, two matrices in the checkpoint). transformers 5 builds every T5 tied, but loads a
+    checkpoint holding two different matrices untied: this makes the saved base such a checkpoint."""
+    import torch
+
+    factor = model.config.initializer_factor  # T5's initialisation of an untied lm_head
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * factor)
+    model.config.tie_word_embeddings = False
 
 
 def span_corrupt(
@@ -154,13 +221,15 @@ def init_base(
     template = template or PromptTemplate()
     started = time.monotonic()
     texts = corpus_texts(exports)
-    tokenizer = train_tokenizer(texts, options, template)
+    tokenizer = (train_fred_tokenizer if options.shape == "fred" else train_tokenizer)(texts, options, template)
     chunks = text_chunks(tokenizer, texts, options.chunk_tokens)
     if not chunks:
         raise PersonaError(f"the corpus is too small: fewer than {options.chunk_tokens} tokens of text")
 
     torch.manual_seed(options.seed)
-    model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer), options))
+    model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer), options, tokenizer))
+    if options.shape == "fred":
+        untie_output_embeddings(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=options.steps // 10,
                               num_training_steps=options.steps)

@@ -1,9 +1,13 @@
 """`persona prepare`: Telegram exports -> dialogue records (train.jsonl, val.jsonl, stats.json).
 
-Every message gets exactly one fate: it becomes the reply of a record, or it is dropped for one
-reason counted in stats.json. A record's context is the replied-to message (always kept when it
-still exists) plus the newest earlier messages of the same chat inside the time window, oldest
-first, cut to the turn and character budgets by `personafleet.prompt.fit_context`.
+Consecutive messages of one author within the merge gap are one turn (`personafleet.prompt`'s
+rule, which the bot applies to its history too). Every message gets exactly one fate: it becomes
+(the start of) the reply of a record, or it is dropped for one reason counted in stats.json
+(`merged` for the messages joined to the one before). A record's context is the replied-to turn
+(always kept when it still exists) plus the newest earlier turns of the same chat inside the time
+window, oldest first, each cut to the per-message cap, then to the turn and character budgets by
+`personafleet.prompt.fit_context`. A turn that follows its own author's turn (after the merge gap,
+nobody in between) answers nobody and is not a reply: the bot only ever answers someone else.
 
 The split is leak-free by construction: a conversation is a group of messages linked by context
 (time window or reply), found with a union-find over every record's context, so no message is
@@ -29,7 +33,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from personafleet.errors import PersonaError
-from personafleet.prompt import CONTEXT_CHARS, CONTEXT_TURNS, Turn, fit_context
+from personafleet.prompt import (
+    CONTEXT_CHARS,
+    CONTEXT_TURNS,
+    CONTEXT_WINDOW_SECONDS,
+    MERGE_GAP_SECONDS,
+    MESSAGE_CHARS,
+    Turn,
+    cap_text,
+    continues_turn,
+    fit_context,
+    join_turn,
+)
 from personafleet.records import DialogueRecord, Source, Utterance, write_records
 from persona_training.telegram import Chat, Message, load_export
 from persona_training.text import clean_text
@@ -39,14 +54,16 @@ TOP_AUTHORS = 10
 
 
 class PrepareOptions(BaseModel):
-    """How messages become records. Defaults follow the seed project (3 turns, 3 h, 200/500 chars)."""
+    """How messages become records. Defaults follow the seed project (3 turns, 3 h, 200/500 chars)
+    and are the shape the bot sends (`personafleet.prompt`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     persona_id: str | None = Field(None, description="keep only replies by this from_id")
     context_turns: int = Field(CONTEXT_TURNS, ge=1)
-    window_minutes: float = Field(180, ge=0)
-    max_message_chars: int = Field(200, ge=1)
+    window_minutes: float = Field(CONTEXT_WINDOW_SECONDS / 60, ge=0)
+    merge_gap_seconds: float = Field(MERGE_GAP_SECONDS, ge=0, description="one author's messages this close are one turn")
+    max_message_chars: int = Field(MESSAGE_CHARS, ge=1, description="longer replies are dropped, longer context turns cut")
     max_context_chars: int = Field(CONTEXT_CHARS, ge=1)
     val_fraction: float = Field(0.1, ge=0.0, le=0.9)
     seed: int = 13
@@ -64,20 +81,24 @@ class DropReason(StrEnum):
     MEDIA_ONLY = "media_only"  # photo, sticker, voice... without a caption
     EMPTY = "empty"  # no text and no media
     URL_ONLY = "url_only"  # nothing left once URLs are stripped
+    MERGED = "merged"  # joined to the message before it: the same author within --merge-gap-seconds
     TOO_LONG = "too_long"  # longer than --max-message-chars
     NO_CONTEXT = "no_context"  # nothing to answer: no replied-to message, nothing in the window
+    OWN_TURN = "own_turn"  # the turn before it is its own author's: it answers nobody
     DUPLICATE = "duplicate"  # same context and reply as an earlier record, or a double-send
 
 
 @dataclass(slots=True)
 class Line:
-    """A message as the data step sees it."""
+    """A turn as the data step sees it: one message, or a burst of one author's messages merged."""
 
-    message_id: int
-    time: float
-    reply_to: int | None
+    message_id: int  # the first message's
+    time: float  # when the first message was sent
+    reply_to: int | None  # the first message's
     utterance: Utterance | None  # None: it cannot be a context turn
     drop: DropReason | None  # None: it can be a record's reply
+    end: float = 0.0  # when the last message was sent
+    merged_ids: list[int] = field(default_factory=list)  # the later messages' ids
 
 
 @dataclass(slots=True)
@@ -126,14 +147,14 @@ def build_dataset(
     conversations: list[list[int]] = []  # per chat: union-find parents over message positions
     with tqdm(total=total, unit="msg", desc="prepare", disable=total < PROGRESS_MIN_MESSAGES) as progress:
         for chat_index, chat in enumerate(chats):
-            lines = [_line(message, options) for message in chat.messages]
+            lines = _merge_turns([_line(message, options) for message in chat.messages], options, stats)
             parents = list(range(len(lines)))
             for candidate in _chat_candidates(chat_index, chat.id, lines, options, stats):
                 candidates.append(candidate)
                 for position in candidate.positions[1:]:
                     _union(parents, candidate.positions[0], position)
             conversations.append(parents)
-            progress.update(len(lines))
+            progress.update(len(chat.messages))
     kept = _deduplicate(candidates, stats)
     train, val = _split(kept, conversations, chats, options, stats)
     _count_authors(chats, train + val, stats)
@@ -147,7 +168,32 @@ def _line(message: Message, options: PrepareOptions) -> Line:
     utterance = None
     if text and message.from_id:
         utterance = Utterance(author=message.from_id, name=message.author_name, text=text)
-    return Line(message.id, message.timestamp, message.reply_to_message_id, utterance, _drop(message, text, options))
+    drop = _drop(message, text, options)
+    return Line(message.id, message.timestamp, message.reply_to_message_id, utterance, drop, message.timestamp)
+
+
+def _merge_turns(lines: list[Line], options: PrepareOptions, stats: PrepareStats) -> list[Line]:
+    """Join each message to the one before it when both are text by the same author within the
+    merge gap (forwards are someone else's words: never merged). A merged turn is judged again
+    against the length cap; the later messages are counted as `merged`."""
+    turns: list[Line] = []
+    for line in lines:
+        last = turns[-1] if turns else None
+        if (
+            last is not None and last.utterance is not None and line.utterance is not None
+            and DropReason.FORWARDED not in (last.drop, line.drop)
+            and continues_turn(last.utterance.author, last.end, line.utterance.author, line.time, options.merge_gap_seconds)
+        ):
+            text = join_turn([last.utterance.text, line.utterance.text])
+            last.utterance = last.utterance.model_copy(update={"text": text})
+            if last.drop in (None, DropReason.TOO_LONG):
+                last.drop = DropReason.TOO_LONG if len(text) > options.max_message_chars else None
+            last.end = line.end
+            last.merged_ids.append(line.message_id)
+            stats.dropped[DropReason.MERGED] += 1
+        else:
+            turns.append(line)
+    return turns
 
 
 def _drop(message: Message, text: str, options: PrepareOptions) -> DropReason | None:
@@ -173,7 +219,11 @@ def _drop(message: Message, text: str, options: PrepareOptions) -> DropReason | 
 def _chat_candidates(
     chat_index: int, chat_id: int, lines: list[Line], options: PrepareOptions, stats: PrepareStats
 ) -> list[Candidate]:
-    index = {line.message_id: position for position, line in enumerate(lines)}
+    index = {
+        message_id: position
+        for position, line in enumerate(lines)
+        for message_id in (line.message_id, *line.merged_ids)
+    }
     window = options.window_minutes * 60
     candidates = []
     for position, line in enumerate(lines):
@@ -185,6 +235,9 @@ def _chat_candidates(
             stats.dropped[DropReason.NO_CONTEXT] += 1
             continue
         assert line.utterance is not None  # a line that can be a reply has text and an author
+        if lines[context[-1][0]].utterance.author == line.utterance.author:
+            stats.dropped[DropReason.OWN_TURN] += 1
+            continue
         record = DialogueRecord(
             context=[_with_text(lines[p].utterance, text) for p, text in context],
             reply=line.utterance,
@@ -197,14 +250,15 @@ def _chat_candidates(
 def _context(
     position: int, lines: list[Line], index: dict[int, int], window: float, options: PrepareOptions
 ) -> list[tuple[int, str]]:
-    """(position, text) of the context turns, oldest first; texts may be cut by the budgets."""
+    """(position, text) of the context turns, oldest first; texts are cut to the per-message cap
+    and may be cut further by the budgets."""
     line = lines[position]
     parent = index.get(line.reply_to) if line.reply_to is not None else None
     if parent is not None and (parent >= position or lines[parent].utterance is None):
         parent = None  # replied-to message has no text (a sticker, a photo): the window still works
     recent: list[int] = []  # newest first
     for earlier in range(position - 1, -1, -1):
-        if len(recent) == options.context_turns or lines[earlier].time < line.time - window:
+        if len(recent) == options.context_turns or lines[earlier].end < line.time - window:
             break
         if earlier != parent and lines[earlier].utterance is not None:
             recent.append(earlier)
@@ -212,18 +266,21 @@ def _context(
     turns_left, chars_left = options.context_turns, options.max_context_chars
     chosen: list[tuple[int, str]] = []
     if parent is not None:
-        chosen += _fit([parent], lines, 1, chars_left)
+        chosen += _fit([parent], lines, 1, chars_left, options.max_message_chars)
         turns_left -= 1
         chars_left -= len(chosen[0][1])
     if recent and turns_left > 0 and chars_left > 0:
-        chosen += _fit(recent, lines, turns_left, chars_left)
+        chosen += _fit(recent, lines, turns_left, chars_left, options.max_message_chars)
     return sorted(chosen)
 
 
-def _fit(positions: list[int], lines: list[Line], max_turns: int, max_chars: int) -> list[tuple[int, str]]:
-    """`fit_context` over these lines: it keeps a suffix of them, the oldest kept maybe cut."""
+def _fit(
+    positions: list[int], lines: list[Line], max_turns: int, max_chars: int, message_chars: int
+) -> list[tuple[int, str]]:
+    """`fit_context` over these lines, each cut to the per-message cap first: it keeps a suffix
+    of them, the oldest kept maybe cut."""
     # The texts were validated as utterances already: skip validating them again as turns.
-    turns = [Turn.model_construct(role="user", text=lines[p].utterance.text) for p in positions]
+    turns = [Turn.model_construct(role="user", text=cap_text(lines[p].utterance.text, message_chars)) for p in positions]
     kept = fit_context(turns, max_turns, max_chars)
     return [(p, turn.text) for p, turn in zip(positions[len(positions) - len(kept):], kept)]
 

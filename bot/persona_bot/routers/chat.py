@@ -19,7 +19,7 @@ from persona_bot.settings import BotSettings
 from persona_bot.store import Exchange, Store, StoreUnavailable
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.inference import GenerationOptions, InferenceRequest
-from personafleet.prompt import Turn, fit_context
+from personafleet.prompt import TimedTurn, conversation, fit_context
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,11 @@ async def answer(
         history, remembered = await store.history(chat_id, persona), True
     except StoreUnavailable:
         history, remembered = [], False
-    # The prompt's own budget decides what fits; an over-long message keeps its newest part.
-    budget = store.budget
-    conversation = [*history, Turn(role="user", text=text)]
-    *context, newest = fit_context(conversation, budget.max_context_turns, budget.max_context_chars)
+    # The history is shaped as training contexts are (time window, merged turns, message cap:
+    # `personafleet.prompt.conversation`); then the prompt's own budget decides what fits.
+    now, budget = message.date.timestamp(), store.budget
+    turns = conversation([*history, TimedTurn(role="user", text=text, time=now)], now)
+    *context, newest = fit_context(turns, budget.max_context_turns, budget.max_context_chars)
     request = InferenceRequest(
         persona=persona,
         context=context,
@@ -94,7 +95,9 @@ async def answer(
     )
     metrics.REPLIES.labels(persona, "ok").inc()
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
-    exchange = Exchange(chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply)
+    exchange = Exchange(
+        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, now, sent.date.timestamp()
+    )
     try:
         await store.record(exchange, update_history=remembered)
     except StoreUnavailable:
