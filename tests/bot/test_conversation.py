@@ -106,3 +106,24 @@ async def test_limits_long_messages_replies_and_rate(running_bot, telegram, mode
         await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
         assert len(model.requests) == 2  # "three" and "four" never reached the model
         assert sum("faster than I can think" in m["text"] for m in telegram.sent) == 1  # told once
+
+
+async def test_the_rate_limit_counts_commands_and_votes(running_bot, telegram, model):
+    async with running_bot(RATE_LIMIT_MESSAGES="2", RATE_LIMIT_SECONDS="60"):
+        telegram.message("hello", chat_id=12)
+        reply = (await telegram.wait_sent(1))[0]
+        for _ in range(3):
+            telegram.message("/help", chat_id=12)
+        sent = await telegram.wait_sent(3)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        assert len(telegram.sent) == 3  # one /help answered, one note, the third dropped silently
+        assert "faster than I can think" in sent[2]["text"]
+
+        # Votes are updates too (another user in the same chat has a bucket of their own).
+        for _ in range(3):
+            telegram.vote(reply, user_id=13)
+        await telegram.wait_calls("answerCallbackQuery", 3)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        answers = [call["text"] for call in telegram.method_calls("answerCallbackQuery")]
+        assert sum("Thanks" in text for text in answers) == 2  # votes run concurrently: any order
+        assert sum("faster than I can think" in text for text in answers) == 1 and len(answers) == 3
