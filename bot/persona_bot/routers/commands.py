@@ -18,16 +18,19 @@ BOT_COMMANDS = [
     BotCommand(command="clear_context", description="Same as /clear"),
     BotCommand(command="persona", description="List personas or switch: /persona NAME"),
     BotCommand(command="insanity", description="Groups: answer every message (/insanity on|off, admins)"),
+    BotCommand(command="feedback", description="May rated replies here train me? (/feedback on|off, admins)"),
 ]
 
 HELP = (
     "I'm {persona}, a chatbot trained on real conversations.\n\n"
     "In private chats I answer every message. In groups I answer when you mention me or reply to "
     "me - or to everything, if an admin turns on /insanity.\n\n"
-    "Rate my answers with 👍/👎: good ones teach the next version of me.\n\n"
+    "Rate my answers with 👍/👎: good ones teach the next version of me - from groups unless an "
+    "admin turns /feedback off, from private chats only if you turn /feedback on.\n\n"
     "/clear - forget our conversation so far (in groups: admins)\n"
     "/persona - list personas, /persona NAME - switch\n"
-    "/insanity on|off - (groups, admins) answer every message"
+    "/insanity on|off - (groups, admins) answer every message\n"
+    "/feedback on|off - (admins) may rated replies from this chat train me"
 )
 
 
