@@ -19,7 +19,13 @@ from aiogram.methods import (
 )
 from aiogram.methods.base import Response
 
-from persona_bot.middlewares import ChatSettingsMiddleware, OneAtATimePerChat, RateLimiter, UpdateObserver
+from persona_bot.middlewares import (
+    ChatSettingsMiddleware,
+    OneAtATimePerChat,
+    RateLimiter,
+    UpdateObserver,
+    limit_every_update,
+)
 from persona_bot.routers import admin, chat, commands, feedback, persona
 from persona_bot.settings import BotSettings
 from persona_bot.store import Store
@@ -53,12 +59,12 @@ def build_dispatcher(
     # exchange); the chat's settings are read inside that turn.
     dispatcher.message.outer_middleware(OneAtATimePerChat())
     dispatcher.message.outer_middleware(ChatSettingsMiddleware(store, settings))
-    limiter = RateLimiter(settings.rate_limit_messages, settings.rate_limit_seconds)
+    limit_every_update(dispatcher, RateLimiter(settings.rate_limit_messages, settings.rate_limit_seconds), settings)
     dispatcher.include_routers(
         commands.create_router(),
         persona.create_router(),
         admin.create_router(),
         feedback.create_router(),
-        chat.create_router(limiter),  # last: it takes any text the others did not
+        chat.create_router(),  # last: it takes any text the others did not
     )
     return dispatcher

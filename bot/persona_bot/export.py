@@ -1,5 +1,7 @@
-"""`persona export-feedback`: replies people rated 👍 (more up- than down-votes) become dialogue
-records in `DIR/train.jsonl`, the format `persona train --data DIR` reads.
+"""`persona export-feedback`: replies people rated 👍 (more up- than down-votes) in chats whose
+settings allow it become dialogue records in `DIR/train.jsonl`, the format `persona train --data
+DIR` reads. `DIR/stats.json` and the printed summary say how many rated exchanges each privacy or
+rating rule kept out (`persona_bot.store.FEEDBACK_RULES`).
 
 In a record the persona's turns and its reply share the author `persona:<name>`, so
 `record_turns` gives them the persona role; everything users said has author `user`.
@@ -8,7 +10,7 @@ In a record the persona's turns and its reply share the author `persona:<name>`,
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,8 +19,6 @@ import asyncpg
 from persona_bot.store import Exchange, Store, StoreUnavailable
 from personafleet.errors import PersonaError
 from personafleet.records import DialogueRecord, Source, Utterance, write_records
-
-logger = logging.getLogger(__name__)
 
 
 def to_record(exchange: Exchange) -> DialogueRecord:
@@ -36,22 +36,25 @@ def to_record(exchange: Exchange) -> DialogueRecord:
     )
 
 
-async def _rated(database_url: str, persona: str | None) -> list[Exchange]:
+async def _rated(database_url: str, persona: str | None) -> tuple[list[Exchange], dict[str, int]]:
     store = Store(database_url)
     where = urlsplit(database_url).hostname or "localhost"
     try:
         await store.open()
-        return await store.rated_exchanges(persona)
+        return await store.feedback_for_training(persona)
     except (StoreUnavailable, asyncpg.PostgresError) as exc:
         raise PersonaError(f"cannot read the bot database at {where}: {exc}") from None
     finally:
         await store.close()
 
 
-def export_feedback(database_url: str, out: Path, persona: str | None = None) -> int:
-    """Write the positively rated exchanges to `out/train.jsonl`; returns how many."""
-    exchanges = asyncio.run(_rated(database_url, persona))
+def export_feedback(database_url: str, out: Path, persona: str | None = None) -> dict:
+    """Write the exchanges the rules let through to `out/train.jsonl` and the counts to
+    `out/stats.json`; print a summary; return the counts."""
+    exchanges, kept_out = asyncio.run(_rated(database_url, persona))
     out.mkdir(parents=True, exist_ok=True)
-    count = write_records(out / "train.jsonl", (to_record(exchange) for exchange in exchanges))
-    logger.info("Wrote %d positively rated exchange(s) to %s", count, out / "train.jsonl")
-    return count
+    stats = {"exported": write_records(out / "train.jsonl", (to_record(e) for e in exchanges)), "kept_out": kept_out}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    reasons = ", ".join(f"{rule} {count}" for rule, count in kept_out.items())
+    print(f"wrote {stats['exported']} rated exchange(s) to {out / 'train.jsonl'}; kept out: {reasons}")
+    return stats

@@ -1,6 +1,6 @@
 """What cuts across handlers: observing updates (metrics, in-flight count for a graceful
 shutdown), handling a chat's messages one at a time, loading the chat's settings from the
-store, and per-user rate limiting."""
+store, and per-sender rate limiting of every update the bot acts on."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiogram import BaseMiddleware
+from aiogram import BaseMiddleware, Dispatcher
 from aiogram.dispatcher.event.bases import UNHANDLED
-from aiogram.types import Message, TelegramObject
+from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from persona_bot import metrics
 from persona_bot.settings import BotSettings
@@ -107,28 +107,44 @@ class RateLimiter:
 
 
 class RateLimitMiddleware(BaseMiddleware):
-    """Inner middleware of the chat router (so only messages the bot would answer count):
-    over the limit, the user gets one polite note per window and no model call."""
+    """Inner middleware on every event type of the dispatcher (`limit_every_update`), so every
+    update a handler takes counts - commands and votes too, not just the messages the persona
+    answers - while ignored group chatter costs nothing. Over the limit the handler does not run
+    and the sender is told once per window (a reply to a message, an alert on a vote)."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, settings: BotSettings) -> None:
         self.limiter = limiter
+        self.settings = settings
         self._warned: dict[int, float] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        assert isinstance(event, Message)
         # Who is posting: a message sent on behalf of a chat carries a placeholder user shared by
         # everyone doing so (@GroupAnonymousBot, @Channel_Bot), so the sending chat is the key.
-        user_id = event.sender_chat.id if event.sender_chat else (event.from_user or event.chat).id
-        if self.limiter.allow(user_id):
-            self._warned.pop(user_id, None)
+        sender = getattr(event, "sender_chat", None) or data.get("event_from_user") or data.get("event_chat")
+        if sender is None or self.limiter.allow(sender.id):
+            if sender is not None:
+                self._warned.pop(sender.id, None)
             return await handler(event, data)
-        metrics.REPLIES.labels(data["persona"], "rate_limited").inc()
-        wait = self.limiter.retry_after(user_id)
+        metrics.REPLIES.labels(data.get("persona", self.settings.persona), "rate_limited").inc()
+        wait = self.limiter.retry_after(sender.id)
         now = time.monotonic()
-        if self._warned.get(user_id, 0.0) < now:
-            self._warned[user_id] = now + wait
-            await event.reply(f"You're writing faster than I can think 🙂 Give me {max(1, round(wait))} s, please.")
+        if self._warned.get(sender.id, 0.0) < now:
+            self._warned[sender.id] = now + wait
+            note = f"You're writing faster than I can think 🙂 Give me {max(1, round(wait))} s, please."
+            if isinstance(event, Message):
+                await event.reply(note)
+            elif isinstance(event, CallbackQuery):
+                await event.answer(note, show_alert=True)
         return None
+
+
+def limit_every_update(dispatcher: Dispatcher, limiter: RateLimiter, settings: BotSettings) -> None:
+    """One rate limit for every kind of update (message, callback query, ...): a middleware on the
+    dispatcher's observers applies to the handlers of every router."""
+    middleware = RateLimitMiddleware(limiter, settings)
+    for name, observer in dispatcher.observers.items():
+        if name not in ("update", "error"):
+            observer.middleware(middleware)
 
 
 class OneAtATimePerChat(BaseMiddleware):

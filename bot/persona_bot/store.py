@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Literal
 
 import asyncpg
 
@@ -44,6 +45,22 @@ class StoreUnavailable(Exception):
 class ChatSettings:
     persona: str | None = None  # None: the bot's default persona
     insanity: bool = False
+    feedback_training: bool | None = None  # None: no choice made (FEEDBACK_RULES)
+
+    def trains_on_feedback(self, private: bool) -> bool:
+        """Whether this chat's rated exchanges become training data (FEEDBACK_RULES)."""
+        return self.feedback_training if self.feedback_training is not None else not private
+
+
+# Why a rated exchange stays out of `persona export-feedback`, checked in this order. A chat that
+# made no choice: private chats (positive Telegram ids) stay out, groups are in.
+FEEDBACK_RULES = ("not_rated_up", "chat_opted_out", "private_chat_not_opted_in")
+FEEDBACK_VERDICT = (
+    "CASE WHEN sum(v.value) <= 0 THEN 'not_rated_up'"
+    " WHEN c.feedback_training IS FALSE THEN 'chat_opted_out'"
+    " WHEN c.feedback_training IS NULL AND r.chat_id > 0 THEN 'private_chat_not_opted_in'"
+    " ELSE 'exported' END"
+)
 
 
 @dataclass(frozen=True)
@@ -184,26 +201,30 @@ class Store:
 
     async def chat_settings(self, chat_id: int) -> ChatSettings:
         async with self._connection() as connection:
-            row = await connection.fetchrow("SELECT persona, insanity FROM chats WHERE chat_id = $1", chat_id)
-        return ChatSettings(row["persona"], row["insanity"]) if row else ChatSettings()
+            row = await connection.fetchrow(
+                "SELECT persona, insanity, feedback_training FROM chats WHERE chat_id = $1", chat_id
+            )
+        return ChatSettings(row["persona"], row["insanity"], row["feedback_training"]) if row else ChatSettings()
+
+    async def _set_chat(self, chat_id: int, column: Literal["persona", "insanity", "feedback_training"],
+                        value: object) -> None:
+        """Set one chat setting, creating the chat's row if needed (`column` is never user input)."""
+        async with self._connection() as connection:
+            await connection.execute(
+                f"INSERT INTO chats (chat_id, {column}) VALUES ($1, $2) ON CONFLICT (chat_id)"
+                f" DO UPDATE SET {column} = EXCLUDED.{column}, updated_at = now()",
+                chat_id,
+                value,
+            )
 
     async def set_persona(self, chat_id: int, persona: str) -> None:
-        async with self._connection() as connection:
-            await connection.execute(
-                "INSERT INTO chats (chat_id, persona) VALUES ($1, $2) ON CONFLICT (chat_id)"
-                " DO UPDATE SET persona = EXCLUDED.persona, updated_at = now()",
-                chat_id,
-                persona,
-            )
+        await self._set_chat(chat_id, "persona", persona)
 
     async def set_insanity(self, chat_id: int, insanity: bool) -> None:
-        async with self._connection() as connection:
-            await connection.execute(
-                "INSERT INTO chats (chat_id, insanity) VALUES ($1, $2) ON CONFLICT (chat_id)"
-                " DO UPDATE SET insanity = EXCLUDED.insanity, updated_at = now()",
-                chat_id,
-                insanity,
-            )
+        await self._set_chat(chat_id, "insanity", insanity)
+
+    async def set_feedback_training(self, chat_id: int, allowed: bool) -> None:
+        await self._set_chat(chat_id, "feedback_training", allowed)
 
     async def history(self, chat_id: int, persona: str) -> list[TimedTurn]:
         """The stored turns, oldest first, with their times (the caller applies the window)."""
@@ -264,16 +285,20 @@ class Store:
                 value,
             )
 
-    async def rated_exchanges(self, persona: str | None = None) -> list[Exchange]:
-        """Replies with more 👍 than 👎, oldest first (optionally of one persona)."""
+    async def feedback_for_training(self, persona: str | None = None) -> tuple[list[Exchange], dict[str, int]]:
+        """The rated replies that may become training data (more 👍 than 👎, in a chat whose
+        settings allow it; oldest first, optionally of one persona), and how many rated replies
+        each of FEEDBACK_RULES kept out."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                "SELECT r.* FROM replies r JOIN votes v ON v.reply_id = r.id"
+                f"SELECT r.*, {FEEDBACK_VERDICT} AS verdict"
+                " FROM replies r JOIN votes v ON v.reply_id = r.id LEFT JOIN chats c ON c.chat_id = r.chat_id"
                 " WHERE $1::text IS NULL OR r.persona = $1"
-                " GROUP BY r.id HAVING sum(v.value) > 0 ORDER BY r.id",
+                " GROUP BY r.id, c.feedback_training ORDER BY r.id",
                 persona,
             )
-        return [
+        kept_out = {rule: sum(row["verdict"] == rule for row in rows) for rule in FEEDBACK_RULES}
+        exchanges = [
             Exchange(
                 chat_id=row["chat_id"],
                 message_id=row["message_id"],
@@ -284,4 +309,6 @@ class Store:
                 reply=row["reply"],
             )
             for row in rows
+            if row["verdict"] == "exported"
         ]
+        return exchanges, kept_out

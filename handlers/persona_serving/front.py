@@ -4,7 +4,8 @@ TorchServe 0.12 only accepts the random keys it generates itself, so the cluster
 tokens (a Kubernetes Secret) are checked here, and each request is forwarded to TorchServe on
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
 The front also renews that local key before it expires and stages nested model-store urls for
-registration (persona_serving.store).
+registration (persona_serving.store), refusing every other model source. Requests are admitted on
+their raw path (persona_serving.routes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from persona_serving.store import is_store_url, stage
+from persona_serving.routes import admit
+from persona_serving.store import stage
 from personafleet.client import TokenSource, send_authorized
 from personafleet.errors import PersonaError
 from personafleet.inference import InferenceError
@@ -28,15 +30,6 @@ logger = logging.getLogger(__name__)
 RENEW_BEFORE = timedelta(minutes=5)
 # Headers worth passing on; hop-by-hop and auth headers are the front's business.
 FORWARDED_HEADERS = ("content-type", "accept")
-
-
-def _inference_route(request: web.Request) -> bool:
-    """Predictions and the probe only: explanations and the rest would take a whole batch into
-    paths this handler does not serve."""
-    if request.path == "/ping":
-        return request.method == "GET"
-    parts = request.path.strip("/").split("/")
-    return request.method == "POST" and parts[0] == "predictions" and len(parts) in (2, 3)
 
 
 def _error(status: int, error: str, detail: str) -> web.Response:
@@ -92,25 +85,23 @@ class AuthFront:
         return app
 
     async def forward(self, listener: Listener, request: web.Request) -> web.Response:
-        path = request.path
-        if path.startswith("/token"):
-            return _error(404, "not_found", "key renewal is internal to the pod")
-        if listener is self.inference and not _inference_route(request):
-            return _error(404, "not_found", "the inference API serves GET /ping and POST /predictions/NAME[/VERSION]")
-        public_probe = listener is self.inference and path == "/ping" and request.method == "GET"
+        admitted = admit(listener.name, request.method, request.raw_path)
+        if admitted.refused is not None:
+            return _error(*admitted.refused)
+        path = admitted.path  # the raw path checked is the path sent: no client normalises it later
+        public_probe = listener is self.inference and path == "/ping"
         if not public_probe and not listener.authorized(request):
             return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
-        params = list(request.query.items())
-        if listener is self.management and request.method == "POST" and path.rstrip("/") == "/models":
+        params, body = list(request.query.items()), await request.read()
+        if listener is self.management and request.method == "POST" and path == "/models":
             try:
-                params = [(k, self._staged(v) if k == "url" else v) for k, v in params]
+                params = self._registration(params, body)
             except PersonaError as exc:
                 return _error(400, "invalid_model_url", str(exc))
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         try:
             response = await send_authorized(
-                listener.http, listener.local_key, request.method, path,
-                params=params, content=await request.read(), headers=headers,
+                listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
             )
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
@@ -119,8 +110,12 @@ class AuthFront:
             headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
         )
 
-    def _staged(self, url: str) -> str:
-        return stage(self.model_store, url, self.links) if is_store_url(url) else url
+    def _registration(self, params: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+        """A registration's query with each `url` staged from the model store. TorchServe also
+        reads the parameters from a JSON body, which would escape that check: none is accepted."""
+        if body:
+            raise PersonaError("a registration takes its parameters in the query string, not in a body")
+        return [(key, stage(self.model_store, value, self.links) if key == "url" else value) for key, value in params]
 
     async def keep_keys_fresh(self) -> None:
         """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is

@@ -128,6 +128,10 @@ def write_config(options: ServeOptions) -> Path:
         "grpc_inference_port": str(options.grpc_ports[0]),
         "grpc_management_port": str(options.grpc_ports[1]),
         "model_store": str(options.links),
+        # Only the staged links may be a model source: a .mar is code (ShellTorch, CVE-2023-43654).
+        # TorchServe checks every http(s):// and file:// registration url against this; plain
+        # names resolve inside model_store (the links directory) anyway.
+        "allowed_urls": f"file://{re.escape(str(options.links))}/[^/]+\\.mar",
         "enable_model_api": "true",
         "metrics_mode": "prometheus",
         "metrics_config": str(metrics_yaml),
@@ -140,8 +144,13 @@ def write_config(options: ServeOptions) -> Path:
         "vmargs": f"-Xmx{options.java_heap} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={workdir / 'tmp'}",
     }
     path = workdir / "config.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()), encoding="utf-8")
+    path.write_text("".join(f"{key}={_escaped(value)}\n" for key, value in properties.items()), encoding="utf-8")
     return path
+
+
+def _escaped(value: str) -> str:
+    """A backslash is an escape character in a .properties file: doubled, a regex arrives intact."""
+    return value.replace("\\", "\\\\")
 
 
 def _environment(options: ServeOptions) -> dict[str, str]:

@@ -16,6 +16,10 @@ from pathlib import Path, PurePosixPath
 from personafleet.errors import PersonaError
 
 NESTED_URL = re.compile(r"(?P<name>[a-z0-9-]+)/v(?P<version>[0-9]+)/(?P=name)\.mar")
+SOURCE_RULE = (
+    "only the model store is a model source: a relative path inside it such as <persona>/v<N>/<persona>.mar "
+    "(no scheme, no leading '/', no '..')"
+)
 
 
 def link_name(url: str) -> str:
@@ -28,16 +32,20 @@ def link_name(url: str) -> str:
     raise PersonaError(f"model url {url!r} is neither <persona>/v<N>/<persona>.mar nor <name>.mar")
 
 
-def is_store_url(url: str) -> bool:
-    """A url meant relative to the model store (no scheme), i.e. one that needs staging."""
-    return "://" not in url and not url.startswith("/")
+def store_archive(store: Path, url: str) -> Path:
+    """The archive `url` names inside `store`; any other source (a scheme such as http:// or
+    file://, an absolute path, `..`, a link out of the store) is refused."""
+    if not url or ":" in url or "\\" in url or url.startswith("/") or ".." in PurePosixPath(url).parts:
+        raise PersonaError(f"model url {url!r} refused: {SOURCE_RULE}")
+    target = (store / url).resolve()
+    if not target.is_relative_to(store.resolve()):
+        raise PersonaError(f"model url {url!r} refused: {SOURCE_RULE}")
+    return target
 
 
 def stage(store: Path, url: str, links: Path) -> str:
     """Link `store/url` into `links/` under its unique name; return the name to register."""
-    if ".." in PurePosixPath(url).parts:
-        raise PersonaError(f"model url {url!r} may not leave the model store")
-    target = (store / url).resolve()
+    target = store_archive(store, url)
     if not target.is_file():
         raise PersonaError(f"no model archive at {store / url}")
     name = link_name(url)

@@ -129,3 +129,24 @@ async def test_only_history_inside_the_training_window_is_sent(running_bot, tele
         await telegram.wait_sent(1)
     request = model.requests[-1][1]
     assert [t.text for t in request.context] == ["an hour ago", "re: an hour ago"] and request.message == "and now?"
+
+
+async def test_the_rate_limit_counts_commands_and_votes(running_bot, telegram, model):
+    async with running_bot(RATE_LIMIT_MESSAGES="2", RATE_LIMIT_SECONDS="60"):
+        telegram.message("hello", chat_id=12)
+        reply = (await telegram.wait_sent(1))[0]
+        for _ in range(3):
+            telegram.message("/help", chat_id=12)
+        sent = await telegram.wait_sent(3)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        assert len(telegram.sent) == 3  # one /help answered, one note, the third dropped silently
+        assert "faster than I can think" in sent[2]["text"]
+
+        # Votes are updates too (another user in the same chat has a bucket of their own).
+        for _ in range(3):
+            telegram.vote(reply, user_id=13)
+        await telegram.wait_calls("answerCallbackQuery", 3)
+        await telegram.wait_calls("getUpdates", len(telegram.method_calls("getUpdates")) + 2)
+        answers = [call["text"] for call in telegram.method_calls("answerCallbackQuery")]
+        assert sum("Thanks" in text for text in answers) == 2  # votes run concurrently: any order
+        assert sum("faster than I can think" in text for text in answers) == 1 and len(answers) == 3

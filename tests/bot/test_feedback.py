@@ -1,9 +1,11 @@
 """👍/👎 votes are stored with the reply they rate (one per user, changeable), and
-`persona export-feedback` turns the well-rated exchanges into training records."""
+`persona export-feedback` turns the well-rated exchanges of chats that allow it into training
+records, reporting what each rule kept out."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +33,14 @@ async def wait_for_replies_stored(dsn: str, count: int) -> None:
 
 async def test_votes_are_stored_and_exported(running_bot, telegram, model, postgres_database, tmp_path: Path):
     async with running_bot():
+        telegram.message("/feedback on", chat_id=21)  # a private chat opts in
+        await telegram.wait_sent(1)
         telegram.message("hi", chat_id=21)
         telegram.message("is k8s hard?", chat_id=21)
-        telegram.message("meh", chat_id=22)
+        telegram.message("/feedback on", chat_id=22)
         await telegram.wait_sent(3)
+        telegram.message("meh", chat_id=22)
+        await telegram.wait_sent(5)
         by_text = {m["text"]: m for m in telegram.sent}
         good = by_text["[devops-dude] re: is k8s hard?"]
         bad = by_text["[devops-dude] re: meh"]
@@ -63,6 +69,7 @@ async def test_votes_are_stored_and_exported(running_bot, telegram, model, postg
     assert result.returncode == 0, result.stderr
     records = read_records(tmp_path / "train.jsonl")
     assert len(records) == 1  # "meh" got more 👎 than 👍
+    assert json.loads((tmp_path / "stats.json").read_text())["kept_out"]["not_rated_up"] == 1
     record = records[0]
     assert record.reply.text == "[devops-dude] re: is k8s hard?"
     assert record.source.chat_id == 21 and record.source.message_id == good["message_id"]
@@ -75,3 +82,41 @@ async def test_votes_are_stored_and_exported(running_bot, telegram, model, postg
         capture_output=True, text=True, timeout=60,
     )
     assert other.returncode == 0 and (tmp_path / "none" / "train.jsonl").read_text() == ""
+
+
+GROUP, QUIET_GROUP = -300, -400
+ADMIN, MEMBER = 501, 502
+
+
+async def test_only_chats_that_allow_it_become_training_data(running_bot, telegram, model, postgres_database,
+                                                             tmp_path: Path):
+    telegram.admins[QUIET_GROUP] = {ADMIN}
+    async with running_bot():
+        telegram.message("/feedback off", chat_id=QUIET_GROUP, user_id=MEMBER, chat_type="group")
+        assert "Only this chat's admins" in (await telegram.wait_sent(1))[0]["text"]
+        telegram.message("/feedback off", chat_id=QUIET_GROUP, user_id=ADMIN, chat_type="group")
+        assert "nothing from this chat" in (await telegram.wait_sent(2))[1]["text"]
+        telegram.message("/feedback", chat_id=31)
+        assert "are not used" in (await telegram.wait_sent(3))[2]["text"]  # private: out by default
+        telegram.message("/feedback on", chat_id=32)
+        await telegram.wait_sent(4)
+
+        telegram.message("alpha", chat_id=GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        telegram.message("bravo", chat_id=QUIET_GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        telegram.message("charlie", chat_id=31)
+        telegram.message("delta", chat_id=32)
+        await telegram.wait_sent(8)
+        await wait_for_replies_stored(postgres_database, 4)
+        for sent in telegram.sent[4:]:
+            telegram.vote(sent, user_id=MEMBER)
+        await telegram.wait_calls("answerCallbackQuery", 4)
+
+    result = subprocess.run(
+        [*PERSONA_CLI, "export-feedback", "--out", str(tmp_path), "--database-url", postgres_database],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(r.context[-1].text for r in read_records(tmp_path / "train.jsonl")) == ["alpha", "delta"]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats == {"exported": 2, "kept_out": {"not_rated_up": 0, "chat_opted_out": 1, "private_chat_not_opted_in": 1}}
+    assert "kept out: not_rated_up 0, chat_opted_out 1, private_chat_not_opted_in 1" in result.stdout

@@ -48,3 +48,23 @@ async def test_insanity_mode_is_for_admins_and_answers_everything(running_bot, t
 
         telegram.message("/insanity on", chat_id=7, user_id=7)
         assert "for groups" in (await telegram.wait_sent(6))[5]["text"]
+
+
+async def test_clear_in_a_group_is_for_admins(running_bot, telegram, model):
+    telegram.admins[GROUP] = {ADMIN}
+    async with running_bot():
+        telegram.message("remember the outage", chat_id=GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        await telegram.wait_sent(1)
+        telegram.message("/clear", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        assert "Only this chat's admins" in (await telegram.wait_sent(2))[1]["text"]
+        telegram.message("/clear_context", chat_id=GROUP, user_id=MEMBER, chat_type="group")
+        assert "Only this chat's admins" in (await telegram.wait_sent(3))[2]["text"]
+        telegram.message("still there?", chat_id=GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        await telegram.wait_sent(4)
+        assert [t.text for t in model.requests[-1][1].context][0] == "remember the outage"
+
+        telegram.message("/clear", chat_id=GROUP, user_id=ADMIN, chat_type="group")
+        assert "forgotten" in (await telegram.wait_sent(5))[4]["text"]
+        telegram.message("and now?", chat_id=GROUP, user_id=MEMBER, chat_type="group", mention=True)
+        await telegram.wait_sent(6)
+        assert model.requests[-1][1].context == []

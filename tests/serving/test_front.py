@@ -2,17 +2,24 @@
 Secret tokens outside, TorchServe's own short-lived keys inside, nested store urls registered."""
 
 import asyncio
+import functools
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import zipfile
+from http.client import HTTPConnection
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from persona_serving.management import ManagementClient, ManagementError
+from persona_serving.store import SOURCE_RULE
 from personafleet.client import InferenceClient, InferenceRejected
 from personafleet.inference import InferenceRequest
 from tests.fixtures.torchserve import PERSONA, build_mar, free_port
@@ -34,12 +41,12 @@ def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     secrets = {"inference": root / "inference-token", "management": root / "management-token"}
     secrets["inference"].write_text("inference-secret\n")
     secrets["management"].write_text("management-secret\n")
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    ports = {name: free_port() for name in ("inference", "management", "metrics", "backend-inference", "backend-management")}
     command = [
         sys.executable, "-m", "personafleet.cli", "serve", "--foreground", "--model-store", str(store),
         "--models-file", str(models), "--workdir", str(root / "serve"),
         "--inference-port", str(ports["inference"]), "--management-port", str(ports["management"]),
-        "--metrics-port", str(ports["metrics"]), "--backend-ports", str(free_port()), str(free_port()),
+        "--metrics-port", str(ports["metrics"]), "--backend-ports", str(ports["backend-inference"]), str(ports["backend-management"]),
         "--grpc-ports", str(free_port()), str(free_port()),
         "--auth-token-file", str(secrets["inference"]), "--management-token-file", str(secrets["management"]),
         "--token-expiration-min", str(KEY_LIFETIME_S / 60),
@@ -59,7 +66,8 @@ def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
             assert time.monotonic() < deadline, "serving pod never became ready"
             time.sleep(0.5)
         yield {"process": process, "inference": inference, "management": f"http://127.0.0.1:{ports['management']}",
-               "secrets": secrets, "workdir": root / "serve"}
+               "backend-management": f"http://127.0.0.1:{ports['backend-management']}",
+               "secrets": secrets, "workdir": root / "serve", "root": root}
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -107,6 +115,81 @@ async def test_operator_rolls_out_a_nested_store_version_through_the_front(pod):
         with pytest.raises(InferenceRejected) as refused:
             await client.reply("no-such-persona", REQUEST)
     assert refused.value.status == 404
+
+
+@pytest.fixture(scope="module")
+def outside(pod, tiny_run: Path):
+    """What an attacker holding the management token offers: an archive named `evil` outside the
+    store, as a file, unpacked, and on an HTTP server that records every download."""
+    root = pod["root"] / "outside"
+    archive = build_mar(tiny_run, "evil", "1", root)
+    shutil.copy(archive, root / "evil.mar")
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(root / "unpacked")
+    downloads: list[str] = []
+
+    class Recording(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            downloads.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Recording, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield {"root": root, "http": f"http://127.0.0.1:{server.server_address[1]}", "downloads": downloads}
+    finally:
+        server.shutdown()
+
+
+async def _registered(management_url: str, key: Path) -> set[str]:
+    async with ManagementClient(management_url, token_file=key) as management:
+        return {model["modelName"] for model in await management.list_models()}
+
+
+async def test_front_refuses_every_model_source_but_the_store(pod, outside):
+    root = outside["root"]
+    urls = [f"{outside['http']}/evil.mar", f"file://{root}/evil.mar", str(root / "evil.mar"), str(root / "unpacked"),
+            "../outside/evil.mar", f"{PERSONA}/../../outside/evil.mar", f"FILE:{root}/evil.mar"]
+    token = {"Authorization": "Bearer management-secret"}
+    async with httpx.AsyncClient(base_url=pod["management"], timeout=60) as http:
+        refused = [await http.post("/models", params={"url": url, "synchronous": "true"}, headers=token) for url in urls]
+        in_body = await http.post("/models", json={"url": f"{outside['http']}/evil.mar"}, headers=token)
+    for url, response in zip(urls, refused):
+        assert response.status_code == 400, (url, response.text)
+        assert response.json()["error"] == "invalid_model_url" and SOURCE_RULE in response.json()["detail"], url
+    assert in_body.status_code == 400 and "query string" in in_body.json()["detail"]
+    assert outside["downloads"] == []
+    assert "evil" not in await _registered(pod["management"], pod["secrets"]["management"])
+
+
+async def test_torchserve_itself_admits_only_the_staged_links(pod, outside):
+    """Defence in depth: registering on TorchServe's own management port, past the front, with
+    the pod-local key. Its `allowed_urls` refuses http(s):// and file:// sources elsewhere."""
+    root, key = outside["root"], pod["workdir"] / "key_file.json"
+    async with ManagementClient(pod["backend-management"], token_file=key) as management:
+        for url in (f"{outside['http']}/evil.mar", f"file://{root}/evil.mar"):
+            with pytest.raises(ManagementError, match="does not match any allowed URL"):
+                await management.register(url, initial_workers=0, synchronous=True)
+    assert outside["downloads"] == []
+    assert "evil" not in await _registered(pod["backend-management"], key)
+
+
+@pytest.mark.parametrize("port", ["inference", "management"])
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/predictions/..%2Fapi-description"), ("POST", f"/predictions/{PERSONA}%2F..%2F..%2Fapi-description"),
+    ("GET", "/./token?type=inference"), ("GET", "/x/../token?type=inference"), ("GET", "/%2e/token?type=inference"),
+    ("GET", "/%2E%2E/token?type=inference"), ("POST", f"/predictions/./{PERSONA}"),
+])
+def test_front_refuses_dot_segments_and_escapes_in_the_raw_path(pod, port, method, path):
+    """Sent byte for byte (http.client does not normalise the path, unlike httpx)."""
+    host, number = pod[port].removeprefix("http://").split(":")
+    connection = HTTPConnection(host, int(number), timeout=60)
+    secret = "inference-secret" if port == "inference" else "management-secret"
+    connection.request(method, path, body=json.dumps({"message": "hi"}),
+                       headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 400 and body["error"] == "invalid_path", (path, body)
 
 
 def test_sigterm_stops_torchserve_and_exits_cleanly(pod):

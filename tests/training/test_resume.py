@@ -91,3 +91,36 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, tiny_ba
     config = TrainConfig(**{**SETTINGS, "max_steps": 2, "warmup_steps": 0})
     report = train([tiny_data], str(tiny_base), tmp_path / "run", config, resume=True)
     assert report["steps"] == 2 and len(report["train_loss"]) == 2
+
+
+class _Payload:
+    """What an attacker with write access to the store would plant: unpickling it opens (creates)
+    a file, standing in for any code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused_not_run(tmp_path, tiny_base, tiny_data):
+    import torch
+
+    run, marker = tmp_path / "run", tmp_path / "payload-ran"
+    planted = run / "checkpoints" / "step-00000003" / "state.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"identity": _Payload(marker), "trainable": {}}, planted)
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps(SETTINGS), encoding="utf-8")
+    result = subprocess.run(
+        [PERSONA, "train", "--data", str(tiny_data), "--base", str(tiny_base), "--out", str(run),
+         "--config", str(config), "--resume"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("persona: error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "tensors and plain data only" in errors[0] and "io.open" in errors[0]

@@ -4,11 +4,17 @@ A checkpoint holds the trainable (LoRA) weights, the optimizer, scheduler and gr
 states, the RNG states and the loop's position (`Progress`). The frozen base is not saved: it
 is reloaded from the same `--base`. Checkpoints are written to a temporary directory and
 renamed into place, so a pod killed mid-write leaves the previous checkpoint intact.
+
+Checkpoints live in the shared, writable store, so they are read with `weights_only=True`:
+tensors and plain data only. A file that carries any other pickled object (code to run on
+`--resume`) is refused, never executed.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,7 +85,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, identity: d
     """Restore a checkpoint into freshly built objects; refuse one made for another run."""
     import torch
 
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PersonaError(
+            f"{path / STATE_FILE}: refused: a checkpoint holds tensors and plain data only "
+            f"({_unpickling_reason(exc)}); remove {path.parent} or drop --resume"
+        ) from exc
     if state["identity"] != identity:
         changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
         raise PersonaError(
@@ -100,6 +112,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, identity: d
     progress.losses = [tuple(item) for item in progress.losses]
     progress.evals = [tuple(item) for item in progress.evals]
     return progress
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """The one line of torch's many-line refusal that names what the file tried to load."""
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(exc))
+    return found[1].strip().rstrip(".") if found else str(exc).splitlines()[0]
 
 
 def clear_checkpoints(run_dir: Path) -> None:

@@ -13,7 +13,6 @@ from aiogram.utils.chat_action import ChatActionSender
 
 from persona_bot import metrics
 from persona_bot.filters import AddressedToBot
-from persona_bot.middlewares import RateLimiter, RateLimitMiddleware
 from persona_bot.routers.feedback import VOTE_KEYBOARD
 from persona_bot.settings import BotSettings
 from persona_bot.store import Exchange, Store, StoreUnavailable
@@ -104,9 +103,7 @@ async def answer(
         logger.warning("Reply in chat not stored: database unavailable")
 
 
-def create_router(limiter: RateLimiter) -> Router:
-    """Only messages this router handles count against the rate limit (not ignored group chatter)."""
+def create_router() -> Router:
     router = Router(name="chat")
-    router.message.middleware(RateLimitMiddleware(limiter))
     router.message.register(answer, AddressedToBot())
     return router

@@ -1,4 +1,5 @@
-"""/start, /help and /clear (alias /clear_context, the seed bots' name for it)."""
+"""/start, /help and /clear (alias /clear_context, the seed bots' name for it). In groups /clear
+wipes everyone's shared history, so only the chat's admins may (like /insanity)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,30 @@ from aiogram import Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import BotCommand, Message
 
+from persona_bot.filters import IsChatAdmin
 from persona_bot.store import Store, StoreUnavailable
 
 # What clients show in the command menu (registered with setMyCommands at start).
 BOT_COMMANDS = [
     BotCommand(command="start", description="Say hello"),
     BotCommand(command="help", description="What I can do"),
-    BotCommand(command="clear", description="Forget our conversation so far"),
+    BotCommand(command="clear", description="Forget our conversation so far (groups: admins)"),
     BotCommand(command="clear_context", description="Same as /clear"),
     BotCommand(command="persona", description="List personas or switch: /persona NAME"),
     BotCommand(command="insanity", description="Groups: answer every message (/insanity on|off, admins)"),
+    BotCommand(command="feedback", description="May rated replies here train me? (/feedback on|off, admins)"),
 ]
 
 HELP = (
     "I'm {persona}, a chatbot trained on real conversations.\n\n"
     "In private chats I answer every message. In groups I answer when you mention me or reply to "
     "me - or to everything, if an admin turns on /insanity.\n\n"
-    "Rate my answers with 👍/👎: good ones teach the next version of me.\n\n"
-    "/clear - forget our conversation so far\n"
+    "Rate my answers with 👍/👎: good ones teach the next version of me - from groups unless an "
+    "admin turns /feedback off, from private chats only if you turn /feedback on.\n\n"
+    "/clear - forget our conversation so far (in groups: admins)\n"
     "/persona - list personas, /persona NAME - switch\n"
-    "/insanity on|off - (groups, admins) answer every message"
+    "/insanity on|off - (groups, admins) answer every message\n"
+    "/feedback on|off - (admins) may rated replies from this chat train me"
 )
 
 
@@ -35,6 +40,10 @@ async def start(message: Message, persona: str) -> None:
 
 async def help_(message: Message, persona: str) -> None:
     await message.answer(HELP.format(persona=persona))
+
+
+async def not_admin(message: Message) -> None:
+    await message.reply("Only this chat's admins can clear its history.")
 
 
 async def clear(message: Message, persona: str, store: Store) -> None:
@@ -50,5 +59,6 @@ def create_router() -> Router:
     router = Router(name="commands")
     router.message.register(start, CommandStart())
     router.message.register(help_, Command("help"))
+    router.message.register(not_admin, Command("clear", "clear_context"), ~IsChatAdmin())
     router.message.register(clear, Command("clear", "clear_context"))
     return router
