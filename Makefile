@@ -18,7 +18,7 @@ test:
 	PERSONA_WITH_POSTGRES=1 bash scripts/setup.sh
 	$(VENV)/bin/pytest
 
-# Quick settings: the whole set in ~10 minutes on 2 CPU cores, every script and its baseline exercised.
+# Quick settings: every script and its baseline run once, on smaller sizes than the scripts' defaults.
 # The README's figures come from the scripts' defaults (the commands are in docs/<part>.md).
 BENCH_OUT := .persona/bench
 bench: $(STAMP)
