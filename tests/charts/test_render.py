@@ -242,16 +242,16 @@ def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):
 
 
 # ---- serving -------------------------------------------------------------------------------
-def test_serving_runs_the_auth_front_with_the_token_secret_and_the_models_configmap(render):
-    objects = render()
+def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(render):
+    objects = render({"serving": {"baseModel": "/store/bases/fred", "maxResidentAdapters": 5}})
     serving = find(objects, "Deployment", "-serving")
     params = parse_cli(container(serving)["args"])
     assert params["foreground"] and params["host"] == "0.0.0.0"
-    assert str(params["models_file"]) == "/etc/personafleet/models/models.json"
+    assert (str(params["model_store"]), params["base"], params["max_resident_adapters"]) == ("/store", "/store/bases/fred", 5)
+    assert parse_cli(container(find(render(), "Deployment", "-serving"))["args"])["base"] == "ai-forever/FRED-T5-large"
     assert str(params["auth_token_file"]) == "/var/run/secrets/persona/inference-token"
     assert str(params["management_token_file"]) == "/var/run/secrets/persona/management-token"
     volumes = {v["name"]: v for v in pod_spec(serving)["volumes"]}
-    assert volumes["models"]["configMap"]["name"] == f"{FULLNAME}-models"
     assert volumes["tokens"]["secret"]["secretName"] == f"{FULLNAME}-serving-token"
     assert volumes["store"]["persistentVolumeClaim"] == {"claimName": f"{FULLNAME}-store", "readOnly": True}
     assert find(objects, "PersistentVolumeClaim", "-store")["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -270,13 +270,6 @@ def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):
     assert "nodeSelector" not in pod_spec(cpu) and "tolerations" not in pod_spec(cpu)
     assert gpu["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # no spare GPU needed
     assert "strategy" not in cpu["spec"]
-
-
-def test_the_models_configmap_starts_as_an_empty_contract_2_file(render):
-    from persona_serving.server import DesiredModels
-
-    models = find(render(), "ConfigMap", "-models")["data"]["models.json"]
-    assert DesiredModels.model_validate_json(models).root == {}
 
 
 # ---- the operator --------------------------------------------------------------------------
