@@ -4,8 +4,9 @@
 Both serve the same base + LoRA adapter in this run (each load level runs against one server,
 then the other):
 
-- ours: `persona package` -> TorchServe 0.12 with `persona_serving.handler` (adapter merged at load,
-  dynamic batching: batchSize 16, maxBatchDelay 2 ms; on CPU one worker per core, 1 thread each);
+- ours: `persona package` + `persona serve` -> TorchServe 0.12 with the fleet handler (base loaded
+  once, the adapter unmerged and hot-loaded from the store, dynamic batching: batchSize 16,
+  maxBatchDelay 2 ms; on CPU one worker per core, 1 thread each);
 - baseline (what seeds 000-004 did): a minimal FastAPI app that calls `generate()` once per
   request on an unmerged `PeftModel` (sync endpoint, so uvicorn's thread pool runs requests side
   by side, as a seed's Flask/FastAPI server would);
@@ -78,7 +79,7 @@ def build_run(work: Path, fred_large: bool, steps: int) -> tuple[Path, Path]:
 
 def request_body(index: int, new_tokens: int) -> dict:
     return InferenceRequest(
-        message=MESSAGES[index % len(MESSAGES)],
+        persona=PERSONA, message=MESSAGES[index % len(MESSAGES)],
         generation={"max_new_tokens": new_tokens, "do_sample": False, "num_beams": 1},
     ).model_dump(exclude_none=True)
 
@@ -131,12 +132,12 @@ def start_baseline(base: Path, run: Path, port: int, log: Path) -> subprocess.Po
 
 # --- bare generate() --------------------------------------------------------------------------
 def bare_generate_p50(base: Path, run: Path, new_tokens: int, repeats: int) -> float:
-    """The merged model's generate() alone, one request at a time, as the handler loads it."""
+    """The merged model's generate() alone, one request at a time (the floor a server can reach)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from persona_serving.requests import prepare
+    from persona_serving.requests import PersonaVersion, Routed, prepare
     from personafleet.inference import GenerationLimits
     from personafleet.persona import PERSONA_FILE, PersonaSpec
 
@@ -148,7 +149,8 @@ def bare_generate_p50(base: Path, run: Path, new_tokens: int, repeats: int) -> f
     model = model.merge_and_unload().to(device).eval()
     timings = []
     for index in range(repeats + 2):
-        prepared = prepare({"body": request_body(index, new_tokens)}, persona, GenerationLimits())  # as the handler does
+        routed = Routed(InferenceRequest.model_validate(request_body(index, new_tokens)), PERSONA, 1)
+        prepared = prepare(routed, PersonaVersion(PERSONA, 1, persona, run), GenerationLimits())  # as the handler does
         started = time.perf_counter()
         inputs = tokenizer(prepared.prompt, return_tensors="pt").to(device)
         with torch.inference_mode():
@@ -257,8 +259,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    from persona_serving.archive import ArchiveOptions
     from persona_serving.server import ServeOptions, free_port, serve_background, stop
-    from persona_training.package import ArchiveOptions, build_archive
+    from persona_training.package import publish_version
 
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
@@ -267,18 +270,19 @@ def main() -> None:
         base, run = build_run(work, args.fred_large, args.train_steps)
         archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600,
                                  workers=args.workers)
-        build_archive(run, PERSONA, "1", work / "store", options=archive)
+        publish_version(run, PERSONA, 1, work / "store" / PERSONA / "v1")
         results: dict[str, list[dict]] = {"torchserve": [], "baseline": []}
-        options = ServeOptions(model_store=work / "store", workdir=work / "serve", inference_port=free_port(),
+        options = ServeOptions(model_store=work / "store", base=str(base), archive=archive, workdir=work / "serve",
+                               inference_port=free_port(),
                                management_port=free_port(), metrics_port=free_port(), grpc_ports=(free_port(), free_port()),
                                torch_threads=args.threads)
         logger.info("Starting TorchServe + persona handler, and the seed-style baseline")
-        serve_background(options, [PERSONA])
+        serve_background(options)
         port = free_port()
         process = start_baseline(base, run, port, work / "baseline.log")
         try:
             targets = {
-                "torchserve": (f"{options.inference_url}/predictions/{PERSONA}", TokenSource(token_file=options.key_file).headers()),
+                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.key_file).headers()),
                 "baseline": (f"http://127.0.0.1:{port}/predict", {}),
             }
             # Levels interleaved server by server: on a shared machine, load drifts over minutes.

@@ -112,38 +112,33 @@ def train(
 @app.command()
 def package(
     run: Annotated[Path, typer.Option("--run", help="Training run directory (adapter, persona.json, report.json).")],
-    name: Annotated[str, typer.Option("--name", help="Persona name = TorchServe model name.")],
-    version: Annotated[str, typer.Option("--version", help="Model version, e.g. 3.")],
-    out: Annotated[Path, typer.Option("--out", help="Directory that receives NAME.mar.")],
-    base_path: Annotated[Optional[str], typer.Option(help="Base model hub id or mounted path (default: the one the adapter was trained on).")] = None,
-    bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into the .mar.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
-    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes per TorchServe instance.")] = 1,
-    response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
-    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge the LoRA adapter into the base at load.")] = True,
+    name: Annotated[str, typer.Option("--name", help="Persona name (what requests name).")],
+    version: Annotated[str, typer.Option("--version", help="Version: a positive integer such as 3.")],
+    out: Annotated[Path, typer.Option("--out", help="The version's folder in the model store: STORE/NAME/vN.")],
+    base_path: Annotated[Optional[str], typer.Option(help="Base model hub id or path to record (default: the one the adapter was trained on).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a folder that holds another version.")] = False,
 ) -> None:
-    """Build a versioned TorchServe .mar from a training run."""
-    from persona_training.package import ArchiveOptions, build_archive
+    """Publish a training run as a version of a persona in the model store."""
+    from persona_training.package import publish_version
 
-    options = ArchiveOptions(
-        batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
-        response_timeout_s=response_timeout, max_new_tokens=max_new_tokens, merge_adapter=merge,
-    )
-    path = build_archive(run, name, version, out, base_path=base_path, bundle_base=bundle_base, options=options)
-    print(path)
+    print(publish_version(run, name, version, out, base_path=base_path, force=force))
 
 
-# --- serving: persona_serving (serve, chat) ----------------------------------------------
+# --- serving: persona_serving (serve, switch, chat) --------------------------------------
 @app.command()
 def serve(
-    model_store: Annotated[Optional[Path], typer.Option(help="Model store: NAME.mar files or NAME/vN/NAME.mar.")] = None,
-    models: Annotated[Optional[list[str]], typer.Option("--models", help="Persona to load (repeatable; default: all in the store).")] = None,
-    workdir: Annotated[Path, typer.Option(help="Config, logs and key_file.json of this server.")] = Path(".persona/serve"),
+    model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model of the fleet (hub id or path; the one the adapters were trained on).")] = None,
+    max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapters each worker keeps loaded (LRU).")] = 32,
+    bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the base once).")] = 1,
+    response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
+    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar and key_file.json of this server.")] = Path(".persona/serve"),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server started from --workdir.")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay in the foreground (container entrypoint).")] = False,
-    models_file: Annotated[Optional[Path], typer.Option(help="models.json of desired versions (with --foreground).")] = None,
     host: Annotated[str, typer.Option(help="Address the public listeners bind.")] = "127.0.0.1",
     inference_port: Annotated[int, typer.Option(help="Inference API port.")] = 8080,
     management_port: Annotated[int, typer.Option(help="Management API port (localhost, or the auth front).")] = 8081,
@@ -155,46 +150,72 @@ def serve(
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
 ) -> None:
-    """Run TorchServe for a model store (background by default; token auth on)."""
+    """Run TorchServe with the fleet model: every persona of the store on one base (background by default; token auth on)."""
     import logging
 
     from persona_serving import server
+    from persona_serving.archive import ArchiveOptions
 
     if stop:
         print("stopped" if server.stop(workdir) else f"no server running from {workdir}")
         return
-    if model_store is None:
-        raise PersonaError("--model-store is required")
+    if model_store is None or base is None:
+        raise PersonaError("--model-store and --base are required")
     if auth_token_file and not (foreground and management_token_file):
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
-        model_store=model_store, workdir=workdir, host=host, inference_port=inference_port,
+        model_store=model_store, base=base, bundle_base=bundle_base, max_resident_adapters=max_resident_adapters,
+        max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
+        archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
+                               response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
         management_token_file=management_token_file, token_expiration_min=token_expiration_min,
         backend_ports=backend_ports, grpc_ports=grpc_ports, torch_threads=torch_threads,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if foreground:
-        sys.exit(server.serve_foreground(options, models_file, models or []))
-    for persona, version in server.serve_background(options, models or []).items():
-        print(f"serving {persona} v{version}")
+        sys.exit(server.serve_foreground(options))
+    table = server.serve_background(options)
+    for persona, route in table.personas.items():
+        print(f"serving {persona} v{route.serving}")
     for name, where in server.endpoints(options).items():
         print(f"{name:>10}: {where}")
 
 
 @app.command()
+def switch(
+    model_store: Annotated[Path, typer.Option(help="Model store of the running `persona serve`.")],
+    persona: Annotated[str, typer.Option("--persona", help="Persona to switch.")],
+    version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
+) -> None:
+    """Make a published version the one a persona answers with (the routing-table write the operator does)."""
+    from personafleet.routing import parse_version, update_routing, version_dir
+    from personafleet.store import read_version_info
+
+    number = parse_version(version)
+    read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
+    table = update_routing(model_store, lambda t: t.add(persona, number, serve=True))
+    listed = ", ".join(str(v) for v in table.personas[persona].versions)
+    print(f"{persona} serves v{number} (versions: {listed})")
+
+
+@app.command()
 def chat(
-    persona: Annotated[str, typer.Option("--persona", help="Persona (model) name.")],
+    persona: Annotated[str, typer.Option("--persona", help="Persona to chat with.")],
     url: Annotated[Optional[str], typer.Option(help="Inference API (default: the local `persona serve`).")] = None,
     token_file: Annotated[Optional[Path], typer.Option(help="key_file.json or a file holding the token.")] = None,
     workdir: Annotated[Path, typer.Option(help="Workdir of the local `persona serve`.")] = Path(".persona/serve"),
-    version: Annotated[Optional[str], typer.Option(help="Model version (default: the server's default).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="Pin a version (default: the one the routing table serves).")] = None,
+    model: Annotated[str, typer.Option(help="TorchServe model of the fleet.")] = "fleet",
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 60,
 ) -> None:
     """Chat with a served persona; piped stdin gives one reply per line."""
     from persona_serving.chat import run_chat
 
-    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=version, timeout=timeout)
+    from personafleet.routing import parse_version
+
+    pinned = parse_version(version) if version is not None else None
+    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model)
     if refused:
         sys.exit(1)
 

@@ -18,7 +18,7 @@ from typing import Literal, Self
 
 import httpx
 
-from personafleet.inference import InferenceRequest, InferenceResponse
+from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,8 @@ class AuthorizedClient:
 
 
 class InferenceClient(AuthorizedClient):
-    """Async client for `POST /predictions/<persona>[/<version>]`.
+    """Async client for the fleet model (contract 3): `POST /predictions/fleet`, the persona (and
+    an optional pinned version) in the body.
 
     >>> async with InferenceClient("http://127.0.0.1:8080", token_file=".persona/serve/key_file.json") as c:
     ...     response = await c.reply("devops-dude", InferenceRequest(message="привет"))
@@ -237,15 +238,20 @@ class InferenceClient(AuthorizedClient):
         timeout: float = 30.0,
         retries: int = 2,
         backoff: float = 0.5,
+        model: str = FLEET_MODEL,
     ):
         super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
         self.retries = max(0, retries)
         self.backoff = backoff
+        self.model = model
 
-    async def reply(self, persona: str, request: InferenceRequest, version: str | None = None) -> InferenceResponse:
-        """The persona's reply; raises `InferenceRejected` (4xx) or `InferenceUnavailable`."""
-        path = f"/predictions/{persona}" + (f"/{version}" if version else "")
-        body = request.model_dump(exclude_none=True)
+    async def reply(self, persona: str, request: InferenceRequest, version: int | str | None = None) -> InferenceResponse:
+        """The persona's reply (its serving version, or `version` pinned); raises `InferenceRejected`
+        (4xx: e.g. unknown_persona) or `InferenceUnavailable`."""
+        path = f"/predictions/{self.model}"
+        body = request.model_dump(exclude_none=True) | {"persona": persona}
+        if version is not None:
+            body["version"] = version
         problem = "no attempt made"
         for attempt in range(self.retries + 1):
             if attempt:

@@ -1,17 +1,21 @@
-"""The inference API contract between the TorchServe handler and its clients (bot, chat, operator).
+"""The inference API contract between the fleet handler and its clients (bot, chat, operator).
 
-Request:  {"persona": NAME?, "context": [{"role": "user"|"persona", "text": ...}],
+`POST /predictions/fleet` (contract 3):
+Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?}
-Response: {"reply": TEXT, "model_version": V, "tokens": N}
-Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status.
+Response: {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N}
+Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status: 404
+          `unknown_persona` / `unknown_version`, 503 `adapter_unavailable`, 400/413 for bad bodies.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personafleet.prompt import Turn
 
+# The one TorchServe model per base (contract 3); the persona travels in the body.
+FLEET_MODEL = "fleet"
 MAX_CONTEXT_TURNS = 50
 MAX_TEXT_CHARS = 4000
 
@@ -75,10 +79,25 @@ def clamp_generation(
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    persona: str | None = None
+    # Required by the fleet; clients build a conversation first and `InferenceClient.reply` names it.
+    persona: str | None = Field(None, max_length=64)
+    version: int | None = Field(None, description="pin a version (any the routing table lists); default: the serving one")
     context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
     message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     generation: GenerationOptions | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _one_version_rule(cls, value: object) -> int | None:
+        from personafleet.errors import PersonaError
+        from personafleet.routing import parse_version
+
+        if value is None:
+            return None
+        try:
+            return parse_version(value)  # type: ignore[arg-type]
+        except PersonaError as exc:
+            raise ValueError(str(exc)) from None
 
     def turns(self) -> list[Turn]:
         """The conversation the prompt is built from: the context, then the new message."""
@@ -87,6 +106,7 @@ class InferenceRequest(BaseModel):
 
 class InferenceResponse(BaseModel):
     reply: str
+    persona: str
     model_version: str
     tokens: int
 

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: the sample Telegram export → dialogue records → a tiny
-# T5 base → a LoRA adapter → a versioned .mar → TorchServe → one chat reply.
+# The main job on the embedded defaults, for a fleet of two: the sample Telegram export → dialogue
+# records of two authors → a tiny T5 base → one LoRA adapter per persona → both published into
+# one model store → ONE TorchServe worker (the fleet model: one base, both adapters) → a chat
+# reply from each persona.
 # Everything lands in .persona/ (git-ignored); the server keeps running for `persona chat`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PERSONA=${PERSONA:-devops-dude}
-PERSONA_ID=${PERSONA_ID:-user5172839406}   # Борис Кубов, the sample chat's DevOps regular
 EXPORT=${EXPORT:-examples/sample-export/result.json}
 MESSAGE=${MESSAGE:-привет! как лучше раскатить новую версию в кубер?}
 WORK=.persona
+STORE=$WORK/store
 persona=.venv/bin/persona
+# name | Telegram from_id | description (the prompt's first line)
+PERSONAS=(
+    "devops-dude|user5172839406|Я инженер DevOps, отвечаю коротко и по делу, иногда шучу."   # Борис Кубов
+    "on-call|user5901277364|Я дежурный инженер, отвечаю быстро и про инциденты."              # Игорь | on-call
+)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-
-step "prepare: $EXPORT → $WORK/data (replies by $PERSONA_ID)"
-$persona prepare "$EXPORT" --out "$WORK/data" --persona-id "$PERSONA_ID"
 
 step "init-base: a tiny T5 built from the sample chat → $WORK/base"
 if [ -f "$WORK/base/persona_base.json" ]; then
@@ -24,24 +27,33 @@ else
     $persona init-base --out "$WORK/base" --corpus "$EXPORT"
 fi
 
-step "train: LoRA on $WORK/data → $WORK/runs/$PERSONA"
-$persona train --data "$WORK/data" --base "$WORK/base" --out "$WORK/runs/$PERSONA"
-
-step "package: $WORK/runs/$PERSONA → $WORK/store/$PERSONA/v1/$PERSONA.mar"
 $persona serve --stop >/dev/null 2>&1 || true
-rm -rf "${WORK:?}/store/$PERSONA"
-$persona package --run "$WORK/runs/$PERSONA" --name "$PERSONA" --version 1 --out "$WORK/store/$PERSONA/v1"
+for entry in "${PERSONAS[@]}"; do
+    IFS='|' read -r name author description <<<"$entry"
+    step "prepare + train: replies by $author → $WORK/runs/$name"
+    $persona prepare "$EXPORT" --out "$WORK/data/$name" --persona-id "$author"
+    printf 'persona:\n  name: %s\n  description: "%s"\n' "$name" "$description" >"$WORK/$name.yaml"
+    $persona train --data "$WORK/data/$name" --base "$WORK/base" --out "$WORK/runs/$name" --config "$WORK/$name.yaml"
 
-step "serve: TorchServe on 127.0.0.1 (token auth on)"
-$persona serve --model-store "$WORK/store"
+    step "package: publish $WORK/runs/$name as $STORE/$name/v1"
+    $persona package --run "$WORK/runs/$name" --name "$name" --version 1 --out "$STORE/$name/v1"
+done
 
-step "chat: one message through the inference API"
-echo "you> $MESSAGE"
-printf '%s\n' "$MESSAGE" | $persona chat --persona "$PERSONA" | sed "s/^/$PERSONA> /"
+step "serve: one fleet worker for every persona of $STORE (token auth on)"
+$persona serve --model-store "$STORE" --base "$WORK/base"
+
+for entry in "${PERSONAS[@]}"; do
+    IFS='|' read -r name _ _ <<<"$entry"
+    step "chat with $name through the fleet model"
+    echo "you> $MESSAGE"
+    printf '%s\n' "$MESSAGE" | $persona chat --persona "$name" | sed "s/^/$name> /"
+done
 
 cat <<EOF
 
-Done. The training report is $WORK/runs/$PERSONA/report.json (loss curve beside it).
-Keep talking:   .venv/bin/persona chat --persona $PERSONA
-Stop serving:   .venv/bin/persona serve --stop
+Done. Training reports: $WORK/runs/<persona>/report.json (loss curves beside them).
+Keep talking:     .venv/bin/persona chat --persona devops-dude   (or on-call)
+Roll a version:   .venv/bin/persona package ... --version 2 --out $STORE/devops-dude/v2
+                  .venv/bin/persona switch --model-store $STORE --persona devops-dude --version 2
+Stop serving:     .venv/bin/persona serve --stop
 EOF

@@ -39,6 +39,7 @@ class BotService:
             token_file=settings.inference_token_file,
             timeout=settings.inference_timeout,
             retries=settings.inference_retries,
+            model=settings.inference_model,
         )
         self.bot: Bot = build_bot(settings)
         self.observer = UpdateObserver()

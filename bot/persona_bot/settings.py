@@ -33,6 +33,7 @@ class BotSettings(BaseModel):
     bot_token: SecretStr = Field(description="token from @BotFather")
     database_url: SecretStr = Field(description="postgresql://user:password@host:port/db")
     inference_url: str = Field(description="TorchServe inference API base URL")
+    inference_model: str = Field("fleet", min_length=1, description="TorchServe model of the fleet (the persona goes in the body)")
     inference_token: SecretStr | None = Field(None, description="bearer token for the inference API")
     inference_token_file: Path | None = Field(None, description="file holding the token (re-read on rotation)")
     inference_timeout: float = Field(20.0, gt=0, description="seconds per model call attempt")

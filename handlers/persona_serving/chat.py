@@ -1,4 +1,4 @@
-"""`persona chat`: talk to a served persona from a terminal, through the bot's own client.
+"""`persona chat`: talk to a persona of the fleet from a terminal, through the bot's own client.
 
 Interactive on a terminal; with piped input, one message per stdin line and one reply per stdout
 line (an empty line where a message was refused, so lines stay aligned; the reason goes to
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from persona_serving.server import DEFAULT_WORKDIR, KEY_FILE
 from personafleet.client import ENDPOINTS_FILE, InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.errors import PersonaError
-from personafleet.inference import MAX_CONTEXT_TURNS, InferenceRequest
+from personafleet.inference import FLEET_MODEL, MAX_CONTEXT_TURNS, InferenceRequest
 from personafleet.prompt import Turn
 
 
@@ -54,7 +54,7 @@ async def chat(
     err: TextIO,
     *,
     interactive: bool,
-    version: str | None = None,
+    version: int | None = None,
 ) -> int:
     """Answer each input line; returns the number of refused messages."""
     conversation, refused = Conversation(), 0
@@ -103,8 +103,9 @@ def run_chat(
     url: str | None,
     token_file: Path | None,
     workdir: Path,
-    version: str | None,
+    version: int | None,
     timeout: float,
+    model: str = FLEET_MODEL,
 ) -> int:
     local_url, local_key = local_endpoint(workdir)
     url = url or local_url
@@ -113,7 +114,7 @@ def run_chat(
     interactive = sys.stdin.isatty()
 
     async def main() -> int:
-        async with InferenceClient(url, token_file=token_file or local_key, timeout=timeout) as client:
+        async with InferenceClient(url, token_file=token_file or local_key, timeout=timeout, model=model) as client:
             return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version)
 
     return asyncio.run(main())

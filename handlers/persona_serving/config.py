@@ -1,25 +1,37 @@
-"""What a .mar tells its handler besides the persona: where the base model is, whether to merge
-the adapter, and the serving limits. `persona package` writes it as `serving.json`; the handler
-reads it in `initialize`. Light (pydantic only) so the packager imports it without torch."""
+"""What the fleet archive tells its handler: where the base model and the model store are, how
+many adapters a worker keeps, and the serving limits. `persona serve` writes it as `serving.json`
+into `fleet.mar`; the handler reads it in `initialize`. Light (pydantic only) so the archive
+builder imports it without torch."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from personafleet.inference import GenerationLimits
 
 SERVING_FILE = "serving.json"
-ADAPTER_DIR = "adapter"
 BASE_DIR = "base"
+# Set by `persona serve` for its workers: the model store wins over the archive's record, so one
+# archive serves a store mounted anywhere.
+MODEL_STORE_ENV = "PERSONA_MODEL_STORE"
 
 
-class ServingConfig(BaseModel):
+class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    version: str
     base: str = Field(description="hub id or mounted path of the base model; ignored when bundled")
     bundled_base: bool = Field(False, description="the base model travels inside the .mar under base/")
-    merge_adapter: bool = Field(True, description="fold LoRA into the base weights at load: no adapter cost per token")
+    model_store: str | None = Field(None, description=f"the store of published versions; ${MODEL_STORE_ENV} overrides it")
+    max_resident_adapters: int = Field(32, ge=1, description="adapters a worker keeps loaded (LRU); the next one evicts the oldest")
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
+
+    def store(self) -> Path:
+        """Where adapters are loaded from."""
+        where = os.environ.get(MODEL_STORE_ENV) or self.model_store
+        if not where:
+            raise ValueError(f"no model store: set {MODEL_STORE_ENV} or model_store in {SERVING_FILE}")
+        return Path(where)

@@ -1,10 +1,12 @@
-"""The TorchServe handler: a persona's LoRA-adapted T5, batched.
+"""The fleet handler: every persona on one base model per worker, adapters hot-loaded (contract 3).
 
-BaseHandler's four steps, each visible: `initialize` loads base + adapter once per worker,
-`preprocess` turns every request of the batch into a prompt or an error value, `inference` pads
-and generates the valid prompts together (one `generate` per distinct set of generation options),
-`postprocess` gives each request its own JSON body, status and content type. Nothing a client
-sends can raise out of `handle`: one bad request never fails the batch or kills the worker.
+BaseHandler's four steps, each visible: `initialize` loads the base once per worker,
+`preprocess` turns every request of the batch into a routed request or an error value (the
+routing table is re-read here when its file changed), `inference` makes the needed adapters
+resident (LRU) and runs ONE padded `generate` per set of generation options whose rows use their
+own persona's adapter, `postprocess` gives each request its own JSON body, status and content
+type. The logic lives in plain modules (requests, residency, routing_watch, fleet); nothing a
+client sends can raise out of `handle`: one bad request never fails the batch or kills the worker.
 """
 
 from __future__ import annotations
@@ -15,58 +17,50 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
-from persona_serving.decoding import decode_replies
-from persona_serving.metrics import BATCH_SIZE, ERRORS, GENERATION_SECONDS, TOKENS_GENERATED, MetricSpec
-from persona_serving.requests import Prepared, Rejected, option_groups, prepare
+from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
+from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
+from persona_serving.metrics import (
+    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, GENERATION_SECONDS,
+    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, TOKENS_GENERATED, MetricSpec,
+)
+from persona_serving.requests import (
+    PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
+)
+from persona_serving.residency import AdapterLRU
+from persona_serving.routing_watch import RoutingWatch
 from personafleet.inference import InferenceResponse
-from personafleet.persona import PERSONA_FILE, PersonaSpec
 
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+Key = tuple[str, int]
 Outcome = InferenceResponse | Rejected
 
 
-def pick_device(gpu_id: int | None) -> tuple[torch.device, torch.dtype]:
-    """CUDA with bf16 (fp16 where bf16 is missing) when TorchServe gave us a GPU, else CPU fp32."""
-    if gpu_id is not None and torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.device(f"cuda:{gpu_id}"), dtype
-    return torch.device("cpu"), torch.float32
-
-
-class PersonaHandler(BaseHandler):
+class FleetHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
-        """Load the base model through `from_pretrained`, apply the adapter, merge it by default."""
+        """Load the base model once; adapters come from the model store when first asked for."""
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
-        self.config = ServingConfig.model_validate_json((model_dir / SERVING_FILE).read_text(encoding="utf-8"))
-        self.persona = PersonaSpec.model_validate_json((model_dir / PERSONA_FILE).read_text(encoding="utf-8"))
+        self.config = FleetConfig.model_validate_json((model_dir / SERVING_FILE).read_text(encoding="utf-8"))
+        self.store = self.config.store()
         self.model_name = context.model_name
-        self.version = str(context.manifest.get("model", {}).get("modelVersion") or self.config.version)
-        self.device, dtype = pick_device(properties.get("gpu_id"))
-
+        self.version = str(context.manifest.get("model", {}).get("modelVersion") or "1")
+        device, dtype = pick_device(properties.get("gpu_id"))
         base = str(model_dir / BASE_DIR) if self.config.bundled_base else self.config.base
-        adapter = model_dir / ADAPTER_DIR
-        tokenizer_source = adapter if (adapter / "tokenizer_config.json").exists() else base
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        # Prompts end with the newest turn and the answer marker: cut overlong ones at the start.
-        self.tokenizer.truncation_side = "left"
-        model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base, dtype=dtype), adapter)
-        self.model = (model.merge_and_unload() if self.config.merge_adapter else model).to(self.device).eval()
-        self.initialized = True
-        logger.info(
-            "Persona %s v%s ready on %s (%s, base %s, adapter %s)",
-            self.persona.name, self.version, self.device, dtype,
-            "bundled" if self.config.bundled_base else base, "merged" if self.config.merge_adapter else "unmerged",
+        self.fleet = FleetModel(base, device, dtype, self.config.max_input_tokens)
+        self.adapters: AdapterLRU[Key, PersonaVersion] = AdapterLRU(
+            self.config.max_resident_adapters, self._load_adapter, self._unload_adapter
         )
+        self.routing = RoutingWatch(self.store)
+        self._reported: set[tuple[Key, str]] = set()
+        self._refresh_routing()
+        self.initialized = True
+        logger.info("Fleet worker ready on %s (%s, base %s, store %s, at most %d adapters)",
+                    device, dtype, base, self.store, self.config.max_resident_adapters)
 
     # Every request is a prediction. BaseHandler would send the whole batch down the explain or
     # describe path when only its FIRST request asks for it, failing everyone else's request.
@@ -76,42 +70,45 @@ class PersonaHandler(BaseHandler):
     def _is_describe(self) -> bool:
         return False
 
-    def preprocess(self, data: list[Any]) -> list[Prepared | Rejected]:
+    def preprocess(self, data: list[Any]) -> list[Routed | Rejected]:
         self._observe(BATCH_SIZE, len(data))
-        return [prepare(item, self.persona, self.config.limits) for item in data]
+        self._refresh_routing()
+        table = self.routing.table
+        parsed = [parse(item) for item in data]
+        return [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
 
-    def inference(self, data: list[Prepared | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
-        """Errors pass through; each group of valid requests with equal options is one `generate`."""
+    def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
+        """Errors pass through; per chunk of at most `max_resident_adapters` versions, the adapters
+        are made resident and each group of equal options is one mixed-adapter `generate`."""
         outcomes: list[Any] = list(data)
-        for indices in option_groups(data).values():
-            group: list[Prepared] = [data[i] for i in indices]  # type: ignore[misc]
-            try:
-                replies: list[Outcome] = list(self._generate([item.prompt for item in group], group[0].options))
-            except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
-                logger.exception("generate() failed for %d requests", len(indices))
-                replies = [Rejected(503, "generation_failed", f"{exc.__class__.__name__}: {exc}")] * len(indices)
-            for index, reply in zip(indices, replies):
-                outcomes[index] = reply
+        self._observe(PERSONAS_PER_BATCH, len({item.persona for item in data if isinstance(item, Routed)}))
+        for chunk in key_chunks(data, self.adapters.capacity):
+            entries = {key: self._resident(key) for key in dict.fromkeys(data[i].key for i in chunk)}  # type: ignore[union-attr]
+            for i in chunk:
+                entry = entries[data[i].key]  # type: ignore[union-attr]
+                outcomes[i] = entry if isinstance(entry, Rejected) else prepare(data[i], entry, self.config.limits)  # type: ignore[arg-type]
+            for indices in option_groups(outcomes).values():
+                for index, reply in zip(indices, self._generate([outcomes[i] for i in indices])):
+                    outcomes[index] = reply
         return outcomes
 
-    def _generate(self, prompts: list[str], options: dict[str, Any]) -> list[InferenceResponse]:
-        """One padded `generate` for prompts that share generation options."""
+    def _generate(self, group: list[Prepared]) -> list[Outcome]:
+        """One padded `generate` for requests that share generation options, each row its adapter."""
         started = time.perf_counter()
-        encoded = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.config.max_input_tokens
-        ).to(self.device)
-        with torch.inference_mode():
-            output = self.model.generate(**encoded, **options, pad_token_id=self.tokenizer.pad_token_id)
+        try:
+            texts, counts = self.fleet.generate(
+                [item.prompt for item in group], [item.entry.adapter_name for item in group], group[0].options
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
+            logger.exception("generate() failed for %d requests", len(group))
+            return [Rejected(503, "generation_failed", f"{exc.__class__.__name__}: {exc}")] * len(group)
         elapsed = time.perf_counter() - started
-        sequences = output[:, 1:]  # drop the decoder start token
-        counts = (sequences != self.tokenizer.pad_token_id).sum(dim=1).tolist()
-        texts = decode_replies(self.tokenizer, sequences)
-        for _ in prompts:
+        for _ in group:
             self._observe(GENERATION_SECONDS, elapsed)
         self._observe(TOKENS_GENERATED, sum(counts))
         return [
-            InferenceResponse(reply=text.strip(), model_version=self.version, tokens=count)
-            for text, count in zip(texts, counts)
+            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count)
+            for item, text, count in zip(group, texts, counts)
         ]
 
     def postprocess(self, data: list[Outcome]) -> list[str]:
@@ -126,6 +123,46 @@ class PersonaHandler(BaseHandler):
             else:
                 bodies.append(json.dumps(outcome.model_dump(), ensure_ascii=False))
         return bodies
+
+    # --- adapters and routing ------------------------------------------------------------
+    def _resident(self, key: Key) -> PersonaVersion | Rejected:
+        """The version's entry, loading its adapter if needed; a 503 value when it cannot be."""
+        try:
+            entry, _ = self.adapters.get(key)
+        except AdapterUnavailable as exc:
+            if (key, str(exc)) not in self._reported:  # logged once per version and reason
+                self._reported.add((key, str(exc)))
+                logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
+            return Rejected(503, "adapter_unavailable", str(exc))
+        finally:
+            self._observe(RESIDENT_ADAPTERS, len(self.adapters))
+        return entry
+
+    def _load_adapter(self, key: Key) -> PersonaVersion:
+        started = time.perf_counter()
+        entry = self.fleet.load(self.store, *key)
+        self._observe(ADAPTER_LOAD_SECONDS, time.perf_counter() - started)
+        self._observe(ADAPTER_LOADS, 1)
+        logger.info("Loaded %s v%d in %.2f s", key[0], key[1], time.perf_counter() - started)
+        return entry
+
+    def _unload_adapter(self, key: Key, entry: PersonaVersion) -> None:
+        self.fleet.unload(entry)
+        self._observe(ADAPTER_EVICTIONS, 1)
+        logger.info("Evicted %s v%d", *key)
+
+    def _refresh_routing(self) -> None:
+        """Take a changed routing table into force; a persona whose serving version moved while its
+        old one was resident gets the new adapter loaded first, so the switch costs no request."""
+        table = self.routing.poll()
+        if table is None:
+            return
+        for persona, entry in table.personas.items():
+            before = self.routing.table.resolve(persona)
+            if before is not None and before != entry.serving and (persona, before) in self.adapters:
+                self._resident((persona, entry.serving))
+        self.routing.accept(table)
+        logger.info("Routing table in force: %s", {p: r.serving for p, r in table.personas.items()})
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
         """Record a custom metric; a metrics problem is logged, never allowed to fail requests."""

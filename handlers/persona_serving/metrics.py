@@ -46,7 +46,28 @@ ERRORS = MetricSpec(
     "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...)",
 )
-HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS)
+RESIDENT_ADAPTERS = MetricSpec(
+    "persona_handler_resident_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "persona versions whose LoRA adapter is loaded in a worker (at most maxResidentAdapters)",
+)
+ADAPTER_LOADS = MetricSpec(
+    "persona_handler_adapter_loads_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapters loaded from the model store (first use, after an eviction, or preloaded for a switch)",
+)
+ADAPTER_EVICTIONS = MetricSpec(
+    "persona_handler_adapter_evictions_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapters dropped to make room (LRU): a steady rate means maxResidentAdapters is too small",
+)
+ADAPTER_LOAD_SECONDS = MetricSpec(
+    "persona_handler_adapter_load_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "time to read and load one adapter (what a cold persona adds to its first request)",
+)
+PERSONAS_PER_BATCH = MetricSpec(
+    "persona_handler_personas_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "distinct personas in one handler call (mixed-persona batching at work)",
+)
+HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
+                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH)
 
 
 def metrics_config() -> dict:

@@ -1,7 +1,10 @@
-"""One request of a batch, from TorchServe's raw item to a prompt - or to the reason it is refused.
+"""One request of a batch, from TorchServe's raw item to a prompt for one persona version - or to
+the reason it is refused.
 
 Kept apart from the handler (and free of torch) so every rule about bad input is plain,
 testable code: errors are values, one per request, never exceptions that would fail the batch.
+The steps, in the handler's order: `parse` (the body), `route` (which version answers, from the
+routing table), then - once that version's adapter is resident - `prepare` (the prompt).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,14 +22,44 @@ from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
+from personafleet.routing import RoutingTable
+
+
+@dataclass(frozen=True)
+class PersonaVersion:
+    """A version resident on a worker: what its prompts are built from and its adapter's name."""
+
+    persona: str
+    version: int
+    spec: PersonaSpec
+    folder: Path
+
+    @property
+    def adapter_name(self) -> str:
+        # PEFT keeps adapters in ModuleDicts: no dots in the name.
+        return f"{self.persona}--v{self.version}"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A valid request and the version the routing table gives it."""
+
+    request: InferenceRequest
+    persona: str
+    version: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.persona, self.version
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A valid request: the prompt training would have built, and its clamped generation options."""
+    """A request ready for `generate`: its prompt, clamped options and the adapter that answers."""
 
     prompt: str
     options: dict[str, Any]
+    entry: PersonaVersion
 
     def options_key(self) -> tuple:
         return tuple(sorted(self.options.items()))
@@ -60,8 +94,8 @@ def _validation_reason(exc: ValidationError) -> Rejected:
     return Rejected(400, "invalid_request", detail)
 
 
-def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepared | Rejected:
-    """Validate one raw request and render its prompt with the shared `render_prompt`."""
+def parse(item: Any) -> InferenceRequest | Rejected:
+    """Validate one raw request body; the fleet needs the persona named."""
     try:
         payload = _payload(item)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -72,21 +106,50 @@ def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepar
         request = InferenceRequest.model_validate(payload)
     except ValidationError as exc:
         return _validation_reason(exc)
-    if request.persona is not None and request.persona != persona.name:
-        return Rejected(400, "persona_mismatch", f"this model serves {persona.name!r}, not {request.persona!r}")
-    options = clamp_generation(persona.generation, request.generation, limits)
+    if request.persona is None:
+        return Rejected(400, "missing_field", "persona: the fleet model needs the persona to answer as")
+    return request
+
+
+def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
+    """The version that answers: the pinned one if the table lists it, else the serving one."""
+    persona = request.persona or ""
+    version = table.resolve(persona, request.version)
+    if version is not None:
+        return Routed(request, persona, version)
+    if persona not in table.personas:
+        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here")
+    listed = ", ".join(str(v) for v in table.personas[persona].versions)
+    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})")
+
+
+def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
+    """The prompt training would have built for this version's persona (the shared `render_prompt`)."""
+    spec, request = entry.spec, routed.request
+    options = clamp_generation(spec.generation, request.generation, limits)
     if not options.get("do_sample", False):
         # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
         # requests share a batch group and keeps `generate` from warning on every call.
         options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
-    return Prepared(render_prompt(persona.template, persona.description, request.turns()), options)
+    return Prepared(render_prompt(spec.template, spec.description, request.turns()), options, entry)
 
 
-def option_groups(items: Sequence[Prepared | Rejected]) -> dict[tuple, list[int]]:
-    """Indices of the valid requests, grouped by identical generation options: each group is
-    one padded `generate` call (options are per call, not per row)."""
+def option_groups(items: Sequence[object]) -> dict[tuple, list[int]]:
+    """Indices of the prepared requests, grouped by identical generation options: each group is
+    one padded `generate` call (options are per call, not per row; adapters are per row)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
         if isinstance(item, Prepared):
             groups[item.options_key()].append(index)
     return dict(groups)
+
+
+def key_chunks(items: Sequence[object], most: int) -> list[list[int]]:
+    """Indices of the routed requests, in chunks that need at most `most` distinct versions (the
+    worker's LRU size): every adapter of a chunk stays resident while the chunk generates."""
+    by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        if isinstance(item, Routed):
+            by_key[item.key].append(index)
+    keys = list(by_key)
+    return [sorted(i for key in keys[start:start + most] for i in by_key[key]) for start in range(0, len(keys), most)]

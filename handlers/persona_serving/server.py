@@ -1,4 +1,10 @@
-"""`persona serve`: run TorchServe for a model store, locally or as a container's entrypoint.
+"""`persona serve`: run TorchServe with the fleet model for a model store, locally or as a
+container's entrypoint.
+
+At every start the fleet archive (`fleet.mar`: handler, base reference, settings; see
+persona_serving.archive) is built into W/models/ - TorchServe's own model store - and registered;
+its workers load adapters from the model store given by `--model-store` (passed to them as
+$PERSONA_MODEL_STORE) as requests name personas. What serves is the store's routing table.
 
 Everything TorchServe writes lives in one working directory W (default `.persona/serve/`):
 `config.properties`, `metrics.yaml`, `logs/`, `tmp/` (TorchServe's java.io.tmpdir and pid file,
@@ -13,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,13 +27,17 @@ import time
 from pathlib import Path
 
 import psutil
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, Field
 
+from persona_serving.archive import ArchiveOptions, build_fleet_archive
+from persona_serving.config import MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
-from persona_serving.store import archive_version, stage
 from personafleet.client import ENDPOINTS_FILE
 from personafleet.errors import PersonaError
+from personafleet.inference import FLEET_MODEL, GenerationLimits
+from personafleet.routing import RoutingTable, update_routing
+from personafleet.store import published_versions
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,11 @@ DEFAULT_WORKDIR = Path(".persona/serve")
 
 class ServeOptions(BaseModel):
     model_store: Path
+    base: str = Field(description="the base model every adapter of the store was trained on (hub id or path)")
+    bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
+    max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
+    max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
+    archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
     host: str = Field("127.0.0.1", description="address the public listeners bind (0.0.0.0 in a pod)")
     inference_port: int = 8080
@@ -92,17 +106,8 @@ class ServeOptions(BaseModel):
 
     @property
     def links(self) -> Path:
-        """TorchServe's model_store: symlinks into the real store (see persona_serving.store)."""
+        """TorchServe's own model_store: fleet.mar (and the links the auth front stages)."""
         return self.workdir.resolve() / "models"
-
-
-class ModelEntry(BaseModel):
-    version: str
-    url: str
-
-
-class DesiredModels(RootModel[dict[str, ModelEntry]]):
-    """Contract 2: `{"<persona>": {"version": "N", "url": "<persona>/vN/<persona>.mar"}}`."""
 
 
 def free_port() -> int:
@@ -159,7 +164,7 @@ def _environment(options: ServeOptions) -> dict[str, str]:
     tmp = str(workdir / "tmp")
     # TEMP -> java.io.tmpdir; TMPDIR -> where the `torchserve` launcher keeps its pid file.
     env = os.environ | {"TEMP": tmp, "TMPDIR": tmp, "LOG_LOCATION": str(workdir / "logs"),
-                        "METRICS_LOCATION": str(workdir / "logs")}
+                        "METRICS_LOCATION": str(workdir / "logs"), MODEL_STORE_ENV: str(options.model_store.resolve())}
     if options.torch_threads is not None:
         env["OMP_NUM_THREADS"] = str(options.torch_threads)
     return env
@@ -197,6 +202,7 @@ def start(options: ServeOptions) -> int:
     if (pid := running_pid(workdir)) is not None:
         raise PersonaError(f"TorchServe already runs from {workdir} (pid {pid}); `persona serve --stop` first")
     config = write_config(options)
+    build_fleet_archive(options.links, fleet_config(options), options=options.archive)
     (workdir / KEY_FILE).unlink(missing_ok=True)
     launcher_pid_file = workdir / "tmp" / ".model_server.pid"
     launcher_pid_file.unlink(missing_ok=True)
@@ -234,34 +240,14 @@ def stop(workdir: Path, timeout: float = 60) -> bool:
     return True
 
 
-def resolve_models(model_store: Path, names: list[str]) -> DesiredModels:
-    """Which .mar to load for each persona: `STORE/<name>.mar` (flat, local) or the newest
-    `STORE/<name>/v<N>/<name>.mar` (the nested store the operator writes). No names: every persona."""
-    if not names:
-        names = sorted({p.stem for p in model_store.glob("*.mar")} | {p.parent.parent.name for p in model_store.glob("*/v*/*.mar")})
-        if not names:
-            raise PersonaError(f"no .mar files in {model_store}; run `persona package` first")
-    entries = {}
-    for name in names:
-        nested = sorted(
-            (int(m.group(1)), p) for p in model_store.glob(f"{name}/v*/{name}.mar")
-            if (m := re.fullmatch(r"v(\d+)", p.parent.name))
-        )
-        if nested:
-            version, path = nested[-1]
-            entries[name] = ModelEntry(version=str(version), url=str(path.relative_to(model_store)))
-        elif (model_store / f"{name}.mar").is_file():
-            entries[name] = ModelEntry(version=archive_version(model_store / f"{name}.mar"), url=f"{name}.mar")
-        else:
-            raise PersonaError(f"no {name}.mar in {model_store} (flat) or {model_store}/{name}/v<N>/ (nested)")
-    return DesiredModels(entries)
-
-
-def read_models_file(path: Path) -> DesiredModels:
-    try:
-        return DesiredModels.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PersonaError(f"cannot read models file {path}: {exc}") from exc
+def fleet_config(options: ServeOptions) -> FleetConfig:
+    """The handler's settings; a local base path is made absolute (workers run elsewhere)."""
+    base = str(Path(options.base).resolve()) if Path(options.base).exists() else options.base
+    return FleetConfig(
+        base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
+        max_resident_adapters=options.max_resident_adapters,
+        limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
+    )
 
 
 async def wait_until_up(options: ServeOptions, pid: int) -> None:
@@ -282,38 +268,44 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
             await asyncio.sleep(0.3)
 
 
-async def register_models(options: ServeOptions, models: DesiredModels) -> dict[str, str]:
-    """Register each persona's .mar (workers as its model-config.yaml says) and make the wanted
-    version the default. Returns persona -> serving version."""
-    serving = {}
+async def register_fleet(options: ServeOptions) -> None:
+    """Register `fleet.mar` (built by `start`) with its workers up before returning."""
     async with ManagementClient(options.management_url, token_file=options.key_file,
                                 timeout=options.startup_timeout_s) as management:
-        for name, entry in models.root.items():
-            logger.info("Registering %s from %s", name, entry.url)
-            try:
-                staged = stage(options.model_store.resolve(), entry.url, options.links)
-                version = archive_version(options.links / staged)
-                if entry.version and entry.version != version:
-                    raise PersonaError(f"{entry.url} holds version {version}, not {entry.version}")
-                await management.register(staged, initial_workers=None, synchronous=True)
-                await management.set_default(name, version)
-            except ManagementError as exc:
-                raise PersonaError(f"cannot load {name} from {entry.url}: {exc}") from exc
-            serving[name] = version
-    return serving
+        try:
+            await management.register(f"{FLEET_MODEL}.mar", initial_workers=None, synchronous=True)
+        except ManagementError as exc:
+            raise PersonaError(f"cannot load the fleet model: {exc}; see {options.workdir / 'logs'}") from exc
 
 
-def serve_background(options: ServeOptions, names: list[str]) -> dict[str, str]:
-    """`persona serve`: start, load the models, return once they answer; stop again on failure."""
+def route_unlisted(store: Path) -> RoutingTable:
+    """Locally, a persona published but not yet in the routing table serves its newest version
+    (in a cluster the operator writes the table); the table as written."""
+    published = published_versions(store)
+
+    def add_unlisted(table: RoutingTable) -> None:
+        for persona, versions in published.items():
+            if persona not in table.personas:
+                table.add(persona, versions[-1], serve=True)
+
+    return update_routing(store, add_unlisted)
+
+
+def serve_background(options: ServeOptions) -> RoutingTable:
+    """`persona serve`: route unlisted personas, start, register the fleet model, return the
+    routing table once the fleet answers; stop again on failure."""
     options.workdir.mkdir(parents=True, exist_ok=True)
-    models = resolve_models(options.model_store, names)
+    if not options.model_store.is_dir():
+        raise PersonaError(f"model store {options.model_store} is not a directory")
+    table = route_unlisted(options.model_store)
     pid = start(options)
     try:
         asyncio.run(wait_until_up(options, pid))
-        return asyncio.run(register_models(options, models))
+        asyncio.run(register_fleet(options))
     except BaseException:
         stop(options.workdir)
         raise
+    return table
 
 
 def endpoints(options: ServeOptions) -> dict[str, str]:
@@ -326,12 +318,11 @@ def endpoints(options: ServeOptions) -> dict[str, str]:
     }
 
 
-def serve_foreground(options: ServeOptions, models_file: Path | None, names: list[str]) -> int:
-    """The container entrypoint: start TorchServe, load the desired versions, open the auth front
+def serve_foreground(options: ServeOptions) -> int:
+    """The container entrypoint: start TorchServe, register the fleet model, open the auth front
     (when token files are given), then stay until SIGTERM/SIGINT - stopping TorchServe - or until
     TorchServe dies (exit status 1, so the pod restarts)."""
     options.workdir.mkdir(parents=True, exist_ok=True)
-    models = read_models_file(models_file) if models_file else resolve_models(options.model_store, names)
     pid = start(options)
 
     async def run() -> int:
@@ -340,7 +331,8 @@ def serve_foreground(options: ServeOptions, models_file: Path | None, names: lis
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await wait_until_up(options, pid)
-        logger.info("Serving %s", json.dumps(await register_models(options, models)))
+        await register_fleet(options)
+        logger.info("Serving the fleet of %s from %s", options.base, options.model_store)
         front = asyncio.create_task(_front(options, stopping)) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):

@@ -1,5 +1,5 @@
-"""A stand-in for TorchServe speaking the inference contract (`POST /predictions/<persona>`,
-bearer token), whose speed and availability the tests control."""
+"""A stand-in for TorchServe speaking the inference contract (contract 3: `POST /predictions/fleet`,
+the persona in the body, bearer token), whose speed and availability the tests control."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 from pydantic import ValidationError
 
-from personafleet.inference import InferenceRequest
+from personafleet.inference import FLEET_MODEL, InferenceRequest
 
 STUB_TOKEN = "stub-inference-token"
 
@@ -26,8 +26,7 @@ class StubModel:
 
     async def start(self, port: int = 0) -> str:
         app = web.Application()
-        app.router.add_post("/predictions/{persona}", self._predict)
-        app.router.add_post("/predictions/{persona}/{version}", self._predict)
+        app.router.add_post("/predictions/{model}", self._predict)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
@@ -55,10 +54,12 @@ class StubModel:
             body = InferenceRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return web.json_response({"error": "bad_request", "detail": str(exc.errors()[0]["msg"])}, status=400)
-        persona = request.match_info["persona"]
+        if request.match_info["model"] != FLEET_MODEL or body.persona is None:
+            return web.json_response({"error": "unknown_persona", "detail": "no such model or persona"}, status=404)
+        persona = body.persona
         self.requests.append((persona, body))
         if self.delay:
             await asyncio.sleep(self.delay)
         reply = f"[{persona}] re: {body.message}"
         self.busy_seconds.append(time.perf_counter() - started)
-        return web.json_response({"reply": reply, "model_version": "1", "tokens": len(reply.split())})
+        return web.json_response({"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())})

@@ -69,7 +69,7 @@ def torchserve_metrics(torchserve) -> str:
             reply = await client.reply(torchserve.persona, InferenceRequest(message="Привет, как дела с деплоем?"))
             assert reply.reply and reply.model_version
             with pytest.raises(InferenceRejected):
-                await client.reply(torchserve.persona, InferenceRequest(persona="someone-else", message="hi"))
+                await client.reply("someone-else", InferenceRequest(message="hi"))
 
     asyncio.run(traffic())
     response = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
@@ -123,7 +123,8 @@ def test_every_query_names_a_metric_a_component_exports(path, exported):
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_the_dashboard_covers_what_operators_watch(path):
     """Request rate, p50/p95/p99 of inference by persona and version, queue latency, bot end-to-end
-    latency, errors, training durations, rollout outcomes, GPU use."""
+    latency, errors, the fleet's adapters (resident, loads, evictions, load time, personas per
+    batch), training durations, rollout outcomes, GPU use."""
     dashboard = json.loads(path.read_text())
     text = "\n".join(expr for _, expr in queries(dashboard))
     for quantile in ("0.5", "0.95", "0.99"):
@@ -131,6 +132,8 @@ def test_the_dashboard_covers_what_operators_watch(path):
         assert f"histogram_quantile({quantile}, sum by (le, persona) (rate(persona_bot_reply_latency_seconds_bucket" in text
     for metric in ("ts_inference_requests_total", "ts_queue_latency_microseconds", "persona_handler_errors_total",
                    "persona_bot_replies_total", "persona_operator_training_duration_seconds_sum",
-                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL"):
+                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_resident_adapters",
+                   "persona_handler_adapter_loads_total", "persona_handler_adapter_evictions_total",
+                   "persona_handler_adapter_load_seconds_bucket", "persona_handler_personas_per_batch_bucket"):
         assert metric in text, metric
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")

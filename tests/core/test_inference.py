@@ -26,6 +26,8 @@ def test_request_turns_end_with_the_new_message_as_a_user_turn():
         {"message": "x", "context": [{"role": "bot", "text": "?"}]},
         {"message": "x", "context": [{"role": "user", "text": "t"}] * (MAX_CONTEXT_TURNS + 1)},
         {"message": "x", "unknown": 1},
+        {"message": "x", "version": "1.0"},
+        {"message": "x", "version": 0},
     ],
 )
 def test_malformed_requests_are_rejected(payload):
@@ -48,3 +50,8 @@ def test_generation_options_are_clamped_and_fall_back_to_the_persona_defaults():
         "num_beams": 4,
     }
     assert clamp_generation(GenerationOptions(), None, GenerationLimits())["max_new_tokens"] == 128
+
+
+def test_a_pinned_version_follows_the_one_version_rule():
+    assert InferenceRequest(persona="devops-dude", message="x", version="v3").version == 3
+    assert InferenceRequest(message="x", version=2).version == 2

@@ -25,9 +25,10 @@ async def flaky_server(failures: int, status: int = 503):
     async def predict(request: web.Request) -> web.Response:
         calls.append(time.monotonic())
         assert request.headers["Authorization"] == "Bearer plain-token"
+        assert request.match_info["name"] == "fleet" and (await request.json())["persona"] == "devops-dude"
         if len(calls) <= failures:
             return web.json_response({"error": "busy", "detail": "try later"}, status=status)
-        return web.json_response({"reply": "ок", "model_version": "1", "tokens": 1})
+        return web.json_response({"reply": "ок", "persona": "devops-dude", "model_version": "1", "tokens": 1})
 
     app = web.Application()
     app.router.add_post("/predictions/{name}", predict)
@@ -84,12 +85,12 @@ async def test_client_rereads_a_rotated_key(torchserve):
 
 
 @pytest.mark.slow
-async def test_client_renews_an_expired_key(tmp_path: Path):
+async def test_client_renews_an_expired_key(tiny_base: Path, tmp_path: Path):
     """Keys that expire after 3 s: the key file's API key gets a fresh one from the server."""
     store = tmp_path / "store"
     store.mkdir()
     options = ServeOptions(
-        model_store=store, workdir=tmp_path / "serve", token_expiration_min=0.05,
+        model_store=store, base=str(tiny_base), workdir=tmp_path / "serve", token_expiration_min=0.05,
         inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
         grpc_ports=(free_port(), free_port()),
     )

@@ -1,5 +1,5 @@
 """The container entrypoint (`persona serve --foreground`) with the auth front, as in Kubernetes:
-Secret tokens outside, TorchServe's own short-lived keys inside, nested store urls registered."""
+Secret tokens outside, TorchServe's own short-lived keys inside, the fleet registered at start."""
 
 import asyncio
 import functools
@@ -18,11 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from persona_serving.archive import build_fleet_archive
+from persona_serving.config import FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.store import SOURCE_RULE
 from personafleet.client import InferenceClient, InferenceRejected
 from personafleet.inference import InferenceRequest
-from tests.fixtures.torchserve import PERSONA, build_mar, free_port
+from personafleet.routing import update_routing
+from tests.fixtures.torchserve import PERSONA, free_port, publish
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +34,19 @@ KEY_LIFETIME_S = 3
 
 
 @pytest.fixture(scope="module")
-def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+def pod(tiny_run: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("pod")
     store = root / "store"
-    for version in ("1", "2"):
-        build_mar(tiny_run, PERSONA, version, store)
-    models = root / "models.json"
-    models.write_text(json.dumps({PERSONA: {"version": "1", "url": f"{PERSONA}/v1/{PERSONA}.mar"}}))
+    for version in (1, 2):
+        publish(tiny_run, PERSONA, version, store)
+    update_routing(store, lambda table: table.add(PERSONA, 1, serve=True))
     secrets = {"inference": root / "inference-token", "management": root / "management-token"}
     secrets["inference"].write_text("inference-secret\n")
     secrets["management"].write_text("management-secret\n")
     ports = {name: free_port() for name in ("inference", "management", "metrics", "backend-inference", "backend-management")}
     command = [
         sys.executable, "-m", "personafleet.cli", "serve", "--foreground", "--model-store", str(store),
-        "--models-file", str(models), "--workdir", str(root / "serve"),
+        "--base", str(tiny_base), "--workdir", str(root / "serve"),
         "--inference-port", str(ports["inference"]), "--management-port", str(ports["management"]),
         "--metrics-port", str(ports["metrics"]), "--backend-ports", str(ports["backend-inference"]), str(ports["backend-management"]),
         "--grpc-ports", str(free_port()), str(free_port()),
@@ -56,7 +58,7 @@ def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     inference = f"http://127.0.0.1:{ports['inference']}"
     try:
         deadline = time.monotonic() + 180
-        while True:  # the front opens only once the models are registered: /ping means ready
+        while True:  # the front opens only once the fleet is registered: /ping means ready
             assert process.poll() is None, (root / "entrypoint.log").read_text()[-3000:]
             try:
                 if httpx.get(f"{inference}/ping", timeout=2).status_code == 200:
@@ -67,7 +69,7 @@ def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.5)
         yield {"process": process, "inference": inference, "management": f"http://127.0.0.1:{ports['management']}",
                "backend-management": f"http://127.0.0.1:{ports['backend-management']}",
-               "secrets": secrets, "workdir": root / "serve", "root": root}
+               "secrets": secrets, "workdir": root / "serve", "root": root, "store": store}
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -77,9 +79,9 @@ def pod(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
 
 async def test_front_requires_the_secret_token(pod):
     async with httpx.AsyncClient(base_url=pod["inference"], timeout=30) as http:
-        anonymous = await http.post(f"/predictions/{PERSONA}", json={"message": "hi"})
-        wrong = await http.post(f"/predictions/{PERSONA}", json={"message": "hi"}, headers={"Authorization": "Bearer nope"})
-        explanation = await http.post(f"/explanations/{PERSONA}", json={"message": "hi"},
+        anonymous = await http.post("/predictions/fleet", json={"persona": PERSONA, "message": "hi"})
+        wrong = await http.post("/predictions/fleet", json={"persona": PERSONA, "message": "hi"}, headers={"Authorization": "Bearer nope"})
+        explanation = await http.post("/explanations/fleet", json={"persona": PERSONA, "message": "hi"},
                                       headers={"Authorization": "Bearer inference-secret"})
     async with httpx.AsyncClient(base_url=pod["management"], timeout=30) as http:
         renewal = await http.get("/token", params={"type": "inference"}, headers={"Authorization": "Bearer management-secret"})
@@ -101,28 +103,26 @@ async def test_front_survives_torchserve_key_expiry(pod):
     assert first.model_version == second.model_version == "1"
 
 
-async def test_operator_rolls_out_a_nested_store_version_through_the_front(pod):
-    async with ManagementClient(pod["management"], token_file=pod["secrets"]["management"]) as management:
-        await management.register(f"{PERSONA}/v2/{PERSONA}.mar", initial_workers=1, synchronous=True)
-        await management.set_default(PERSONA, "2")
-        described = await management.describe(PERSONA)
+async def test_a_routing_switch_reaches_the_pod_and_the_operators_token_passes_inference(pod):
+    update_routing(pod["store"], lambda table: table.add(PERSONA, 2, serve=True))
     # The operator's one token also passes the inference port (its smoke test).
     async with InferenceClient(pod["inference"], token_file=pod["secrets"]["management"]) as client:
         response = await client.reply(PERSONA, REQUEST)
-    assert {d["modelVersion"] for d in described} == {"1", "2"}
-    assert response.model_version == "2"
+        pinned = await client.reply(PERSONA, REQUEST, version=1)
+    assert (response.persona, response.model_version, pinned.model_version) == (PERSONA, "2", "1")
     async with InferenceClient(pod["inference"], token_file=pod["secrets"]["inference"]) as client:
         with pytest.raises(InferenceRejected) as refused:
             await client.reply("no-such-persona", REQUEST)
-    assert refused.value.status == 404
+    assert (refused.value.status, refused.value.error) == (404, "unknown_persona")
 
 
 @pytest.fixture(scope="module")
-def outside(pod, tiny_run: Path):
+def outside(pod, tiny_base: Path):
     """What an attacker holding the management token offers: an archive named `evil` outside the
     store, as a file, unpacked, and on an HTTP server that records every download."""
     root = pod["root"] / "outside"
-    archive = build_mar(tiny_run, "evil", "1", root)
+    archive = build_fleet_archive(root / "built", FleetConfig(base=str(tiny_base)), name="evil")
+    root.mkdir(exist_ok=True)
     shutil.copy(archive, root / "evil.mar")
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(root / "unpacked")

@@ -1,6 +1,8 @@
-"""`persona package`: what goes into a .mar."""
+"""`persona package` publishes a version folder (contract 1); `fleet.mar` holds no persona."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,48 +12,94 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from persona_training.package import ArchiveOptions, build_archive
+from persona_serving.archive import ArchiveOptions, build_fleet_archive
+from persona_serving.config import FleetConfig
+from persona_training.package import publish_version
+from personafleet.errors import PersonaError
 from personafleet.persona import PersonaSpec
+from personafleet.store import published_versions, read_version_info
 
 
-def test_archive_references_the_base_and_carries_persona_and_batching(tiny_run: Path, tiny_base: Path, tmp_path: Path):
-    mar = build_archive(tiny_run, "devops-dude", "3", tmp_path, options=ArchiveOptions(batch_size=4, max_batch_delay_ms=20))
-    assert mar == tmp_path / "devops-dude.mar"
+def persona_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "personafleet.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_a_published_version_holds_adapter_persona_run_and_version_record(tiny_run: Path, tiny_base: Path, tmp_path: Path):
+    out = publish_version(tiny_run, "pm-life", "v3", tmp_path / "store" / "pm-life" / "v3")
+    assert read_version_info(out).model_dump() == {"persona": "pm-life", "version": 3, "base": str(tiny_base)}
+    assert PersonaSpec.model_validate_json((out / "persona.json").read_text()).name == "pm-life"
+    assert {"adapter_config.json", "tokenizer_config.json"} <= {p.name for p in (out / "adapter").iterdir()}
+    assert not any(p.suffix == ".png" or p.name == "report.json" for p in (out / "adapter").iterdir())
+    assert (out / "run" / "report.json").is_file() and not (out / "run" / "merged").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "persona.json", "run", "version.json"]
+    assert published_versions(tmp_path / "store") == {"pm-life": [3]}
+
+
+def test_a_run_trained_inside_the_version_folder_is_published_in_place(tiny_run: Path, tmp_path: Path):
+    """The operator's training Job trains into STORE/NAME/vN/run and publishes that folder."""
+    out = tmp_path / "devops-dude" / "v1"
+    shutil.copytree(tiny_run, out / "run")
+    publish_version(out / "run", "devops-dude", 1, out)
+    assert read_version_info(out).version == 1 and (out / "run" / "report.json").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_another_version_is_never_replaced_silently_but_the_same_one_is(tiny_run: Path, tmp_path: Path):
+    out = tmp_path / "v1"
+    publish_version(tiny_run, "devops-dude", 1, out)
+    with pytest.raises(PersonaError, match="holds version 1, not 3; pass --force"):
+        publish_version(tiny_run, "devops-dude", 3, out)
+    assert read_version_info(out).version == 1
+    publish_version(tiny_run, "devops-dude", 1, out)  # republishing the same version is fine
+    publish_version(tiny_run, "devops-dude", 3, out, force=True)
+    assert read_version_info(out).version == 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folders left behind"
+
+
+def test_cli_refuses_bad_versions_and_runs_with_one_line(tiny_run: Path, tmp_path: Path):
+    result = persona_cli("package", "--run", str(tiny_run), "--name", "devops-dude", "--version", "1.0",
+                         "--out", str(tmp_path / "devops-dude" / "v1"))
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: version '1.0' must be a positive integer")
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    result = persona_cli("package", "--run", str(not_a_run), "--name", "devops-dude", "--version", "1",
+                         "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: no LoRA adapter")
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_fleet_archive_carries_handler_settings_and_batching_but_no_persona(tiny_base: Path, tmp_path: Path):
+    config = FleetConfig(base=str(tiny_base), model_store="/store", max_resident_adapters=7)
+    mar = build_fleet_archive(tmp_path, config, options=ArchiveOptions(batch_size=4, max_batch_delay_ms=20))
+    assert mar == tmp_path / "fleet.mar"
     with zipfile.ZipFile(mar) as archive:
         names = set(archive.namelist())
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-        serving = json.loads(archive.read("serving.json"))
-        persona = PersonaSpec.model_validate_json(archive.read("persona.json"))
+        serving = FleetConfig.model_validate_json(archive.read("serving.json"))
         model_config = yaml.safe_load(archive.read("model-config.yaml"))
-    assert manifest["model"]["modelVersion"] == "3"
-    assert manifest["model"]["handler"] == "handler.py"
-    assert serving["bundled_base"] is False and Path(serving["base"]) == tiny_base.resolve()
-    assert serving["limits"]["max_new_tokens"] == 128
-    assert persona.name == "devops-dude" and persona.generation.max_new_tokens is not None
+    assert manifest["model"]["handler"] == "handler.py" and manifest["model"]["modelName"] == "fleet"
+    assert serving == config
     assert model_config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 120}
-    assert {"adapter/adapter_config.json", "adapter/tokenizer_config.json"} <= names
-    # The run's reports, plots and merged full model stay out of the archive.
-    assert not any(n.startswith(("merged/", "base/")) or n.endswith((".png", "report.json")) for n in names)
+    assert not any(n.startswith(("adapter/", "base/")) or n == "persona.json" for n in names)
 
 
-def test_bundled_base_travels_inside(tiny_run: Path, tmp_path: Path):
-    mar = build_archive(tiny_run, "devops-dude", "1", tmp_path, bundle_base=True)
+def test_the_archiver_never_touches_the_users_tmpdir_folder_of_that_name(tiny_base: Path, tmp_path: Path, monkeypatch):
+    """torch-model-archiver deletes $TMPDIR/<model name>; it runs with a private TMPDIR."""
+    user_tmp = tmp_path / "user-tmp"
+    (user_tmp / "fleet").mkdir(parents=True)
+    (user_tmp / "fleet" / "notes.txt").write_text("mine")
+    monkeypatch.setenv("TMPDIR", str(user_tmp))
+    build_fleet_archive(tmp_path / "out", FleetConfig(base=str(tiny_base)), options=ArchiveOptions())
+    assert (user_tmp / "fleet" / "notes.txt").read_text() == "mine"
+
+
+def test_a_bundled_base_travels_inside(tiny_base: Path, tmp_path: Path):
+    mar = build_fleet_archive(tmp_path, FleetConfig(base=str(tiny_base), bundled_base=True))
     with zipfile.ZipFile(mar) as archive:
         assert "base/config.json" in archive.namelist()
-        assert json.loads(archive.read("serving.json"))["bundled_base"] is True
-
-
-def test_cli_refuses_bad_input_with_one_line(tmp_path: Path):
-    run = tmp_path / "not-a-run"
-    run.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "personafleet.cli", "package", "--run", str(run), "--name", "devops-dude",
-         "--version", "1", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("persona: error: no LoRA adapter")
-    assert "Traceback" not in result.stderr
+    with pytest.raises(PersonaError, match="needs a local base model directory"):
+        build_fleet_archive(tmp_path, FleetConfig(base="ai-forever/FRED-T5-large", bundled_base=True))
 
 
 def test_a_zero_batch_delay_is_refused_because_torchserve_reads_it_as_100_ms():

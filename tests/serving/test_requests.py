@@ -1,18 +1,27 @@
-"""Per-request validation and batching rules of the handler (no server needed)."""
+"""Per-request validation, routing and batching rules of the fleet handler (no server needed)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from persona_serving.requests import Prepared, Rejected, option_groups, prepare
-from persona_serving.store import link_name
-from personafleet.errors import PersonaError
-from personafleet.inference import GenerationLimits
+from persona_serving.requests import (
+    PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
+)
+from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import Turn, render_prompt
+from personafleet.routing import RoutingTable
 
-PERSONA = PersonaSpec(name="devops-dude")
 LIMITS = GenerationLimits()
+TABLE = RoutingTable()
+TABLE.add("devops-dude", 1, serve=True)
+TABLE.add("devops-dude", 2, serve=False)
+TABLE.add("pm-life", 4, serve=True)
+
+
+def entry(persona: str = "devops-dude", version: int = 1, **spec) -> PersonaVersion:
+    return PersonaVersion(persona, version, PersonaSpec(name=persona, **spec), Path("/store") / persona / f"v{version}")
 
 
 def item(body) -> dict:
@@ -20,21 +29,23 @@ def item(body) -> dict:
     return {"body": body if isinstance(body, (dict, list)) else body.encode("utf-8")}
 
 
-def test_valid_request_uses_the_shared_prompt_and_clamps_options():
-    body = {"context": [{"role": "persona", "text": "ку"}], "message": "как дела?",
+def test_a_valid_request_is_routed_and_gets_its_versions_prompt_with_clamped_options():
+    body = {"persona": "pm-life", "context": [{"role": "persona", "text": "ку"}], "message": "как дела?",
             "generation": {"max_new_tokens": 10_000, "temperature": 9.0, "do_sample": True}}
-    prepared = prepare(item(body), PERSONA, LIMITS)
-    assert isinstance(prepared, Prepared)
-    expected = render_prompt(PERSONA.template, PERSONA.description,
+    routed = route(parse(item(body)), TABLE)
+    assert isinstance(routed, Routed) and routed.key == ("pm-life", 4)
+    resident = entry("pm-life", 4, description="Я менеджер продукта.")
+    prepared = prepare(routed, resident, LIMITS)
+    expected = render_prompt(resident.spec.template, "Я менеджер продукта.",
                              [Turn(role="persona", text="ку"), Turn(role="user", text="как дела?")])
-    assert prepared.prompt == expected
+    assert prepared.prompt == expected and prepared.entry is resident
     assert prepared.options["max_new_tokens"] == LIMITS.max_new_tokens
     assert prepared.options["temperature"] == LIMITS.max_temperature
 
 
-def test_raw_bytes_json_is_accepted():
-    prepared = prepare({"body": json.dumps({"message": "привет"}).encode()}, PERSONA, LIMITS)
-    assert isinstance(prepared, Prepared)
+def test_raw_bytes_json_is_accepted_and_a_listed_version_may_be_pinned():
+    routed = route(parse({"body": json.dumps({"persona": "devops-dude", "version": "v2", "message": "hi"}).encode()}), TABLE)
+    assert isinstance(routed, Routed) and routed.key == ("devops-dude", 2)
 
 
 @pytest.mark.parametrize(
@@ -42,40 +53,46 @@ def test_raw_bytes_json_is_accepted():
     [
         ("not json", 400, "invalid_json"),
         ("[1, 2]", 400, "invalid_request"),
-        ({"context": []}, 400, "missing_field"),
-        ({"message": 5}, 400, "invalid_request"),
-        ({"message": "hi", "context": [{"role": "bot", "text": "x"}]}, 400, "invalid_request"),
-        ({"message": "hi", "generation": {"max_new_tokens": "many"}}, 400, "invalid_request"),
-        ({"message": "x" * 5000}, 413, "too_large"),
-        ({"message": "hi", "context": [{"role": "user", "text": "x"}] * 51}, 413, "too_large"),
-        ({"message": "hi", "persona": "someone-else"}, 400, "persona_mismatch"),
+        ({"persona": "devops-dude", "context": []}, 400, "missing_field"),
+        ({"message": "hi"}, 400, "missing_field"),
+        ({"persona": "devops-dude", "message": 5}, 400, "invalid_request"),
+        ({"persona": "devops-dude", "message": "hi", "version": "1.0"}, 400, "invalid_request"),
+        ({"persona": "devops-dude", "message": "hi", "context": [{"role": "bot", "text": "x"}]}, 400, "invalid_request"),
+        ({"persona": "devops-dude", "message": "hi", "generation": {"max_new_tokens": "many"}}, 400, "invalid_request"),
+        ({"persona": "devops-dude", "message": "x" * 5000}, 413, "too_large"),
+        ({"persona": "devops-dude", "message": "hi", "context": [{"role": "user", "text": "x"}] * 51}, 413, "too_large"),
+        ({"persona": "someone-else", "message": "hi"}, 404, "unknown_persona"),
+        ({"persona": "devops-dude", "version": 3, "message": "hi"}, 404, "unknown_version"),
     ],
 )
 def test_bad_input_is_a_value_not_an_exception(body, status, error):
-    rejected = prepare(item(body), PERSONA, LIMITS)
+    parsed = parse(item(body))
+    rejected = parsed if isinstance(parsed, Rejected) else route(parsed, TABLE)
     assert isinstance(rejected, Rejected)
     assert (rejected.status, rejected.error) == (status, error)
     assert json.loads(rejected.body())["error"] == error
 
 
 def test_invalid_utf8_is_refused():
-    rejected = prepare({"body": b"\xff\xfe"}, PERSONA, LIMITS)
+    rejected = parse({"body": b"\xff\xfe{"})
     assert isinstance(rejected, Rejected) and rejected.error == "invalid_json"
 
 
-def test_requests_with_equal_options_share_one_generate_call():
+def test_requests_with_equal_options_share_one_generate_call_whatever_their_persona():
+    greedy = {"max_new_tokens": 8, "do_sample": False}
     items = [
-        prepare(item({"message": "a"}), PERSONA, LIMITS),
-        prepare(item("broken"), PERSONA, LIMITS),
-        prepare(item({"message": "b"}), PERSONA, LIMITS),
-        prepare(item({"message": "c", "generation": {"max_new_tokens": 5}}), PERSONA, LIMITS),
+        Prepared("a", greedy, entry()),
+        Rejected(400, "invalid_json", "x"),
+        Prepared("b", {"max_new_tokens": 4}, entry()),
+        Prepared("c", dict(greedy), entry("pm-life", 4)),
     ]
-    groups = sorted(option_groups(items).values())
-    assert groups == [[0, 2], [3]]
+    assert sorted(option_groups(items).values()) == [[0, 3], [2]]
 
 
-def test_store_urls_map_to_unique_link_names():
-    assert link_name("devops-dude/v3/devops-dude.mar") == "devops-dude.v3.mar"
-    assert link_name("devops-dude.mar") == "devops-dude.mar"
-    with pytest.raises(PersonaError):
-        link_name("other/v3/devops-dude.mar")
+def test_a_batch_needing_more_adapters_than_fit_is_split_by_version():
+    request = InferenceRequest(persona="x", message="hi")
+    keys = [("a", 1), ("b", 1), ("a", 1), ("c", 1), ("b", 1), ("a", 2)]
+    items: list = [Routed(request, *key) for key in keys]
+    items.insert(2, Rejected(404, "unknown_persona", "x"))
+    assert key_chunks(items, 2) == [[0, 1, 3, 5], [4, 6]]
+    assert key_chunks(items, 10) == [[0, 1, 3, 4, 5, 6]]

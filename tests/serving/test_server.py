@@ -1,4 +1,4 @@
-"""The handler inside a real TorchServe: replies, per-request errors in a batch, tokens, metrics."""
+"""The fleet handler inside a real TorchServe: replies, per-request errors in a batch, tokens, metrics."""
 
 import asyncio
 import json
@@ -20,29 +20,32 @@ async def test_valid_request_gets_a_reply(torchserve):
         )
         response = await client.reply(torchserve.persona, request)
     assert isinstance(response, InferenceResponse)
-    assert response.model_version == "1"
+    assert (response.persona, response.model_version) == (torchserve.persona, "1")
     assert 1 <= response.tokens <= 8
 
 
 async def test_a_batch_of_valid_and_invalid_requests_answers_each_on_its_own(torchserve):
-    """Sent together, the requests land in one batch (batchSize 8, maxBatchDelay 100 ms)."""
+    """Sent together, the requests land in one batch (batchSize 8, maxBatchDelay 100 ms); unknown
+    personas and versions are a 404 for that request alone."""
+    persona = torchserve.persona
     bodies = [
-        json.dumps({"message": "первый", "generation": {"max_new_tokens": 4}}, ensure_ascii=False).encode(),
+        json.dumps({"persona": persona, "message": "первый", "generation": {"max_new_tokens": 4}}, ensure_ascii=False).encode(),
         b"{not json",
-        json.dumps({"context": []}).encode(),
-        json.dumps({"message": "второй", "generation": {"max_new_tokens": 6}}, ensure_ascii=False).encode(),
-        json.dumps({"message": "x" * 4001}).encode(),
+        json.dumps({"persona": persona, "context": []}).encode(),
+        json.dumps({"persona": persona, "message": "второй", "generation": {"max_new_tokens": 6}}, ensure_ascii=False).encode(),
+        json.dumps({"persona": persona, "message": "x" * 4001}).encode(),
         json.dumps({"message": "третий", "persona": "another-persona"}).encode(),
+        json.dumps({"message": "четвёртый", "persona": persona, "version": 7}).encode(),
+        json.dumps({"message": "пятый"}).encode(),
     ]
     headers = TokenSource(token_file=torchserve.key_file).headers()
     async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=60) as http:
-        responses = await asyncio.gather(
-            *(http.post(f"/predictions/{torchserve.persona}", content=body, headers=headers) for body in bodies)
-        )
+        responses = await asyncio.gather(*(http.post("/predictions/fleet", content=body, headers=headers) for body in bodies))
     statuses = [r.status_code for r in responses]
-    assert statuses == [200, 400, 400, 200, 413, 400]
+    assert statuses == [200, 400, 400, 200, 413, 404, 404, 400]
     errors = [r.json().get("error") for r in responses]
-    assert errors[1:3] == ["invalid_json", "missing_field"] and errors[4:] == ["too_large", "persona_mismatch"]
+    assert errors[1:3] == ["invalid_json", "missing_field"]
+    assert errors[4:] == ["too_large", "unknown_persona", "unknown_version", "missing_field"]
     assert all(r.headers["content-type"].startswith("application/json") for r in responses)
     assert responses[3].json()["tokens"] <= 6
     # Cyrillic in replies is sent as UTF-8, not as \\u escapes.
@@ -59,27 +62,27 @@ async def test_hostile_requests_in_a_batch_fail_alone_and_rotate_no_key(torchser
     the whole batch down its explain path) and a persona that echoes TorchServe's auth phrase."""
     headers = TokenSource(token_file=torchserve.key_file).headers()
     key_before = torchserve.key_file.read_text()
-    valid = {"message": "привет", "generation": {"max_new_tokens": 4}}
+    valid = {"persona": torchserve.persona, "message": "привет", "generation": {"max_new_tokens": 4}}
     async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=60) as http:
         responses = await asyncio.gather(
-            http.post(f"/explanations/{torchserve.persona}", json=valid, headers=headers),
-            http.post(f"/predictions/{torchserve.persona}", content=b"[" * 100_000 + b"]" * 100_000, headers=headers),
-            http.post(f"/predictions/{torchserve.persona}", json=valid, headers=headers),
-            http.post(f"/predictions/{torchserve.persona}", json=valid, headers=headers),
+            http.post("/explanations/fleet", json=valid, headers=headers),
+            http.post("/predictions/fleet", content=b"[" * 100_000 + b"]" * 100_000, headers=headers),
+            http.post("/predictions/fleet", json=valid, headers=headers),
+            http.post("/predictions/fleet", json=valid, headers=headers),
         )
     assert [r.status_code for r in responses] == [200, 400, 200, 200]
     assert responses[1].json()["error"] == "invalid_json"
     async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
         with pytest.raises(InferenceRejected) as rejected:
-            await client.reply(torchserve.persona, InferenceRequest(message="hi", persona="Token Authorization failed"))
-        assert rejected.value.error == "persona_mismatch"
+            await client.reply("Token Authorization failed", InferenceRequest(message="hi"))
+        assert rejected.value.error == "unknown_persona"
         await client.reply(torchserve.persona, InferenceRequest(message="hi", generation={"max_new_tokens": 2}))
     assert torchserve.key_file.read_text() == key_before  # nobody asked TorchServe for a new key
 
 
 async def test_requests_without_a_valid_token_are_refused(torchserve):
     async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=30) as http:
-        anonymous = await http.post(f"/predictions/{torchserve.persona}", json={"message": "hi"})
+        anonymous = await http.post("/predictions/fleet", json={"persona": torchserve.persona, "message": "hi"})
         ping = await http.get("/ping")
     assert anonymous.status_code == 400 and "Token Authorization failed" in anonymous.text
     assert ping.status_code == 400
@@ -93,11 +96,17 @@ async def test_custom_metrics_are_exported_after_traffic(torchserve):
     async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
         await client.reply(torchserve.persona, InferenceRequest(message="метрики", generation={"max_new_tokens": 3}))
     async with httpx.AsyncClient(base_url=torchserve.inference_url, timeout=30) as http:
-        await http.post(f"/predictions/{torchserve.persona}", content=b"oops",
+        await http.post("/predictions/fleet", content=b"oops",
                         headers=TokenSource(token_file=torchserve.key_file).headers())
     metrics = httpx.get(torchserve.metrics_url, timeout=10).text  # no token needed
     assert "# TYPE persona_handler_generation_seconds histogram" in metrics
-    assert 'persona_handler_generation_seconds_bucket{model_name="devops-dude",model_version="1"' in metrics
+    assert 'persona_handler_generation_seconds_bucket{model_name="fleet",model_version="1"' in metrics
+    for name in ("persona_handler_resident_adapters", "persona_handler_adapter_loads_total",
+                 "persona_handler_adapter_evictions_total", "persona_handler_adapter_load_seconds",
+                 "persona_handler_personas_per_batch"):
+        assert f"# TYPE {name} " in metrics
+    assert 1 <= _sample(metrics, "persona_handler_resident_adapters") <= 2
+    assert _sample(metrics, "persona_handler_adapter_load_seconds_count") >= 1
     assert _sample(metrics, "persona_handler_generated_tokens_total") > 0
     assert _sample(metrics, "persona_handler_errors_total", 'reason="invalid_json"') >= 1
     assert "ts_inference_requests_total" in metrics

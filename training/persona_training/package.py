@@ -1,55 +1,41 @@
-"""`persona package`: a training run directory -> a versioned TorchServe `.mar`.
+"""`persona package`: a training run -> a published version in the model store (contract 1).
 
-The archive carries the handler, the LoRA adapter (and its tokenizer), `persona.json` (the
-persona's description, prompt template and generation defaults), `serving.json` (where the base
-model is, merge on/off, limits) and `model-config.yaml` (batching, workers, timeout).
+    STORE/<persona>/v<N>/adapter/       the LoRA adapter and its tokenizer (nothing else of the run)
+    STORE/<persona>/v<N>/persona.json   the persona's description, template and generation defaults
+    STORE/<persona>/v<N>/run/           the training run (report, checkpoints; not a merged model)
+    STORE/<persona>/v<N>/version.json   {"persona", "version", "base"}, written last
 
-The base model is REFERENCED by default (hub id or mounted path, from the adapter's
-`base_model_name_or_path` or `--base-path`): every persona and every version shares one base, so
-a .mar stays a few MB instead of the base's GBs (FRED-T5-large is ~3.5 GB), rollouts copy and
-unpack little, and the base is cached once per node. `--bundle-base` copies a local base into
-the archive for a self-contained .mar (air-gapped hosts, one-off demos).
+The folder is assembled beside its destination and renamed into place with `version.json`
+already inside, so a worker never loads half a version. The base model stays outside: every
+persona on a base shares one copy, loaded once per serving worker (see docs/serving.md).
+Republishing the same version replaces it; a folder holding another version is kept unless
+`force` (it may be rollback material).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-from model_archiver.model_archiver_config import ModelArchiverConfig
-from model_archiver.model_packaging import generate_model_archive
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
 from personafleet.errors import PersonaError, first_error
-from personafleet.inference import GenerationLimits
 from personafleet.persona import PERSONA_FILE, PERSONA_NAME_PATTERN, PersonaSpec
+from personafleet.routing import parse_version
+from personafleet.store import ADAPTER_DIR, VERSION_FILE, VersionInfo, read_version_info, write_version_info
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter_config.json"
 ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.*", "tokenizer*", "special_tokens_map.json",
                     "added_tokens.json", "spiece.model", "vocab*", "merges.txt")
-# Located without importing it: the handler module pulls in torch, the packager needs none.
-HANDLER_FILE = importlib.util.find_spec("persona_serving.handler").origin
-
-
-class ArchiveOptions(BaseModel):
-    """Serving settings baked into the archive's model-config.yaml and serving.json."""
-
-    batch_size: int = Field(8, ge=1, description="most requests TorchServe hands the handler at once")
-    max_batch_delay_ms: int = Field(30, ge=1, description="how long TorchServe waits to fill a batch; 0 would mean its default, 100 ms")
-    workers: int = Field(1, ge=1, description="worker processes (each holds one copy of the model)")
-    response_timeout_s: int = Field(120, ge=1, description="seconds before TorchServe gives up on a batch")
-    max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
-    merge_adapter: bool = Field(True, description="fold the LoRA weights into the base at load")
+RUN_DIR = "run"
+# A merged full model is a base-sized copy: the fleet never loads it, so it stays out of the store.
+RUN_EXCLUDES = ("merged",)
 
 
 def find_adapter(run_dir: Path) -> Path:
@@ -61,8 +47,7 @@ def find_adapter(run_dir: Path) -> Path:
 
 
 def copy_adapter(adapter: Path, into: Path) -> None:
-    """Only the adapter weights/config and the tokenizer: a run directory also holds reports,
-    plots, checkpoints and possibly a merged full model, none of which belong in the archive."""
+    """Only the adapter weights/config and the tokenizer."""
     into.mkdir(parents=True)
     for pattern in ADAPTER_PATTERNS:
         for path in adapter.glob(pattern):
@@ -91,78 +76,65 @@ def load_persona(run_dir: Path, name: str) -> PersonaSpec:
         persona = PersonaSpec.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as exc:
         raise PersonaError(f"{path} is not a valid persona spec ({first_error(exc, 'persona')})") from None
-    # The TorchServe model name is the persona name: the packaged spec must agree with it.
+    # Requests name the persona: the published spec must agree with the name it is served under.
     return persona.model_copy(update={"name": name})
 
 
-def build_archive(
-    run_dir: Path,
-    name: str,
-    version: str,
-    out_dir: Path,
-    *,
-    base_path: str | None = None,
-    bundle_base: bool = False,
-    options: ArchiveOptions | None = None,
+def _check_replace(out: Path, version: int, force: bool) -> None:
+    """Refuse to overwrite a folder that holds another published version, unless forced."""
+    if not (out / VERSION_FILE).exists() or force:
+        return
+    try:
+        held = read_version_info(out).version
+    except PersonaError:
+        return  # an unreadable record marks no usable version
+    if held != version:
+        raise PersonaError(f"{out} holds version {held}, not {version}; pass --force to replace it")
+
+
+def _replace_dir(build: Path, into: Path) -> None:
+    """Swap a finished folder in for `into` (kept as is until the new one is complete)."""
+    if into.exists():
+        old = into.with_name(f".{into.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        into.rename(old)
+        build.rename(into)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        build.rename(into)
+
+
+def publish_version(
+    run_dir: Path, name: str, version: str | int, out: Path, *, base_path: str | None = None, force: bool = False,
 ) -> Path:
-    """Write `OUT/<name>.mar` (overwriting) and return its path."""
-    options = options or ArchiveOptions()
+    """Publish `run_dir` as version `version` of persona `name` into the folder `out`; returns `out`.
+
+    The run may already be `out/run` (the training Job trains there) or live anywhere else (it is
+    then copied in). `version.json` is removed first and written last, so a worker never loads a
+    version whose adapter and persona do not belong together.
+    """
     if not re.fullmatch(PERSONA_NAME_PATTERN, name):
         raise PersonaError(f"persona name {name!r} must match {PERSONA_NAME_PATTERN}")
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", version):
-        raise PersonaError(f"version {version!r} must be a number such as 3 or 3.1")
-    run_dir = run_dir.resolve()
+    number = parse_version(version)
+    run_dir, out = run_dir.resolve(), out.resolve()
+    if out == run_dir or (out in run_dir.parents and run_dir != out / RUN_DIR):
+        raise PersonaError(f"--out {out} may not contain the run {run_dir} except as {out / RUN_DIR}")
     adapter = find_adapter(run_dir)
     persona = load_persona(run_dir, name)
     base = resolve_base(adapter, base_path)
-    if Path(base).exists():
-        base = str(Path(base).resolve())
-    elif bundle_base:
-        raise PersonaError(f"--bundle-base needs a local base model directory; {base!r} is not one")
+    _check_replace(out, number, force)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="persona-package-") as tmp:
-        staging = Path(tmp) / "extra"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / VERSION_FILE).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as tmp:
+        staging = Path(tmp)
         copy_adapter(adapter, staging / ADAPTER_DIR)
-        if bundle_base:
-            shutil.copytree(base, staging / BASE_DIR)
         (staging / PERSONA_FILE).write_text(persona.model_dump_json(indent=2), encoding="utf-8")
-        serving = ServingConfig(
-            name=name,
-            version=version,
-            base=base,
-            bundled_base=bundle_base,
-            merge_adapter=options.merge_adapter,
-            limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
-        )
-        (staging / SERVING_FILE).write_text(serving.model_dump_json(indent=2), encoding="utf-8")
-        model_config = Path(tmp) / "model-config.yaml"
-        model_config.write_text(
-            yaml.safe_dump(
-                {
-                    "minWorkers": options.workers,
-                    "maxWorkers": options.workers,
-                    "batchSize": options.batch_size,
-                    "maxBatchDelay": options.max_batch_delay_ms,
-                    "responseTimeout": options.response_timeout_s,
-                }
-            ),
-            encoding="utf-8",
-        )
-        logger.info("Archiving %s v%s (base %s, %s)", name, version, base, "bundled" if bundle_base else "referenced")
-        generate_model_archive(
-            ModelArchiverConfig(
-                model_name=name,
-                handler=HANDLER_FILE,
-                version=version,
-                extra_files=str(staging),
-                export_path=tmp,
-                config_file=str(model_config),
-                force=True,
-            )
-        )
-        # Into place in one step: a server may be reading the archive this one replaces.
-        archive = out_dir / f"{name}.mar"
-        shutil.move(Path(tmp) / archive.name, archive.with_suffix(".mar.partial"))
-        os.replace(archive.with_suffix(".mar.partial"), archive)
-    return archive
+        if run_dir != out / RUN_DIR:
+            shutil.copytree(run_dir, staging / RUN_DIR, ignore=shutil.ignore_patterns(*RUN_EXCLUDES))
+            _replace_dir(staging / RUN_DIR, out / RUN_DIR)
+        _replace_dir(staging / ADAPTER_DIR, out / ADAPTER_DIR)
+        (staging / PERSONA_FILE).replace(out / PERSONA_FILE)
+    write_version_info(out, VersionInfo(persona=name, version=number, base=base))
+    logger.info("Published %s v%d into %s (base %s)", name, number, out, base)
+    return out

@@ -1,0 +1,70 @@
+"""The model store's published versions (contract 1): what makes `STORE/<persona>/v<N>/` a version.
+
+    STORE/<persona>/v<N>/adapter/       PEFT adapter_config.json + weights + tokenizer files
+    STORE/<persona>/v<N>/persona.json   the PersonaSpec its prompts are built from
+    STORE/<persona>/v<N>/version.json   {"persona", "version", "base"}: written LAST, atomically
+
+`version.json` marks a complete version: a folder without it is being written (or was abandoned)
+and is never served or routed to. Light (pydantic only): the CLI, the operator and the handler
+all read it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from personafleet.errors import PersonaError, first_error
+from personafleet.persona import PERSONA_NAME_PATTERN
+
+VERSION_FILE = "version.json"
+ADAPTER_DIR = "adapter"
+
+
+class VersionInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    persona: str = Field(pattern=PERSONA_NAME_PATTERN)
+    version: int = Field(ge=1)
+    base: str = Field(description="the base model the adapter was trained on (hub id or path at training time)")
+
+
+def read_version_info(folder: Path) -> VersionInfo:
+    """The `version.json` of a published version; a PersonaError when it is missing or invalid."""
+    path = folder / VERSION_FILE
+    try:
+        return VersionInfo.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise PersonaError(f"{folder} is not a published version (no {VERSION_FILE})") from None
+    except OSError as exc:
+        raise PersonaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValidationError as exc:
+        raise PersonaError(f"{path} is not a valid version record ({first_error(exc, 'version')})") from None
+
+
+def write_version_info(folder: Path, info: VersionInfo) -> None:
+    """Write `version.json` in one rename: a reader sees no file or the whole one."""
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".version-", suffix=".json", delete=False,
+                                     encoding="utf-8") as tmp:
+        tmp.write(info.model_dump_json(indent=2))
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, folder / VERSION_FILE)
+
+
+def published_versions(store: Path) -> dict[str, list[int]]:
+    """Every complete version in the store, per persona, oldest first (folders without a valid
+    `version.json` are skipped: they are being written or were abandoned)."""
+    found: dict[str, list[int]] = {}
+    for record in sorted(store.glob(f"*/v*/{VERSION_FILE}")):
+        try:
+            info = read_version_info(record.parent)
+        except PersonaError:
+            continue
+        if record.parent.name == f"v{info.version}" and record.parent.parent.name == info.persona:
+            found.setdefault(info.persona, []).append(info.version)
+    return {persona: sorted(versions) for persona, versions in found.items()}
