@@ -58,6 +58,7 @@ class ServeOptions(BaseModel):
     startup_timeout_s: float = 300
     auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
     management_token_file: Path | None = Field(None, description="Secret file: the management token")
+    asr: Path | None = Field(None, description="ASR archive to serve as `asr` (default: STORE/asr/asr.mar if present)")
 
     @property
     def front(self) -> bool:
@@ -294,6 +295,17 @@ async def register_models(options: ServeOptions, models: DesiredModels) -> dict[
     return serving
 
 
+async def register_asr_model(options: ServeOptions) -> dict[str, str]:
+    """The ASR model beside the personas, when the store (or `--asr`) has one: {"asr": version}."""
+    from persona_serving.asr_serving import find_asr, register_asr
+
+    archive = find_asr(options.model_store, options.asr)
+    if archive is None:
+        return {}
+    version = await register_asr(options.management_url, options.key_file, options.links, archive, options.startup_timeout_s)
+    return {"asr": version}
+
+
 def serve_background(options: ServeOptions, names: list[str]) -> dict[str, str]:
     """`persona serve`: start, load the models, return once they answer; stop again on failure."""
     options.workdir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +313,7 @@ def serve_background(options: ServeOptions, names: list[str]) -> dict[str, str]:
     pid = start(options)
     try:
         asyncio.run(wait_until_up(options, pid))
-        return asyncio.run(register_models(options, models))
+        return asyncio.run(register_models(options, models)) | asyncio.run(register_asr_model(options))
     except BaseException:
         stop(options.workdir)
         raise
@@ -331,7 +343,7 @@ def serve_foreground(options: ServeOptions, models_file: Path | None, names: lis
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await wait_until_up(options, pid)
-        logger.info("Serving %s", json.dumps(await register_models(options, models)))
+        logger.info("Serving %s", json.dumps(await register_models(options, models) | await register_asr_model(options)))
         front = asyncio.create_task(_front(options, stopping)) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):
