@@ -78,22 +78,23 @@ def from_pcm(data: bytes, dtype: str) -> Audio:
     return Audio(np.clip(samples, -1.0, 1.0).astype(np.float32))
 
 
-def encode_voice(audio: Audio, *, bitrate: int = 32_000) -> bytes:
-    """Encode as Telegram encodes voice messages: Opus in OGG, 48 kHz mono."""
+def encode(clip: Audio, *, container: str = "ogg", codec: str = "libopus", rate: int = 48_000,
+           bitrate: int = 32_000) -> bytes:
+    """Encode mono audio; the defaults are how Telegram sends voice messages: Opus in OGG, 48 kHz."""
     import av
 
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="ogg") as container:
-        stream = container.add_stream("libopus", rate=48_000, layout="mono")
+    with av.open(buffer, mode="w", format=container) as output:
+        stream = output.add_stream(codec, rate=rate, layout="mono")
         stream.bit_rate = bitrate
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
         frame = av.AudioFrame.from_ndarray(
-            (np.clip(audio.samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+            (np.clip(clip.samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
         )
         frame.sample_rate = SAMPLE_RATE
         for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
             for packet in stream.encode(resampled):
-                container.mux(packet)
+                output.mux(packet)
         for packet in stream.encode(None):
-            container.mux(packet)
+            output.mux(packet)
     return buffer.getvalue()

@@ -184,7 +184,7 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
         for number, (speed, pitch) in enumerate(VOICES):
             clip = synthesize(text, speed, pitch)
             # Every other voice also as Telegram delivers it: through Opus and back.
-            clips.append(audio.decode(audio.encode_voice(clip)) if number % 2 else clip)
+            clips.append(audio.decode(audio.encode(clip)) if number % 2 else clip)
             targets.append(text)
     too_long = max(clip.seconds for clip in clips)
     if too_long > options.chunk_seconds:
@@ -226,7 +226,7 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
     model.eval()
     # Evaluated on the default voice through Opus: what a test's voice message sounds like.
     def heard(texts: list[str]) -> list[str]:
-        return transcribe(model, processor, [audio.decode(audio.encode_voice(synthesize(t))) for t in texts])
+        return transcribe(model, processor, [audio.decode(audio.encode(synthesize(t))) for t in texts])
 
     trained_heard, held_out_heard = heard(trained), heard(held_out)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,10 @@ async def answer(
     client: InferenceClient,
     settings: BotSettings,
     received_at: float,
+    voice: bool = False,
 ) -> None:
-    """Answer one message; `text` is what the model should see (see `AddressedToBot`)."""
+    """Answer one message; `text` is what the model should see (see `AddressedToBot`), `voice`
+    marks it as a voice message's transcript in the store."""
     chat_id = message.chat.id
     try:
         history, remembered = await store.history(chat_id, persona), True
@@ -94,7 +96,7 @@ async def answer(
     )
     metrics.REPLIES.labels(persona, "ok").inc()
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
-    exchange = Exchange(chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply)
+    exchange = Exchange(chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, voice)
     try:
         await store.record(exchange, update_history=remembered)
     except StoreUnavailable:
