@@ -148,6 +148,8 @@ def build_model(tokenizer, options: AsrOptions):
     generation.max_length = config.max_target_positions
     generation.forced_decoder_ids = None
     generation.begin_suppress_tokens = [tokenizer.eos_token_id]
+    # Not "derived from the model config": from_pretrained would rebuild it and drop the above.
+    generation._from_model_config = False
     return model
 
 

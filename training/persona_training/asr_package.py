@@ -26,7 +26,8 @@ from personafleet.errors import PersonaError
 logger = logging.getLogger(__name__)
 
 HANDLER_FILE = importlib.util.find_spec("persona_serving.asr_handler").origin
-CHECKPOINT_FILES = ("config.json", "preprocessor_config.json")
+# A model config and a processor's (older checkpoints keep the feature extractor's on its own).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 class AsrArchiveOptions(BaseModel):
@@ -45,9 +46,10 @@ def build_asr_archive(
     options = options or AsrArchiveOptions()
     local = Path(model).is_dir()
     bundle = local if bundle is None else bundle
-    if local and not all((Path(model) / name).is_file() for name in CHECKPOINT_FILES):
-        raise PersonaError(f"{model} is not a speech-to-text checkpoint (needs {' and '.join(CHECKPOINT_FILES)}); "
-                           "`persona init-asr` makes one")
+    if local and not ((Path(model) / "config.json").is_file()
+                      and any((Path(model) / name).is_file() for name in PROCESSOR_FILES)):
+        raise PersonaError(f"{model} is not a speech-to-text checkpoint (needs config.json and a processor "
+                           f"config); `persona init-asr` makes one")
     if bundle and not local:
         raise PersonaError(f"bundling needs a local checkpoint directory; {model!r} is not one")
     if language is not None and not language.isalpha():
