@@ -55,7 +55,8 @@ class BotSettings(BaseModel):
     voice: bool = Field(True, description="answer voice messages, audio files and video notes (through the ASR model)")
     asr_url: str | None = Field(None, description="inference API serving the `asr` model (default: INFERENCE_URL)")
     asr_timeout: float = Field(30.0, gt=0, description="seconds per transcription")
-    asr_language: str = Field("ru", pattern=r"^[a-z]{2,3}$", description="language the ASR model transcribes in (the persona's)")
+    asr_language: str | None = Field(None, pattern=r"^[a-z]{2,3}$",
+                                     description="language to transcribe in (default: the one the ASR archive forces)")
     voice_max_seconds: float = Field(60.0, gt=0, description="longer voice messages are politely refused")
     voice_max_bytes: int = Field(20 * 1024 * 1024, gt=0, le=20 * 1024 * 1024,
                                  description="larger files are refused (the Bot API downloads at most 20 MB)")
