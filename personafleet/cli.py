@@ -235,6 +235,21 @@ def chat(
         sys.exit(1)
 
 
+@app.command()
+def transcribe(
+    audio_file: Annotated[Path, typer.Argument(help="Audio file (WAV, OGG/Opus, MP3, M4A, ...).")],
+    url: Annotated[Optional[str], typer.Option(help="Inference API serving `asr` (default: the local `persona serve`).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="key_file.json or a file holding the token.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Workdir of the local `persona serve`.")] = Path(".persona/serve"),
+    language: Annotated[Optional[str], typer.Option(help="Language to transcribe in (default: the archive's).")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds for the request.")] = 60,
+) -> None:
+    """Print what the served ASR model hears in an audio file."""
+    from persona_serving.listen import transcribe_file
+
+    print(transcribe_file(audio_file, url=url, token_file=token_file, workdir=workdir, language=language, timeout=timeout))
+
+
 # --- bot: persona_bot (bot, export-feedback) ---------------------------------------------
 @app.command()
 def bot() -> None:
