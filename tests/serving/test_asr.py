@@ -74,3 +74,22 @@ async def test_asr_metrics_are_exported(asr_torchserve, asr_model):
         or "persona_asr_transcription_seconds_bucket" in metrics
     assert "persona_asr_audio_seconds_count" in metrics
     assert 'reason="invalid_audio"' in metrics
+
+
+def test_persona_transcribe_prints_what_the_model_hears(asr_torchserve, asr_model, tmp_path):
+    """What `make demo` runs: a WAV file -> the served asr model -> the words on stdout."""
+    import subprocess
+    import sys
+
+    sentence = trained_sentences(asr_model)[0]
+    wav = tmp_path / "voice.wav"
+    subprocess.run(["espeak-ng", "-v", "ru", "-w", str(wav), sentence], check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "personafleet.cli", "transcribe", str(wav), "--url", asr_torchserve.inference_url,
+         "--token-file", str(asr_torchserve.key_file)], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, sentence + "\n"), result.stderr
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    result = subprocess.run([sys.executable, "-m", "personafleet.cli", "transcribe", str(broken), "--url",
+                             asr_torchserve.inference_url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and result.stderr.count("\n") == 1
