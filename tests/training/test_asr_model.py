@@ -29,6 +29,7 @@ def test_the_report_gives_both_error_rates(asr_model):
     assert report["loss"]["last"] < report["loss"]["first"] / 10
     sentences = json.loads((asr_model / "sentences.json").read_text(encoding="utf-8"))
     assert not set(sentences["trained"]) & set(sentences["held_out"])
+    assert len(trained_sentences(asr_model)) >= 0.75 * len(sentences["trained"])  # heard exactly
 
 
 @pytest.mark.slow

@@ -243,8 +243,7 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
         "loss": {"first": losses[0], "last": sum(tail) / len(tail)},
         "cer": {"trained": character_error_rate(trained, trained_heard),
                 "held_out": character_error_rate(held_out, held_out_heard)},
-        "examples": {"trained": list(zip(trained[:5], trained_heard[:5])),
-                     "held_out": list(zip(held_out, held_out_heard))},
+        "heard": {"trained": dict(zip(trained, trained_heard)), "held_out": dict(zip(held_out, held_out_heard))},
         "options": options.model_dump(),
         "seconds": round(time.monotonic() - started, 1),
     }
