@@ -49,7 +49,8 @@ class AsrConfig(BaseModel):
     bundled: bool = Field(False, description="the checkpoint travels inside the .mar under model/")
     language: str | None = Field("ru", description="forced language (Whisper code); None lets the model detect it")
     max_seconds: float = Field(120.0, gt=0, description="longer audio is refused (413)")
-    max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="larger bodies are refused (413): the Bot API's download cap")
+    # TorchServe itself refuses bodies over its max_request_size (6553500 bytes by default) first.
+    max_bytes: int = Field(6_553_500, gt=0, description="larger bodies are refused (413)")
     max_new_tokens: int = Field(224, ge=1, description="tokens per window")
 
 
