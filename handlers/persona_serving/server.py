@@ -295,14 +295,23 @@ async def register_models(options: ServeOptions, models: DesiredModels) -> dict[
     return serving
 
 
-async def register_asr_model(options: ServeOptions) -> dict[str, str]:
-    """The ASR model beside the personas, when the store (or `--asr`) has one: {"asr": version}."""
+async def register_asr_model(options: ServeOptions, *, required: bool = True) -> dict[str, str]:
+    """The ASR model beside the personas, when the store (or `--asr`) has one: {"asr": version}.
+    Not `required` (a serving pod): a speech model that cannot load (e.g. the hub unreachable) is
+    logged and left out, the personas still serve, the bot apologises for voice messages."""
     from persona_serving.asr_serving import find_asr, register_asr
 
     archive = find_asr(options.model_store, options.asr)
     if archive is None:
         return {}
-    version = await register_asr(options.management_url, options.key_file, options.links, archive, options.startup_timeout_s)
+    try:
+        version = await register_asr(options.management_url, options.key_file, options.links, archive,
+                                     options.startup_timeout_s)
+    except PersonaError as exc:
+        if required:
+            raise
+        logger.error("Serving without speech recognition: %s", exc)
+        return {}
     return {"asr": version}
 
 
@@ -343,7 +352,7 @@ def serve_foreground(options: ServeOptions, models_file: Path | None, names: lis
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await wait_until_up(options, pid)
-        logger.info("Serving %s", json.dumps(await register_models(options, models) | await register_asr_model(options)))
+        logger.info("Serving %s", json.dumps(await register_models(options, models) | await register_asr_model(options, required=False)))
         front = asyncio.create_task(_front(options, stopping)) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):

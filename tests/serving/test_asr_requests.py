@@ -49,3 +49,18 @@ def test_long_audio_is_cut_into_windows_and_silence_is_detected():
     pieces = windows(clip, 2 * audio.SAMPLE_RATE)
     assert [len(piece) for piece in pieces] == [32_000, 16_000]
     assert [is_silent(piece) for piece in pieces] == [False, True]
+
+
+async def test_a_serving_pod_keeps_serving_personas_when_the_speech_model_cannot_load(tmp_path):
+    """`persona serve --foreground` (a pod) logs and leaves `asr` out; `persona serve` by hand fails."""
+    from persona_serving.server import ServeOptions, free_port, register_asr_model
+    from personafleet.errors import PersonaError
+
+    store = tmp_path / "store"
+    (store / "asr").mkdir(parents=True)
+    (store / "asr" / "asr.mar").write_bytes(b"not an archive")
+    options = ServeOptions(model_store=store, workdir=tmp_path / "serve", management_port=free_port())
+    assert await register_asr_model(options, required=False) == {}
+    with pytest.raises(PersonaError, match="not a model archive"):
+        await register_asr_model(options)
+    assert await register_asr_model(options.model_copy(update={"model_store": tmp_path / "empty"})) == {}
