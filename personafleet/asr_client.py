@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,9 +45,11 @@ def pcm16(clip: Audio) -> bytes:
 
 
 class AsrClient(AuthorizedClient):
+    """Async client for `POST /predictions/asr` (module docstring: the contract)."""
+
     kind: KeyKind = "inference"
 
-    def __init__(self, base_url: str, *, token: str | None = None, token_file=None, timeout: float = 30.0,
+    def __init__(self, base_url: str, *, token: str | None = None, token_file: str | Path | None = None, timeout: float = 30.0,
                  retries: int = 1, backoff: float = 0.5, model: str = ASR_MODEL):
         super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
         self.retries, self.backoff, self.path = max(0, retries), backoff, f"/predictions/{model}"
