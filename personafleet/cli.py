@@ -108,6 +108,28 @@ def train(
         raise typer.Exit(PREEMPTED_EXIT_CODE) from None
 
 
+@app.command("init-asr")
+def init_asr(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the speech model, its processor and report.json.")],
+    corpus: Annotated[Optional[list[Path]], typer.Option("--corpus", help="Telegram export(s) whose sentences it learns (repeatable). [default: examples/sample-export/result.json]")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
+    sentences: Annotated[int, typer.Option(min=2, help="Most sentences synthesised.")] = 20,
+    held_out: Annotated[int, typer.Option(min=1, help="Sentences kept out of training (CER on unseen speech).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of sentence choice, initialisation and training.")] = 13,
+) -> None:
+    """Build a tiny Whisper that recognises sentences of a chat read by espeak-ng (needs espeak-ng)."""
+    import logging
+
+    from persona_training.asr_model import AsrOptions, init_asr as build
+    from persona_training.base_model import DEFAULT_CORPUS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = AsrOptions(steps=steps, sentences=sentences, held_out=held_out, seed=seed)
+    report = build(out, corpus or [DEFAULT_CORPUS], options)
+    print(f"character error rate: {report['cer']['trained']:.3f} on trained sentences, "
+          f"{report['cer']['held_out']:.3f} on held-out ones (report: {out / 'report.json'})")
+
+
 # --- packaging: persona_training.package (package) ---------------------------------------
 @app.command()
 def package(
@@ -124,7 +146,26 @@ def package(
     print(publish_version(run, name, version, out, base_path=base_path, force=force))
 
 
-# --- serving: persona_serving (serve, switch, chat) --------------------------------------
+@app.command("package-asr")
+def package_asr(
+    model: Annotated[str, typer.Option("--model", help="Speech-to-text checkpoint: a directory (`persona init-asr`) or a hub id (e.g. openai/whisper-large-v3-turbo).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory that receives asr.mar (`persona serve` looks in STORE/asr/).")],
+    version: Annotated[str, typer.Option("--version", help="Archive version.")] = "1",
+    language: Annotated[Optional[str], typer.Option(help="Language forced on the model (Whisper code); 'auto' lets it detect.")] = "ru",
+    bundle: Annotated[Optional[bool], typer.Option("--bundle/--reference", help="Copy the checkpoint into the .mar. [default: bundle a directory, reference a hub id]")] = None,
+    max_seconds: Annotated[float, typer.Option(min=1, help="Longer audio is refused (413).")] = 120,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call.")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms).")] = 30,
+) -> None:
+    """Build the ASR model's TorchServe archive (asr.mar)."""
+    from persona_training.asr_package import AsrArchiveOptions, build_asr_archive
+
+    options = AsrArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
+    print(build_asr_archive(model, out, version=version, language=None if language == "auto" else language,
+                            bundle=bundle, max_seconds=max_seconds, options=options))
+
+
+# --- serving: persona_serving (serve, switch, chat, transcribe) --------------------------
 @app.command()
 def serve(
     model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
@@ -149,6 +190,7 @@ def serve(
     backend_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's own inference/management ports behind the auth front.")] = (18080, 18081),
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
+    asr: Annotated[Optional[Path], typer.Option("--asr", help="ASR archive to serve as `asr`. [default: STORE/asr/asr.mar if present]")] = None,
 ) -> None:
     """Run TorchServe with the fleet model: every persona of the store on one base (background by default; token auth on)."""
     import logging
@@ -170,7 +212,7 @@ def serve(
                                response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
         management_token_file=management_token_file, token_expiration_min=token_expiration_min,
-        backend_ports=backend_ports, grpc_ports=grpc_ports, torch_threads=torch_threads,
+        backend_ports=backend_ports, grpc_ports=grpc_ports, torch_threads=torch_threads, asr=asr,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if foreground:
@@ -218,6 +260,21 @@ def chat(
     refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model)
     if refused:
         sys.exit(1)
+
+
+@app.command()
+def transcribe(
+    audio_file: Annotated[Path, typer.Argument(help="Audio file (WAV, OGG/Opus, MP3, M4A, ...).")],
+    url: Annotated[Optional[str], typer.Option(help="Inference API serving `asr` (default: the local `persona serve`).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="key_file.json or a file holding the token.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Workdir of the local `persona serve`.")] = Path(".persona/serve"),
+    language: Annotated[Optional[str], typer.Option(help="Language to transcribe in (default: the archive's).")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds for the request.")] = 60,
+) -> None:
+    """Print what the served ASR model hears in an audio file."""
+    from persona_serving.listen import transcribe_file
+
+    print(transcribe_file(audio_file, url=url, token_file=token_file, workdir=workdir, language=language, timeout=timeout))
 
 
 # --- bot: persona_bot (bot, export-feedback) ---------------------------------------------

@@ -2,13 +2,15 @@
 # The main job on the embedded defaults, for a fleet of two: the sample Telegram export → dialogue
 # records of two authors → a tiny T5 base → one LoRA adapter per persona → both published into
 # one model store → ONE TorchServe worker (the fleet model: one base, both adapters) → a chat
-# reply from each persona.
+# reply from each persona; and a tiny Whisper trained on espeak-ng speech of the same chat →
+# asr.mar → one synthesised voice line transcribed.
 # Everything lands in .persona/ (git-ignored); the server keeps running for `persona chat`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXPORT=${EXPORT:-examples/sample-export/result.json}
 MESSAGE=${MESSAGE:-привет! как лучше раскатить новую версию в кубер?}
+VOICE_LINE=${VOICE_LINE:-база тормозит после миграции}   # a sentence init-asr trains on
 WORK=.persona
 STORE=$WORK/store
 persona=.venv/bin/persona
@@ -27,6 +29,13 @@ else
     $persona init-base --out "$WORK/base" --corpus "$EXPORT"
 fi
 
+step "init-asr: a tiny Whisper trained on espeak-ng speech of the sample chat → $WORK/asr"
+if [ -f "$WORK/asr/report.json" ]; then
+    echo "reusing $WORK/asr (delete it to rebuild)"
+else
+    $persona init-asr --out "$WORK/asr" --corpus "$EXPORT"
+fi
+
 $persona serve --stop >/dev/null 2>&1 || true
 for entry in "${PERSONAS[@]}"; do
     IFS='|' read -r name author description <<<"$entry"
@@ -39,6 +48,9 @@ for entry in "${PERSONAS[@]}"; do
     $persona package --run "$WORK/runs/$name" --name "$name" --version 1 --out "$STORE/$name/v1"
 done
 
+step "package-asr: $WORK/asr → $STORE/asr/asr.mar"
+$persona package-asr --model "$WORK/asr" --out "$STORE/asr"
+
 step "serve: one fleet worker for every persona of $STORE (token auth on)"
 $persona serve --model-store "$STORE" --base "$WORK/base"
 
@@ -48,6 +60,11 @@ for entry in "${PERSONAS[@]}"; do
     echo "you> $MESSAGE"
     printf '%s\n' "$MESSAGE" | $persona chat --persona "$name" | sed "s/^/$name> /"
 done
+
+step "listen: one synthesised voice line (espeak-ng → WAV) through the asr model"
+espeak-ng -v ru -w "$WORK/voice.wav" "$VOICE_LINE"
+echo "said>  $VOICE_LINE"
+echo "heard> $($persona transcribe "$WORK/voice.wav")"
 
 cat <<EOF
 

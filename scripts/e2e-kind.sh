@@ -55,7 +55,7 @@ helm install "$RELEASE" charts/personafleet --kube-context "kind-$CLUSTER" \
     --set-json 'training.tolerations=[]' \
     --set-json 'training.resources={"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}' \
     --set-json 'store.accessModes=["ReadWriteOnce"]' --set store.size=2Gi \
-    --set bot.enabled=false
+    --set bot.enabled=false --set asr.enabled=false
 
 log "seeding the model store: the sample export and a tiny base model"
 STORE_CLAIM=$(kc get pvc -l app.kubernetes.io/instance="$RELEASE",app.kubernetes.io/component=store -o jsonpath='{.items[0].metadata.name}')

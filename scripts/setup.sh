@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install personafleet into .venv/ at the repository root, and check (or, as root with apt,
-# install) the system prerequisites: Java 17 for TorchServe, PostgreSQL 15 for the tests.
+# install) the system prerequisites: Java 17 for TorchServe, espeak-ng for the embedded speech
+# model, PostgreSQL 15 for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,11 @@ apt_install() {
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then
     apt_install openjdk-17-jre-headless
+fi
+
+# espeak-ng reads Russian sentences aloud for `persona init-asr` (the embedded speech model).
+if ! command -v espeak-ng >/dev/null; then
+    apt_install espeak-ng
 fi
 
 if [ "${PERSONA_WITH_POSTGRES:-0}" = 1 ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then

@@ -10,6 +10,7 @@ from aiogram.methods import (
     AnswerCallbackQuery,
     DeleteWebhook,
     GetChatMember,
+    GetFile,
     GetMe,
     GetUpdates,
     SendChatAction,
@@ -26,9 +27,10 @@ from persona_bot.middlewares import (
     UpdateObserver,
     limit_every_update,
 )
-from persona_bot.routers import admin, chat, commands, feedback, persona
+from persona_bot.routers import admin, chat, commands, feedback, persona, voice
 from persona_bot.settings import BotSettings
 from persona_bot.store import Store
+from personafleet.asr_client import AsrClient
 from personafleet.client import InferenceClient
 
 # aiogram parses every Bot API answer as `Response[<the method's result type>]`, and pydantic
@@ -38,7 +40,7 @@ from personafleet.client import InferenceClient
 RESPONSE_TYPES = [
     Response[method.__returning__]
     for method in (GetMe, GetUpdates, SendMessage, SendChatAction, AnswerCallbackQuery, GetChatMember,
-                   SetMyCommands, SetWebhook, DeleteWebhook)
+                   SetMyCommands, SetWebhook, DeleteWebhook, GetFile)
 ]
 
 
@@ -50,10 +52,10 @@ def build_bot(settings: BotSettings) -> Bot:
 
 
 def build_dispatcher(
-    settings: BotSettings, store: Store, client: InferenceClient, observer: UpdateObserver
+    settings: BotSettings, store: Store, client: InferenceClient, observer: UpdateObserver, asr: AsrClient | None = None
 ) -> Dispatcher:
-    """A dispatcher whose handlers get `settings`, `store` and `client` as arguments."""
-    dispatcher = Dispatcher(settings=settings, store=store, client=client)
+    """A dispatcher whose handlers get `settings`, `store`, `client` and `asr` as arguments."""
+    dispatcher = Dispatcher(settings=settings, store=store, client=client, asr=asr)
     dispatcher.update.outer_middleware(observer)
     # A chat's messages are handled one after another (each reply must see the previous
     # exchange); the chat's settings are read inside that turn.
@@ -67,4 +69,6 @@ def build_dispatcher(
         feedback.create_router(),
         chat.create_router(),  # last: it takes any text the others did not
     )
+    if asr is not None:  # VOICE=false: recordings stay unanswered, as before voice support
+        dispatcher.include_router(voice.create_router(limiter))
     return dispatcher

@@ -37,11 +37,29 @@ class AddressedToBot(Filter):
                     text = text.replace(entity.extract_from(text), " ", 1)
             elif entity.type == MessageEntityType.TEXT_MENTION and entity.user and entity.user.id == me.id:
                 mentioned = True
-        replied = bool(message.reply_to_message and message.reply_to_message.from_user
-                       and message.reply_to_message.from_user.id == me.id)
         text = " ".join(text.split())
-        if (mentioned or replied or chat_settings.insanity) and text:
+        if (mentioned or replies_to(message, me.id) or chat_settings.insanity) and text:
             return {"text": text}
+        return False
+
+
+def replies_to(message: Message, user_id: int) -> bool:
+    """The message replies to one of `user_id`'s messages."""
+    reply = message.reply_to_message
+    return bool(reply and reply.from_user and reply.from_user.id == user_id)
+
+
+class VoiceForBot(Filter):
+    """A voice message, audio file or video note for the bot: always in private chats; in groups
+    when it replies to the bot or the chat is in insanity mode (a recording cannot @mention).
+    Passes the handler `media` (the Voice, Audio or VideoNote)."""
+
+    async def __call__(self, message: Message, bot: Bot, chat_settings: ChatSettings) -> bool | dict[str, Any]:
+        media = message.voice or message.audio or message.video_note
+        if media is None:
+            return False
+        if message.chat.type == ChatType.PRIVATE or chat_settings.insanity or replies_to(message, (await bot.me()).id):
+            return {"media": media}
         return False
 
 

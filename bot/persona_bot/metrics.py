@@ -51,3 +51,20 @@ IN_FLIGHT = Gauge(
     "persona_bot_updates_in_flight",
     "Updates being processed right now.",
 )
+ASR_LATENCY = Histogram(
+    "persona_bot_asr_latency_seconds",
+    "Time of one transcription call to the ASR model, by outcome (ok, unavailable, rejected).",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+VOICE_AUDIO_SECONDS = Histogram(
+    "persona_bot_voice_audio_seconds",
+    "Length of each voice message, audio file or video note the bot decoded.",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+VOICE_MESSAGES = Counter(
+    "persona_bot_voice_messages_total",
+    "Voice messages, audio files and video notes addressed to the bot, by outcome "
+    "(transcribed, too_long, too_large, undecodable, empty, asr_unavailable, asr_rejected).",
+    ["outcome"],
+)

@@ -21,6 +21,7 @@ from persona_bot.routers.commands import BOT_COMMANDS
 from persona_bot.settings import BotSettings
 from persona_bot.store import Store, StoreUnavailable
 from persona_bot.web import health_app, serve
+from personafleet.asr_client import AsrClient
 from personafleet.client import InferenceClient
 from personafleet.errors import PersonaError
 
@@ -41,9 +42,16 @@ class BotService:
             retries=settings.inference_retries,
             model=settings.inference_model,
         )
+        self.asr = AsrClient(
+            settings.asr_url or settings.inference_url,
+            token=settings.inference_token.get_secret_value() if settings.inference_token else None,
+            token_file=settings.inference_token_file,
+            timeout=settings.asr_timeout,
+            retries=settings.inference_retries,
+        ) if settings.voice else None
         self.bot: Bot = build_bot(settings)
         self.observer = UpdateObserver()
-        self.dispatcher = build_dispatcher(settings, self.store, self.client, self.observer)
+        self.dispatcher = build_dispatcher(settings, self.store, self.client, self.observer, self.asr)
         self.dispatcher.startup.register(self._on_startup)
         self.dispatcher.shutdown.register(self._on_shutdown)
         self.ready = False
@@ -80,6 +88,8 @@ class BotService:
             await health.cleanup()
             await self.bot.session.close()
             await self.client.aclose()
+            if self.asr is not None:
+                await self.asr.aclose()
             await self.store.close()
 
     async def _on_startup(self, bot: Bot) -> None:

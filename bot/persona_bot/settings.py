@@ -53,6 +53,14 @@ class BotSettings(BaseModel):
     max_reply_tokens: int = Field(128, ge=1, description="generation cap sent with every request")
     database_timeout: float = Field(3.0, gt=0, description="seconds to connect or run one query")
     shutdown_grace_seconds: float = Field(20.0, ge=0, description="time in-flight updates get on SIGTERM")
+    voice: bool = Field(True, description="answer voice messages, audio files and video notes (through the ASR model)")
+    asr_url: str | None = Field(None, description="inference API serving the `asr` model (default: INFERENCE_URL)")
+    asr_timeout: float = Field(30.0, gt=0, description="seconds per transcription")
+    asr_language: str | None = Field(None, pattern=r"^[a-z]{2,3}$",
+                                     description="language to transcribe in (default: the one the ASR archive forces)")
+    voice_max_seconds: float = Field(60.0, gt=0, description="longer voice messages are politely refused")
+    voice_max_bytes: int = Field(20 * 1024 * 1024, gt=0, le=20 * 1024 * 1024,
+                                 description="larger files are refused (the Bot API downloads at most 20 MB)")
 
     @field_validator("bot_token")
     @classmethod
@@ -68,7 +76,7 @@ class BotSettings(BaseModel):
             raise ValueError("must be a postgresql://user:password@host:port/database URL")
         return value
 
-    @field_validator("inference_url", "telegram_api_url", "webhook_url")
+    @field_validator("inference_url", "telegram_api_url", "webhook_url", "asr_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None:

@@ -76,6 +76,7 @@ class Exchange:
     reply: str
     message_time: float = 0.0  # Unix times of the message and the reply (Telegram's), kept in the history
     reply_time: float = 0.0
+    voice: bool = False  # the message was a voice message (audio, video note): `message` is its transcript
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -257,8 +258,8 @@ class Store:
                 "    SELECT jsonb_agg(turn ORDER BY position) FROM jsonb_array_elements(histories.turns || EXCLUDED.turns)"
                 "    WITH ORDINALITY AS newest(turn, position)"
                 "    WHERE position > jsonb_array_length(histories.turns || EXCLUDED.turns) - $10))"
-                " INSERT INTO replies (chat_id, message_id, persona, model_version, context, message, reply)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                " INSERT INTO replies (chat_id, message_id, persona, model_version, context, message, reply, voice)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $11)",
                 exchange.chat_id,
                 exchange.message_id,
                 exchange.persona,
@@ -269,6 +270,7 @@ class Store:
                 _dump(pair),
                 update_history,
                 self.budget.max_context_turns,
+                exchange.voice,
             )
 
     async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:

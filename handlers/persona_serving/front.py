@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=5)
 # Headers worth passing on; hop-by-hop and auth headers are the front's business.
-FORWARDED_HEADERS = ("content-type", "accept")
+FORWARDED_HEADERS = ("content-type", "accept", "x-asr-language")  # the last: the asr model's language override
 
 
 def _error(status: int, error: str, detail: str) -> web.Response:

@@ -12,11 +12,15 @@ values in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME, MODEL_VERSION, REASON = "model_name", "model_version", "reason"
 
@@ -66,8 +70,30 @@ PERSONAS_PER_BATCH = MetricSpec(
     "persona_handler_personas_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
     "distinct personas in one handler call (mixed-persona batching at work)",
 )
+ASR_SECONDS = MetricSpec(
+    "persona_asr_transcription_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "ASR model.generate() time of each request's batch (decoding excluded)",
+)
+ASR_AUDIO_SECONDS = MetricSpec(
+    "persona_asr_audio_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "length of each transcribed clip (divide the latency by it for latency per audio second)",
+)
+ASR_ERRORS = MetricSpec(
+    "persona_asr_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
+    "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
+)
 HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
-                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH)
+                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+
+
+def observe(context: Any, spec: MetricSpec, value: float, dimensions: list[str]) -> None:
+    """Record a custom metric; a metrics problem is logged, never allowed to fail requests."""
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    try:
+        context.metrics.get_metric(spec.name, MetricTypes(spec.type)).add_or_update(value, dimensions)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Cannot record metric %s: %s", spec.name, exc)
 
 
 def metrics_config() -> dict:

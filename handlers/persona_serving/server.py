@@ -72,6 +72,7 @@ class ServeOptions(BaseModel):
     startup_timeout_s: float = 300
     auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
     management_token_file: Path | None = Field(None, description="Secret file: the management token")
+    asr: Path | None = Field(None, description="ASR archive to serve as `asr` (default: STORE/asr/asr.mar if present)")
 
     @property
     def front(self) -> bool:
@@ -278,6 +279,27 @@ async def register_fleet(options: ServeOptions) -> None:
             raise PersonaError(f"cannot load the fleet model: {exc}; see {options.workdir / 'logs'}") from exc
 
 
+async def register_asr_model(options: ServeOptions, *, required: bool = True) -> dict[str, str]:
+    """The ASR model beside the personas, when the store (or `--asr`) has one: {"asr": version}.
+    Not `required` (a serving pod): a speech model that cannot load (e.g. the hub unreachable) is
+    logged and left out, the personas still serve, the bot apologises for voice messages."""
+    from persona_serving.asr_serving import find_asr, register_asr
+
+    archive = find_asr(options.model_store, options.asr)
+    if archive is None:
+        return {}
+    try:
+        version = await register_asr(options.management_url, options.key_file, options.links, archive,
+                                     options.startup_timeout_s)
+    except PersonaError as exc:
+        if required:
+            raise
+        logger.error("Serving without speech recognition: %s", exc)
+        return {}
+    return {"asr": version}
+
+
+
 def route_unlisted(store: Path) -> RoutingTable:
     """Locally, a persona published but not yet in the routing table serves its newest version
     (in a cluster the operator writes the table); the table as written."""
@@ -302,6 +324,8 @@ def serve_background(options: ServeOptions) -> RoutingTable:
     try:
         asyncio.run(wait_until_up(options, pid))
         asyncio.run(register_fleet(options))
+        if asyncio.run(register_asr_model(options)):
+            logger.info("Serving speech recognition as `asr`")
     except BaseException:
         stop(options.workdir)
         raise
@@ -332,7 +356,8 @@ def serve_foreground(options: ServeOptions) -> int:
             loop.add_signal_handler(sig, stopping.set)
         await wait_until_up(options, pid)
         await register_fleet(options)
-        logger.info("Serving the fleet of %s from %s", options.base, options.model_store)
+        asr = await register_asr_model(options, required=False)
+        logger.info("Serving the fleet of %s from %s%s", options.base, options.model_store, " and `asr`" if asr else "")
         front = asyncio.create_task(_front(options, stopping)) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):

@@ -22,6 +22,18 @@ from aiohttp import web
 
 BOT_TOKEN = "123456789:TEST-token_for-the-fake-api"
 MESSAGE_KEYS = ("message_id", "date", "chat", "from", "text")
+# The Bot API's getFile refuses files over 20 MB ("Bad Request: file is too big").
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+# What Telegram sends for each kind of recording: the file_path folder and the object's fields.
+RECORDINGS = {
+    "voice": ("voice", "oga", {"mime_type": "audio/ogg"}),
+    "audio": ("music", "mp3", {"mime_type": "audio/mpeg", "title": "recording"}),
+    "video_note": ("video_notes", "mp4", {"length": 240}),
+}
+
+
+class BadRequest(Exception):
+    """A call the real Bot API answers with 400 and this description."""
 
 
 class FakeTelegram:
@@ -35,6 +47,8 @@ class FakeTelegram:
         self.admins: dict[int, set[int]] = {}  # chat id -> user ids
         self.delivered_at: dict[int, float] = {}  # update id -> when getUpdates handed it out
         self.sent_at: list[float] = []  # parallel to `sent`
+        self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
+        self.downloads: list[str] = []  # file paths the bot downloaded
         self._pending: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
@@ -45,6 +59,7 @@ class FakeTelegram:
     async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._dispatch)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -98,6 +113,23 @@ class FakeTelegram:
         if reply_to is not None:
             message["reply_to_message"] = {key: reply_to[key] for key in MESSAGE_KEYS}
         return {"update_id": next(self._update_ids), "message": message}
+
+    def recording(
+        self, data: bytes, *, duration: int, kind: str = "voice", declared_size: int | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Queue a voice message, audio file or video note holding `data` (`options` as for
+        `message_update`; `declared_size` overrides the file_size Telegram reports)."""
+        folder, extension, fields = RECORDINGS[kind]
+        number = len(self.files)
+        file_id = f"AwACAgIAAxkBAAI{number:06d}{kind}"
+        self.files[file_id] = (f"{folder}/file_{number}.{extension}", data)
+        update = self.message_update("", **options)
+        del update["message"]["text"]
+        update["message"][kind] = {
+            "file_id": file_id, "file_unique_id": f"AgAD{number:06d}", "duration": duration,
+            "file_size": len(data) if declared_size is None else declared_size, **fields,
+        }
+        return self._queue(update)
 
     def vote(self, sent: dict[str, Any], *, user_id: int, up: bool = True) -> dict[str, Any]:
         """Queue a press on a reply's 👍 or 👎 button."""
@@ -153,7 +185,10 @@ class FakeTelegram:
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": f"Not Found: {method}"}, status=404)
-        result = await handler(params)
+        try:
+            result = await handler(params)
+        except BadRequest as exc:
+            return web.json_response({"ok": False, "error_code": 400, "description": f"Bad Request: {exc}"}, status=400)
         async with self._changed:
             self._changed.notify_all()
         return web.json_response({"ok": True, "result": result})
@@ -203,6 +238,27 @@ class FakeTelegram:
     async def _api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
         self.callback_answers.append(params)
         return True
+
+    async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
+        """As Telegram: an unknown file_id and a file over 20 MB are refused; the file_path is
+        valid for download at /file/bot<token>/<file_path>."""
+        file_id = params.get("file_id", "")
+        if file_id not in self.files:
+            raise BadRequest("invalid file_id")
+        path, data = self.files[file_id]
+        if len(data) > DOWNLOAD_LIMIT:
+            raise BadRequest("file is too big")
+        return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(data), "file_path": path}
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != BOT_TOKEN:
+            return web.Response(status=401, text="Unauthorized")
+        path = request.match_info["path"]
+        for file_path, data in self.files.values():
+            if file_path == path and len(data) <= DOWNLOAD_LIMIT:
+                self.downloads.append(path)
+                return web.Response(body=data, content_type="application/octet-stream")
+        return web.Response(status=404, text="Not Found")
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
         return True

@@ -20,12 +20,18 @@ class StubModel:
         self.delay = delay  # seconds each answer takes
         self.failing = False  # answer 503 (a model that is down)
         self.requests: list[tuple[str, InferenceRequest]] = []
+        # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503.
+        self.transcript = "база тормозит после миграции"
+        self.asr_failing = False
+        self.asr_delay = 0.0
+        self.asr_seconds: list[float] = []  # audio length of each transcription request
         self.busy_seconds: list[float] = []  # time spent inside each answer
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self, port: int = 0) -> str:
         app = web.Application()
+        app.router.add_post("/predictions/asr", self._transcribe)  # before the catch-all model route
         app.router.add_post("/predictions/{model}", self._predict)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -63,3 +69,17 @@ class StubModel:
         reply = f"[{persona}] re: {body.message}"
         self.busy_seconds.append(time.perf_counter() - started)
         return web.json_response({"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())})
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"error": "unauthorized", "detail": "Token authorization failed"}, status=401)
+        if self.asr_failing:
+            return web.json_response({"error": "unavailable", "detail": "no worker"}, status=503)
+        body = await request.read()
+        if request.content_type != "application/x-pcm-s16le" or not body or len(body) % 2:
+            return web.json_response({"error": "invalid_audio", "detail": "expected 16-bit PCM"}, status=400)
+        seconds = len(body) / 2 / 16_000
+        self.asr_seconds.append(seconds)
+        if self.asr_delay:
+            await asyncio.sleep(self.asr_delay)
+        return web.json_response({"text": self.transcript, "seconds": seconds})

@@ -338,3 +338,39 @@ def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(render):
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["data"]["personafleet.json"] == (CHART / "dashboards" / "personafleet.json").read_text()
     assert not [o for o in render(SCENARIOS["monitoring-off"]) if o["metadata"]["name"].endswith("-dashboards")]
+
+
+def test_the_asr_model_is_packaged_served_and_wired_to_the_bot(render):
+    objects = render()
+    serving = pod_spec(find(objects, "Deployment", "-serving"))
+    (init,) = serving["initContainers"]
+    packaged = parse_cli(init["args"])
+    assert packaged["model"] == "openai/whisper-large-v3-turbo" and packaged["language"] == "ru"
+    assert packaged["bundle"] is False and str(packaged["out"]) == "/home/persona/asr"
+    served = parse_cli(container(find(objects, "Deployment", "-serving"))["args"])
+    assert str(served["asr"]) == "/home/persona/asr/asr.mar"
+    assert {"name": "home", "mountPath": "/home/persona"} in init["volumeMounts"]
+    env = env_of(find(objects, "Deployment", "-bot"))
+    assert env["VOICE"]["value"] == "true" and env["ASR_URL"]["value"] == f"http://{FULLNAME}-serving:8080"
+    assert env["VOICE_MAX_SECONDS"]["value"] == "60" and env["VOICE_MAX_BYTES"]["value"] == "20971520"
+    # The asr model shares the serving replicas' inference port: the bot, the operator's smoke test
+    # and the clients the user lists are all that may reach it.
+    policy = find(objects, "NetworkPolicy", "-serving")
+    inference = next(rule for rule in policy["spec"]["ingress"] if rule["ports"] == [{"port": "inference", "protocol": "TCP"}])
+    components = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in inference["from"]]
+    assert components == ["bot", "operator"]
+
+
+def test_asr_off_serves_no_speech_model_and_the_bot_ignores_recordings(render):
+    objects = render({"asr": {"enabled": False}})
+    serving = find(objects, "Deployment", "-serving")
+    assert "initContainers" not in pod_spec(serving)
+    assert parse_cli(container(serving)["args"])["asr"] is None
+    env = env_of(find(objects, "Deployment", "-bot"))
+    assert env["VOICE"]["value"] == "false" and "ASR_URL" not in env
+
+
+@pytest.mark.parametrize("values", [{"asr": {"language": "Russian"}}, {"bot": {"voice": {"maxBytes": 30000000}}}])
+def test_bad_asr_values_are_refused_by_the_schema(render, values):
+    with pytest.raises(Exception):
+        render(values)

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from personafleet.cli import app
 
-STEPS = ["prepare", "init-base", "train", "package", "serve", "switch", "chat", "bot", "export-feedback", "operator"]
+STEPS = ["prepare", "init-base", "init-asr", "train", "package", "package-asr", "serve", "switch", "chat", "transcribe", "bot",
+         "export-feedback", "operator"]
 
 
 def test_every_step_is_listed_by_the_installed_console_script():

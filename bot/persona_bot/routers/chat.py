@@ -46,8 +46,10 @@ async def answer(
     client: InferenceClient,
     settings: BotSettings,
     received_at: float,
+    voice: bool = False,
 ) -> None:
-    """Answer one message; `text` is what the model should see (see `AddressedToBot`)."""
+    """Answer one message; `text` is what the model should see (see `AddressedToBot`), `voice`
+    marks it as a voice message's transcript in the store."""
     chat_id = message.chat.id
     try:
         history, remembered = await store.history(chat_id, persona), True
@@ -95,7 +97,8 @@ async def answer(
     metrics.REPLIES.labels(persona, "ok").inc()
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
     exchange = Exchange(
-        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, now, sent.date.timestamp()
+        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, now, sent.date.timestamp(),
+        voice,
     )
     try:
         await store.record(exchange, update_history=remembered)
