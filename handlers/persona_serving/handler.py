@@ -22,8 +22,10 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
-from persona_serving.metrics import BATCH_SIZE, ERRORS, GENERATION_SECONDS, TOKENS_GENERATED, MetricSpec
+from persona_serving.metrics import BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS, RETRIEVAL_SECONDS, \
+    TOKENS_GENERATED, MetricSpec
 from persona_serving.requests import Prepared, Rejected, option_groups, prepare
+from personafleet import knowledge
 from personafleet.inference import InferenceResponse
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 
@@ -48,6 +50,7 @@ class PersonaHandler(BaseHandler):
         model_dir = Path(properties["model_dir"])
         self.config = ServingConfig.model_validate_json((model_dir / SERVING_FILE).read_text(encoding="utf-8"))
         self.persona = PersonaSpec.model_validate_json((model_dir / PERSONA_FILE).read_text(encoding="utf-8"))
+        self.knowledge = knowledge.load(model_dir)  # the facts this version was trained with, or None
         self.model_name = context.model_name
         self.version = str(context.manifest.get("model", {}).get("modelVersion") or self.config.version)
         self.device, dtype = pick_device(properties.get("gpu_id"))
@@ -77,7 +80,13 @@ class PersonaHandler(BaseHandler):
 
     def preprocess(self, data: list[Any]) -> list[Prepared | Rejected]:
         self._observe(BATCH_SIZE, len(data))
-        return [prepare(item, self.persona, self.config.limits) for item in data]
+        prepared = [prepare(item, self.persona, self.config.limits, self.knowledge) for item in data]
+        if self.knowledge is not None:
+            for item in prepared:
+                if isinstance(item, Prepared):
+                    self._observe(RETRIEVAL_SECONDS, item.retrieval_seconds)
+                    self._observe(FACTS_PER_PROMPT, item.facts)
+        return prepared
 
     def inference(self, data: list[Prepared | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
         """Errors pass through; each group of valid requests with equal options is one `generate`."""

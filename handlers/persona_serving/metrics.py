@@ -46,7 +46,15 @@ ERRORS = MetricSpec(
     "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...)",
 )
-HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS)
+RETRIEVAL_SECONDS = MetricSpec(
+    "persona_handler_retrieval_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "time to pick a request's facts from the version's knowledge (issue 14); versions without facts record none",
+)
+FACTS_PER_PROMPT = MetricSpec(
+    "persona_handler_facts_per_prompt", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "facts retrieved into a request's prompt (0: none matched); versions without facts record none",
+)
+HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RETRIEVAL_SECONDS, FACTS_PER_PROMPT)
 
 
 def metrics_config() -> dict:

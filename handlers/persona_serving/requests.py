@@ -7,6 +7,7 @@ testable code: errors are values, one per request, never exceptions that would f
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,16 +17,20 @@ from pydantic import ValidationError
 
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
+from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A valid request: the prompt training would have built, and its clamped generation options."""
+    """A valid request: the prompt training would have built, and its clamped generation options;
+    `facts` and `retrieval_seconds` are for the handler's metrics."""
 
     prompt: str
     options: dict[str, Any]
+    facts: int = 0
+    retrieval_seconds: float = 0.0
 
     def options_key(self) -> tuple:
         return tuple(sorted(self.options.items()))
@@ -60,8 +65,11 @@ def _validation_reason(exc: ValidationError) -> Rejected:
     return Rejected(400, "invalid_request", detail)
 
 
-def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepared | Rejected:
-    """Validate one raw request and render its prompt with the shared `render_prompt`."""
+def prepare(
+    item: Any, persona: PersonaSpec, limits: GenerationLimits, knowledge: Knowledge | None = None
+) -> Prepared | Rejected:
+    """Validate one raw request and render its prompt with the shared `render_prompt`, with the
+    facts the shared `retrieve` picks from the version's knowledge (as training did)."""
     try:
         payload = _payload(item)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -79,7 +87,12 @@ def prepare(item: Any, persona: PersonaSpec, limits: GenerationLimits) -> Prepar
         # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
         # requests share a batch group and keeps `generate` from warning on every call.
         options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
-    return Prepared(render_prompt(persona.template, persona.description, request.turns()), options)
+    turns = request.turns()
+    started = time.perf_counter()
+    facts = retrieve(knowledge, turns)
+    elapsed = time.perf_counter() - started
+    return Prepared(render_prompt(persona.template, persona.description, turns, facts), options,
+                    facts=len(facts), retrieval_seconds=elapsed if knowledge is not None else 0.0)
 
 
 def option_groups(items: Sequence[Prepared | Rejected]) -> dict[tuple, list[int]]:

@@ -28,6 +28,7 @@ from model_archiver.model_packaging import generate_model_archive
 from pydantic import BaseModel, Field, ValidationError
 
 from persona_serving.config import ADAPTER_DIR, BASE_DIR, SERVING_FILE, ServingConfig
+from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
 from personafleet.inference import GenerationLimits
 from personafleet.persona import PERSONA_FILE, PERSONA_NAME_PATTERN, PersonaSpec
@@ -127,6 +128,8 @@ def build_archive(
         if bundle_base:
             shutil.copytree(base, staging / BASE_DIR)
         (staging / PERSONA_FILE).write_text(persona.model_dump_json(indent=2), encoding="utf-8")
+        if knowledge.copy(run_dir, staging):  # the handler reads it beside persona.json
+            knowledge.copy(run_dir, out_dir)  # contract 1: STORE/NAME/vN/knowledge.json
         serving = ServingConfig(
             name=name,
             version=version,
