@@ -92,6 +92,7 @@ async def test_create_serves_v1_then_an_edit_rolls_out_v2_under_load_and_delete_
         cluster, serving_operator, replica, torchserve, tiny_run):
     status = await serve_first_version(cluster, tiny_run, "pm-life")
     assert status["servingVersion"] == "1" and status["latestVersion"] == "1" and status["observedGeneration"] == 1
+    assert status["servingFacts"] == 0  # trained without knowledge (issue 14)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Trained": "True", "RolledOut": "True", "Ready": "True"}
     assert status["lastTraining"]["evalLoss"] == 2.0 and status["lastTraining"]["durationSeconds"] >= 0
     assert await ask(torchserve, "pm-life") == "1"
