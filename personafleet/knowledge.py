@@ -194,6 +194,7 @@ def _index(knowledge: Knowledge) -> Any:
     if knowledge._index is None:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
         index = bm25s.BM25()
         index.index([terms(fact) or [""] for fact in knowledge.facts], show_progress=False)
         knowledge._index = index
