@@ -152,3 +152,35 @@ def test_the_handler_puts_the_versions_own_facts_into_the_prompt(store, version,
     assert served.facts == (1 if fact else 0)
     assert (fact in served.prompt.splitlines()[0]) if fact else served.prompt == prepare(
         {"body": {"message": question}}, PersonaSpec(name="devops-dude"), GenerationLimits()).prompt
+
+
+def test_the_real_handler_loads_the_versions_facts_once_and_records_its_metrics(store, tmp_path, caplog):
+    """PersonaHandler in-process with TorchServe's own Context and metrics cache (which refuses
+    undeclared metrics): the .mar's knowledge.json reaches the prompt and the two histograms."""
+    import logging
+
+    from ts.context import Context
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    from persona_serving.handler import PersonaHandler
+    from persona_serving.metrics import write_metrics_config
+
+    model_dir = tmp_path / "model"
+    with zipfile.ZipFile(store / "devops-dude" / "v1" / "devops-dude.mar") as archive:
+        archive.extractall(model_dir)
+    metrics = MetricsCacheYamlImpl(str(write_metrics_config(tmp_path / "metrics.yaml")))
+    metrics.initialize_cache()
+    context = Context("devops-dude", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12",
+                      metrics=metrics)
+    handler = PersonaHandler()
+    handler.initialize(context)
+    handler.context = context
+    assert handler.knowledge.facts == FACTS_V1
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        prepared = handler.preprocess([{"body": {"message": "где работаешь?"}}, {"body": {"message": "ну привет"}}])
+    assert "Работаю DevOps-инженером в Яндексе." in prepared[0].prompt.splitlines()[0]
+    assert (prepared[0].facts, prepared[1].facts) == (1, 0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    assert sum(line.startswith("[METRICS]persona_handler_retrieval_seconds.Seconds:") for line in lines) == 2
+    assert sorted(line.split(":")[1].split("|")[0] for line in lines
+                  if line.startswith("[METRICS]persona_handler_facts_per_prompt")) == ["0", "1"]
