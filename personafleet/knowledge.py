@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from personafleet.errors import PersonaError, first_error
-from personafleet.prompt import CONTEXT_TURNS, Turn
+from personafleet.prompt import CONTEXT_TURNS, SENTENCE_END, Turn
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ DEFAULT_MAX_CHARS = 300  # the facts' share of the prompt; the context keeps its
 _WORD = re.compile(r"\w+")
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _VOWELS = "аеёиоуыэюя"
-_SENTENCE_END = ".!?…"  # a fact ending so is one sentence; others get a full stop in the prompt
 
 
 class Knowledge(BaseModel):
@@ -92,7 +91,7 @@ class KnowledgeSource(BaseModel):
 
 def _fact_key(fact: str) -> str:
     """What makes two facts the same: case, spacing and a final full stop do not count."""
-    return " ".join(fact.casefold().split()).rstrip(_SENTENCE_END + " ")
+    return " ".join(fact.casefold().split()).rstrip("".join(SENTENCE_END) + " ")
 
 
 def parse_facts(text: str) -> list[tuple[int, str]]:

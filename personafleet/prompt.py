@@ -69,11 +69,14 @@ def fit_context(turns: Sequence[Turn], max_turns: int, max_chars: int) -> list[T
     return kept
 
 
+SENTENCE_END = (".", "!", "?", "…")  # a fact ending so is a sentence already; others get a full stop
+
+
 def facts_text(facts: Sequence[str]) -> str:
     """Facts as sentences of the persona description, where FRED-T5 persona models
     (SiberianPersonaFred) read what they know about themselves; a fact gets a full stop unless it
     already ends a sentence."""
-    return " ".join(fact if fact.endswith((".", "!", "?", "…")) else f"{fact}." for fact in facts)
+    return " ".join(fact if fact.endswith(SENTENCE_END) else f"{fact}." for fact in facts)
 
 
 def render_prompt(
