@@ -142,7 +142,8 @@ def held_out_perplexity(run: Path, base: Path, records: Sequence[DialogueRecord]
                                 source=Source(chat_id=0, message_id=0))
         encoded = tokenizer([prompt_for(record, config.persona, knowledge)], return_tensors="pt")
         with torch.inference_mode():
-            output = model.generate(**encoded, max_new_tokens=40, do_sample=False, num_beams=1)
+            output = model.generate(**encoded, max_new_tokens=40, do_sample=False, num_beams=1,
+                                    repetition_penalty=config.persona.generation.repetition_penalty)
         replies[question] = tokenizer.decode(output[0][1:], skip_special_tokens=True).strip()
     return {**result, "records": len(records), "replies": replies}
 
