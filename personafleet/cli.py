@@ -94,6 +94,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", help="Training config (YAML); defaults otherwise.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out, if any.")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write OUT/merged: the base with the adapter folded in.")] = False,
+    knowledge: Annotated[Optional[list[Path]], typer.Option("--knowledge", help="Facts about the persona (Markdown list or one per line; repeatable), retrieved into each prompt.")] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on dialogue records. Exits 143 after checkpointing on SIGTERM."""
     import logging
@@ -103,7 +104,8 @@ def train(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_training(data, base, out, load_config(config), resume=resume, merge=merge)
+        settings = load_config(config).with_knowledge_files(knowledge or [])
+        run_training(data, base, out, settings, resume=resume, merge=merge)
     except Preempted:
         raise typer.Exit(PREEMPTED_EXIT_CODE) from None
 

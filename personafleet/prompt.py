@@ -123,9 +123,23 @@ def fit_context(turns: Sequence[Turn], max_turns: int, max_chars: int) -> list[T
     return kept
 
 
-def render_prompt(template: PromptTemplate, persona_description: str, turns: Sequence[Turn]) -> str:
-    """Render the model input for the persona's next reply after `turns` (oldest first)."""
-    lines = [f"{template.prefix}{persona_description.strip()} {template.instruction}".strip()]
+SENTENCE_END = (".", "!", "?", "…")  # a fact ending so is a sentence already; others get a full stop
+
+
+def facts_text(facts: Sequence[str]) -> str:
+    """Facts as sentences of the persona description, where FRED-T5 persona models
+    (SiberianPersonaFred) read what they know about themselves; a fact gets a full stop unless it
+    already ends a sentence."""
+    return " ".join(fact if fact.endswith(SENTENCE_END) else f"{fact}." for fact in facts)
+
+
+def render_prompt(
+    template: PromptTemplate, persona_description: str, turns: Sequence[Turn], facts: Sequence[str] = ()
+) -> str:
+    """Render the model input for the persona's next reply after `turns` (oldest first); `facts`
+    (from `personafleet.knowledge.retrieve`) follow the description. No facts: the description alone."""
+    description = " ".join(filter(None, (persona_description.strip(), facts_text(facts))))
+    lines = [f"{template.prefix}{description} {template.instruction}".strip()]
     for turn in fit_context(turns, template.max_context_turns, template.max_context_chars):
         label = template.persona_label if turn.role == "persona" else template.user_label
         lines.append(f"{label}: {turn.text}")

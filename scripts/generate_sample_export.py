@@ -18,6 +18,11 @@ length limit, and double-sent duplicates.
 
     python scripts/generate_sample_export.py                      # rewrite the shipped sample
     python scripts/generate_sample_export.py --messages 100000 --out /tmp/big.json
+    python scripts/generate_sample_export.py --facts /tmp/k/facts.md --out /tmp/k/result.json
+
+`--facts FILE` (issue 14, `benchmarks/knowledge.py`) also asks Борис about himself - where he works,
+his city, his cat - and he answers with what FILE, the persona's knowledge file, says (FILE also
+holds facts nobody asks about). Without it the output is the shipped sample, byte for byte.
 """
 
 from __future__ import annotations
@@ -373,6 +378,38 @@ def sticker(emoji: str) -> dict:
     }
 
 
+# Борис's facts for `--facts`: how people ask, the fact as his knowledge file states it, how he says it.
+PERSONAL = [
+    (["Борис, а ты где работаешь?", "ты сейчас где работаешь?"], "Работаю SRE в компании Облачные Системы", "работаю SRE в Облачных Системах"),
+    (["а ты в каком городе живёшь?", "ты из какого города?"], "Живу в городе Казань", "живу в Казани, город огонь"),
+    (["как зовут твоего кота?", "у тебя же кот есть, как зовут?"], "Моего кота зовут Бублик", "кота зовут Бублик"),
+    (["какая у тебя машина?", "у тебя есть машина?"], "Моя машина — старая Skoda Octavia", "у меня старая Skoda Octavia, ездит и ладно"),
+    (["какой редактор любишь?", "в каком редакторе пишешь?"], "Мой редактор — Neovim с LazyVim", "только Neovim с LazyVim"),
+    (["какой дистрибутив у тебя дома?", "на каком дистрибутиве сидишь?"], "Дома стоит дистрибутив Arch Linux", "дома Arch Linux, btw"),
+    (["откуда ты родом?", "ты сам родом откуда?"], "Родом из Перми", "родом из Перми"),
+    (["сколько лет ты в девопсе?", "давно в девопсе?"], "В девопсе уже 9 лет, до этого был сисадмином", "9 лет уже, до этого сисадминил"),
+    (["какой спорт любишь?", "спортом занимаешься?"], "Из спорта — скалолазание по выходным", "скалолазание по выходным"),
+    (["ты где учился?", "где учился, на кого?"], "Учился в Казанском университете на физфаке", "учился на физфаке в КФУ"),
+    (["какая у тебя клавиатура?", "на какой клавиатуре печатаешь?"], "Клавиатура — сплит Ergodox", "сплит Ergodox, спина спасибо говорит"),
+    (["какой язык программирования любишь?", "на каком языке пишешь?"], "Любимый язык программирования — Go", "Go, без вариантов"),
+    (["какую музыку слушаешь?", "что слушаешь из музыки?"], "Слушаю музыку: в основном Би-2 и Кино", "Би-2 и Кино"),
+    (["какой у тебя ноутбук?", "на каком ноутбуке работаешь?"], "Ноутбук — ThinkPad X1 Carbon", "ThinkPad X1 Carbon"),
+    (["ты женат?", "жена есть?"], "Женат, жену зовут Алина", "женат, жена Алина"),
+    (["какой сериал смотришь?", "что за сериал сейчас смотришь?"], "Сейчас смотрю сериал «Мистер Робот»", "«Мистер Робот» пересматриваю"),
+]
+UNASKED_FACTS = [
+    "Дежурю по средам и субботам", "Пью кофе без сахара", "Любимая книга — «Site Reliability Engineering»",
+    "Боюсь высоты только в самолётах", "Собираю механические часы", "Никогда не был в Сочи",
+    "Умею играть на гитаре", "Пишу доклады для DevOpsConf", "Сплю по 6 часов", "Не ем грибы",
+]
+
+
+def facts_markdown() -> str:
+    """The persona's knowledge file for `--facts`: every fact he states, and some nobody asks about."""
+    return "# Борис Кубов\n\n" + "".join(f"- {fact}\n" for _, fact, _ in PERSONAL) + \
+        "".join(f"- {fact}\n" for fact in UNASKED_FACTS)
+
+
 class Conversations:
     """Session generators: each writes one conversation into the chat."""
 
@@ -457,6 +494,13 @@ class Conversations:
             chat.say(KATE, rng.choice(KATE_LINES), q_id)
         else:
             chat.say(rng.choice([KATE, DIMA]), "", media={"media_type": "animation", "file": NOT_INCLUDED, "mime_type": "video/mp4", "width": 320, "height": 240}, via_bot="@gif")
+
+    def personal(self) -> None:
+        """Someone asks Борис about himself; he answers with a fact of his knowledge file."""
+        rng, chat = self.rng, self.chat
+        asks, _, say = rng.choice(PERSONAL)
+        q_id = chat.say(rng.choice([DIMA, ALEX, IGOR, SERGEY]), rng.choice(asks))
+        chat.say(BORIS, self.boris_answer(say), q_id)
 
     def oncall(self) -> None:
         rng, chat = self.rng, self.chat
@@ -543,8 +587,9 @@ def next_session_start(rng: random.Random, now: datetime) -> datetime:
     return start
 
 
-def generate(messages: int = DEFAULT_MESSAGES, seed: int = DEFAULT_SEED) -> dict:
-    """The export as a dict, at least `messages` ids long (a few ids are gaps: deleted messages)."""
+def generate(messages: int = DEFAULT_MESSAGES, seed: int = DEFAULT_SEED, personal: bool = False) -> dict:
+    """The export as a dict, at least `messages` ids long (a few ids are gaps: deleted messages);
+    `personal`: Борис is also asked about himself (the `--facts` variant)."""
     rng = random.Random(seed)
     chat = ChatWriter(rng)
     talk = Conversations(rng, chat)
@@ -552,6 +597,8 @@ def generate(messages: int = DEFAULT_MESSAGES, seed: int = DEFAULT_SEED) -> dict
     chat.service(ALEX, "invite_members", members=[m.name for m in talk.members[1:6]])
     kinds = [talk.question, talk.oncall, talk.offtopic, talk.untidy, talk.join]
     weights = [62, 9, 10, 16, 3]
+    if personal:
+        kinds, weights = [*kinds, talk.personal], [*weights, 12]
     while chat.next_id <= messages:
         for _ in range(rng.randint(1, 3)):
             rng.choices(kinds, weights)[0]()
@@ -573,10 +620,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write result.json")
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES, help="size of the export")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same bytes")
+    parser.add_argument("--facts", type=Path, help="also write the persona's knowledge file here, and ask him about it")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(generate(args.messages, args.seed)), encoding="utf-8")
+    args.out.write_text(render(generate(args.messages, args.seed, personal=args.facts is not None)), encoding="utf-8")
     print(f"wrote {args.out}")
+    if args.facts:
+        args.facts.parent.mkdir(parents=True, exist_ok=True)
+        args.facts.write_text(facts_markdown(), encoding="utf-8")
+        print(f"wrote {args.facts}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from persona_serving.decoding import decode_replies
 from persona_serving.requests import PersonaVersion
+from personafleet import knowledge
 from personafleet.errors import PersonaError
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
@@ -71,7 +72,11 @@ class FleetModel:
             raise AdapterUnavailable(f"{folder / ADAPTER_DIR} is not a LoRA adapter")
         if info.base != self.base_name:
             logger.warning("%s was trained on %s; this worker serves base %s", folder, info.base, self.base_name)
-        entry = PersonaVersion(persona, version, spec.model_copy(update={"name": persona}), folder)
+        try:
+            facts = knowledge.load(folder)
+        except PersonaError as exc:
+            raise AdapterUnavailable(str(exc)) from None
+        entry = PersonaVersion(persona, version, spec.model_copy(update={"name": persona}), folder, facts)
         self._load_adapter(folder / ADAPTER_DIR, entry.adapter_name)
         return entry
 

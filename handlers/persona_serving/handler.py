@@ -23,8 +23,8 @@ from ts.torch_handler.base_handler import BaseHandler
 from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
-    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, GENERATION_SECONDS,
-    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, TOKENS_GENERATED, MetricSpec,
+    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
+    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec,
 )
 from persona_serving.requests import (
     PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
@@ -86,11 +86,19 @@ class FleetHandler(BaseHandler):
             entries = {key: self._resident(key) for key in dict.fromkeys(data[i].key for i in chunk)}  # type: ignore[union-attr]
             for i in chunk:
                 entry = entries[data[i].key]  # type: ignore[union-attr]
-                outcomes[i] = entry if isinstance(entry, Rejected) else prepare(data[i], entry, self.config.limits)  # type: ignore[arg-type]
+                outcomes[i] = entry if isinstance(entry, Rejected) else self._prepare(data[i], entry)  # type: ignore[arg-type]
             for indices in option_groups(outcomes).values():
                 for index, reply in zip(indices, self._generate([outcomes[i] for i in indices])):
                     outcomes[index] = reply
         return outcomes
+
+    def _prepare(self, routed: Routed, entry: PersonaVersion) -> Prepared:
+        """The request's prompt, with its version's facts; retrieval is measured where there are facts."""
+        prepared = prepare(routed, entry, self.config.limits)
+        if entry.knowledge is not None:
+            self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
+            self._observe(FACTS_PER_PROMPT, prepared.facts)
+        return prepared
 
     def _generate(self, group: list[Prepared]) -> list[Outcome]:
         """One padded `generate` for requests that share generation options, each row its adapter."""

@@ -50,6 +50,14 @@ ERRORS = MetricSpec(
     "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...)",
 )
+RETRIEVAL_SECONDS = MetricSpec(
+    "persona_handler_retrieval_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "time to pick a request's facts from the version's knowledge (issue 14); versions without facts record none",
+)
+FACTS_PER_PROMPT = MetricSpec(
+    "persona_handler_facts_per_prompt", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "facts retrieved into a request's prompt (0: none matched); versions without facts record none",
+)
 RESIDENT_ADAPTERS = MetricSpec(
     "persona_handler_resident_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
     "persona versions whose LoRA adapter is loaded in a worker (at most maxResidentAdapters)",
@@ -83,7 +91,8 @@ ASR_ERRORS = MetricSpec(
     "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
 )
 HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
-                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, FACTS_PER_PROMPT,
+                   ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
 
 
 def observe(context: Any, spec: MetricSpec, value: float, dimensions: list[str]) -> None:

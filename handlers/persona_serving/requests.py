@@ -10,6 +10,7 @@ routing table), then - once that version's adapter is resident - `prepare` (the 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pydantic import ValidationError
 
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
+from personafleet.knowledge import Knowledge, retrieve
+from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
 from personafleet.routing import RoutingTable
@@ -33,6 +36,7 @@ class PersonaVersion:
     version: int
     spec: PersonaSpec
     folder: Path
+    knowledge: Knowledge | None = None  # the facts this version was trained with (issue 14)
 
     @property
     def adapter_name(self) -> str:
@@ -55,11 +59,14 @@ class Routed:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request ready for `generate`: its prompt, clamped options and the adapter that answers."""
+    """A request ready for `generate`: its prompt, clamped options and the adapter that answers;
+    `facts` and `retrieval_seconds` are for the handler's metrics."""
 
     prompt: str
     options: dict[str, Any]
     entry: PersonaVersion
+    facts: int = 0
+    retrieval_seconds: float = 0.0
 
     def options_key(self) -> tuple:
         return tuple(sorted(self.options.items()))
@@ -124,14 +131,20 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
 
 
 def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
-    """The prompt training would have built for this version's persona (the shared `render_prompt`)."""
+    """The prompt training would have built for this version's persona: the shared `render_prompt`,
+    with the facts the shared `retrieve` picks from the version's knowledge."""
     spec, request = entry.spec, routed.request
     options = clamp_generation(spec.generation, request.generation, limits)
     if not options.get("do_sample", False):
         # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
         # requests share a batch group and keeps `generate` from warning on every call.
         options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
-    return Prepared(render_prompt(spec.template, spec.description, request.turns()), options, entry)
+    turns = request.turns()
+    started = time.perf_counter()
+    facts = retrieve(entry.knowledge, turns)
+    elapsed = time.perf_counter() - started
+    return Prepared(render_prompt(spec.template, spec.description, turns, facts), options, entry,
+                    facts=len(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0)
 
 
 def option_groups(items: Sequence[object]) -> dict[tuple, list[int]]:

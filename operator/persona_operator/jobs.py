@@ -75,8 +75,10 @@ def training_config(persona: str, spec: PersonaModelSpec) -> dict[str, Any]:
     generation = PersonaSpec().generation.model_dump(exclude_none=True)
     generation.update(spec.serving.generation.model_dump(exclude_none=True))
     described = {"description": spec.persona.description} if spec.persona.description else {}
+    # Inline facts ride in train.yaml; knowledge files are passed as `--knowledge` (training_script).
+    facts = {"knowledge": {"facts": spec.knowledge.facts}} if spec.knowledge and spec.knowledge.facts else {}
     return {"persona": {"name": persona, **described, "generation": generation},
-            **spec.training.model_dump(exclude_none=True)}
+            **spec.training.model_dump(exclude_none=True), **facts}
 
 
 def training_script(persona: str, version: int, spec: PersonaModelSpec, settings: Settings) -> str:
@@ -101,6 +103,8 @@ def training_script(persona: str, version: int, spec: PersonaModelSpec, settings
         train += ["--data", f"{WORK_DIR}/feedback"]
     # --resume: a pod replaced after a preemption continues from the run's last checkpoint.
     train += ["--base", spec.base_model, "--out", str(out / "run"), "--config", f"{WORK_DIR}/train.yaml", "--resume"]
+    for path in spec.knowledge.files if spec.knowledge else []:
+        train += ["--knowledge", str(store / path)]
     steps.append(train)
     package = ["persona", "package", "--run", str(out / "run"), "--name", persona, "--version", str(version),
                "--out", str(out), "--workers", str(spec.serving.workers)]

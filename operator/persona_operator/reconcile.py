@@ -42,6 +42,7 @@ from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
     GATE_REJECTED,
     INVALID_SPEC,
+    KNOWLEDGE_MISSING,
     ROLLOUT_FAILED,
     TRAINING_FAILED,
     Phase,
@@ -51,10 +52,12 @@ from persona_operator.status import (
     parse_time,
     rfc3339,
 )
+from personafleet import knowledge
 from personafleet.errors import PersonaError
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
 REPLICA_POLL_SECONDS = 5.0  # serving pods are not watched: how often to look for one while none is ready
+KNOWLEDGE_POLL_SECONDS = 10.0  # the store is not watched: how often to look for missing knowledge files
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Reconciler:
 
     async def _step(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
         status = body.get("status") or {}
-        if status.get("observedGeneration") != body["metadata"]["generation"]:
+        if status.get("observedGeneration") != body["metadata"]["generation"] or _waits_for_knowledge(status):
             return await self._start_training(body, spec, logger)
         phase = status.get("phase")
         if phase == Phase.TRAINING:
@@ -104,7 +107,7 @@ class Reconciler:
         return None
 
     # ---- training ------------------------------------------------------------------------
-    async def _start_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger, *, retry: int = 0) -> None:
+    async def _start_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger, *, retry: int = 0) -> float | None:
         name, generation = body["metadata"]["name"], body["metadata"]["generation"]
         status = body.get("status") or {}
         jobs = await self._owned_jobs(body)
@@ -120,6 +123,9 @@ class Reconciler:
             job = max(started, key=job_version)
             logger.info("Adopting Job %s started before a restart", job["metadata"]["name"])
         else:
+            missing = spec.knowledge.missing(self.settings.store_path) if spec.knowledge else []
+            if missing:
+                return await self._knowledge_missing(body, missing)
             version = self._next_version(name, status, jobs)
             job = await self.cluster.create_job(training_job(body, spec, version, self.settings))
             metrics.JOBS_CREATED.labels(name).inc()
@@ -221,7 +227,8 @@ class Reconciler:
         message = f"version {version} serves on {len(replicas)} replica(s)"
         update = (
             StatusUpdate(status)
-            .set(phase=Phase.READY, servingVersion=str(version), retries=0, message=message)
+            .set(phase=Phase.READY, servingVersion=str(version), retries=0, message=message,
+                 servingFacts=self._facts(name, version, logger))
             .condition("RolledOut", True, "RolledOut", message)
             .ready_from(str(version))
         )
@@ -327,12 +334,34 @@ class Reconciler:
         kopf.warn(body, reason=INVALID_SPEC, message=message)
         return None
 
+    async def _knowledge_missing(self, body: dict, missing: list[str]) -> float:
+        """No Job that is bound to fail: say which knowledge files are missing, look again later."""
+        status = body.get("status") or {}
+        message = (f"knowledge files not in the model store ({self.settings.store_path}): {', '.join(missing)}; "
+                   "training starts once they are there")
+        if status.get("observedGeneration") != body["metadata"]["generation"] or status.get("message") != message:
+            update = (StatusUpdate(status)
+                      .set(phase=Phase.FAILED, observedGeneration=body["metadata"]["generation"], message=message)
+                      .condition("Trained", False, KNOWLEDGE_MISSING, message)
+                      .ready_from(status.get("servingVersion")))
+            await self.cluster.patch_status(body["metadata"]["name"], update.patch)
+            kopf.warn(body, reason=KNOWLEDGE_MISSING, message=message)
+        return KNOWLEDGE_POLL_SECONDS
+
     # ---- cluster state -------------------------------------------------------------------
     async def _owned_jobs(self, body: dict) -> list[dict[str, Any]]:
         """This resource's training Jobs (not those of a deleted namesake that the GC has yet to remove)."""
         uid = body["metadata"]["uid"]
         jobs = await self.cluster.jobs(persona_selector(body["metadata"]["name"]))
         return [j for j in jobs if any(ref.get("uid") == uid for ref in j["metadata"].get("ownerReferences") or [])]
+
+    def _facts(self, name: str, version: int, logger: logging.Logger) -> int:
+        """How many facts the version folder carries (`kubectl describe pm`: status.servingFacts)."""
+        try:
+            return knowledge.count(Path(self.settings.store_path) / name / f"v{version}")
+        except PersonaError as exc:
+            logger.warning("Cannot count the facts of %s v%s: %s", name, version, exc)
+            return 0
 
     def _next_version(self, name: str, status: dict, jobs: list[dict]) -> int:
         """One above every version the status, the Jobs or the model store know about."""
@@ -363,6 +392,11 @@ def _failed_at(job: dict) -> str | None:
         if c.get("type") == "Failed" and c.get("status") == "True":
             return c.get("lastTransitionTime")
     return None
+
+
+def _waits_for_knowledge(status: dict) -> bool:
+    trained = condition(status, "Trained")
+    return status.get("phase") == Phase.FAILED and bool(trained) and trained["reason"] == KNOWLEDGE_MISSING
 
 
 def _failed_step(status: dict) -> str | None:

@@ -7,7 +7,7 @@ message for the resource's status.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,6 +44,26 @@ class DatasetSection(_Camel):
             if path.startswith("/") or ".." in PurePosixPath(path).parts:
                 raise ValueError(f"{path!r} is not inside the model store (give a path relative to it)")
         return exports
+
+
+class KnowledgeSection(_Camel):
+    """Facts about the persona (issue 14): inline and/or files in the model store."""
+
+    facts: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+
+    @field_validator("files")
+    @classmethod
+    def _relative_to_the_store(cls, files: list[str]) -> list[str]:
+        """Knowledge files live in the model store, like the persona's data; nothing outside it."""
+        for path in files:
+            if path.startswith("/") or ".." in PurePosixPath(path).parts:
+                raise ValueError(f"{path!r} must be a path inside the model store (relative, no '..')")
+        return files
+
+    def missing(self, store: str) -> list[str]:
+        """The files that are not (yet) in the model store: a Job would fail on them."""
+        return [path for path in self.files if not (Path(store) / path).is_file()]
 
 
 class TrainingSection(_Camel):
@@ -87,6 +107,7 @@ class PersonaModelSpec(_Camel):
     base_model: str = Field(min_length=1)
     dataset: DatasetSection
     training: TrainingSection = Field(default_factory=TrainingSection)
+    knowledge: KnowledgeSection | None = None
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None

@@ -29,6 +29,7 @@ TRAINING_FAILED = "TrainingFailed"
 ROLLOUT_FAILED = "RolloutFailed"
 GATE_REJECTED = "GateRejected"
 INVALID_SPEC = "InvalidSpec"
+KNOWLEDGE_MISSING = "KnowledgeMissing"  # spec.knowledge.files not in the model store: no Job until they are
 
 
 def now() -> str:

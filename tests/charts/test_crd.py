@@ -101,7 +101,7 @@ def test_every_spec_field_the_operator_reads_is_in_the_schema(schema):
 
 
 STATUS = {
-    "phase": "Ready", "observedGeneration": 2, "servingVersion": "2", "latestVersion": "2", "retries": 0,
+    "phase": "Ready", "observedGeneration": 2, "servingVersion": "2", "servingFacts": 12, "latestVersion": "2", "retries": 0,
     "message": "version 2 serves",
     "lastTraining": {"version": "2", "jobName": "devops-dude-v2", "startedAt": "2026-11-24T06:00:00Z",
                      "finishedAt": "2026-11-24T06:20:00Z", "durationSeconds": 1200.0, "evalLoss": 2.1,
@@ -143,6 +143,8 @@ def broken(example: dict, path: str, value: object) -> dict:
     ("serving.generation.topP", 1.5),
     ("serving.workers", 0),
     ("rollout.keepVersions", 0),
+    ("knowledge.facts", [""]),
+    ("knowledge.files", "facts.md"),
     ("rollout.maxEvalLossIncrease", -0.1),
     ("resources.limits", {"memory": "lots"}),
     ("tolerations", [{"key": "gpu", "operator": "Maybe"}]),

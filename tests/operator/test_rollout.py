@@ -81,6 +81,7 @@ async def test_v1_serves_v2_switches_under_load_v3_prunes_and_delete_unroutes(cl
                                                                              tiny_run):
     status = await serve_first_version(cluster, tiny_run, "pm-life")
     assert status["servingVersion"] == "1" and status["latestVersion"] == "1" and status["observedGeneration"] == 1
+    assert status["servingFacts"] == 0  # trained without knowledge (issue 14)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Trained": "True", "RolledOut": "True", "Ready": "True"}
     assert route(cluster, "pm-life") == (1, [1])
     assert await answers_as(replica, "pm-life") == "1"

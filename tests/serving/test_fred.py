@@ -1,5 +1,5 @@
 """The FRED-shaped persona end to end (issue 11.4): `persona package` -> a real TorchServe with the
-project's handler -> the bot's `InferenceClient`. The base starts its answers with <extra_id_0>,
+fleet handler -> the bot's `InferenceClient`. The base starts its answers with <extra_id_0>,
 as FRED-T5 does: the reply must not show it."""
 
 from collections.abc import Iterator
@@ -8,27 +8,23 @@ from pathlib import Path
 import pytest
 
 from persona_serving.decoding import decode_replies
-from persona_serving.server import ServeOptions, free_port, serve_background, stop
+from persona_serving.server import ServeOptions, serve_background, stop
 from personafleet.client import InferenceClient
 from personafleet.inference import GenerationOptions, InferenceRequest
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import TimedTurn, conversation, render_prompt
 from tests.fixtures.fred_model import FRED_PERSONA
-from tests.fixtures.torchserve import build_mar
+from tests.fixtures.torchserve import publish, serve_options
 
 GREEDY = GenerationOptions(max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
 
 
 @pytest.fixture(scope="module")
-def fred_serve(fred_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeOptions]:
+def fred_serve(fred_run: Path, fred_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeOptions]:
     root = tmp_path_factory.mktemp("fred-serve")
-    build_mar(fred_run, FRED_PERSONA, "1", root / "store")
-    options = ServeOptions(
-        model_store=root / "store", workdir=root / "serve",
-        inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
-        grpc_ports=(free_port(), free_port()), torch_threads=1,
-    )
-    serve_background(options, [FRED_PERSONA])
+    publish(fred_run, FRED_PERSONA, 1, root / "store")
+    options = serve_options(root / "store", fred_base, root / "serve")
+    serve_background(options)
     try:
         yield options
     finally:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personafleet.errors import PersonaError, first_error
+from personafleet.knowledge import KnowledgeSource
 from personafleet.persona import PersonaSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -28,6 +29,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     persona: PersonaSpec = Field(default_factory=PersonaSpec)
+    knowledge: KnowledgeSource | None = Field(
+        None, description="facts retrieved into every prompt (issue 14); also `persona train --knowledge FILE`")
 
     # LoRA (peft)
     lora_rank: int = Field(16, ge=1)
@@ -64,6 +67,13 @@ class TrainConfig(BaseModel):
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         return self
+
+    def with_knowledge_files(self, files: list[Path]) -> TrainConfig:
+        """The config with more knowledge files (`--knowledge`), after those train.yaml names."""
+        if not files:
+            return self
+        source = self.knowledge or KnowledgeSource()
+        return self.model_copy(update={"knowledge": source.model_copy(update={"files": [*source.files, *files]})})
 
     @property
     def samples_per_step(self) -> int:

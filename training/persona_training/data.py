@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personafleet.errors import PersonaError
+from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt, record_turns
 from personafleet.records import DialogueRecord, read_records
@@ -54,9 +55,11 @@ def load_dialogues(data_dirs: Sequence[Path]) -> DialogueData:
     return DialogueData(train=train, val=val, sources=[str(d) for d in data_dirs])
 
 
-def prompt_for(record: DialogueRecord, persona: PersonaSpec) -> str:
-    """The model input for a record: exactly what serving renders for the same conversation."""
-    return render_prompt(persona.template, persona.description, record_turns(record))
+def prompt_for(record: DialogueRecord, persona: PersonaSpec, knowledge: Knowledge | None = None) -> str:
+    """The model input for a record: exactly what serving renders for the same conversation,
+    with the facts the same `retrieve` picks there."""
+    turns = record_turns(record)
+    return render_prompt(persona.template, persona.description, turns, retrieve(knowledge, turns))
 
 
 @dataclass
@@ -66,13 +69,14 @@ class TokenizedExample:
 
 
 def tokenize_records(
-    records: Sequence[DialogueRecord], tokenizer, persona: PersonaSpec, max_source: int, max_target: int
+    records: Sequence[DialogueRecord], tokenizer, persona: PersonaSpec, max_source: int, max_target: int,
+    knowledge: Knowledge | None = None,
 ) -> list[TokenizedExample]:
     """Prompts as the tokenizer encodes them (serving does the same) and replies ending with the
     end-of-sequence token, which T5 tokenizers append and FRED-T5's GPT-2-style one does not:
     without it the model never learns to stop. Overlong prompts lose their start, as in serving
     (the end holds the newest turn and the answer marker); overlong replies lose their end."""
-    prompts = [prompt_for(record, persona) for record in records]
+    prompts = [prompt_for(record, persona, knowledge) for record in records]
     replies = [record.reply.text for record in records]
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"

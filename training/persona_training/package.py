@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
 from personafleet.persona import PERSONA_FILE, PERSONA_NAME_PATTERN, PersonaSpec
 from personafleet.routing import parse_version
@@ -135,6 +136,8 @@ def publish_version(
             _replace_dir(staging / RUN_DIR, out / RUN_DIR)
         _replace_dir(staging / ADAPTER_DIR, out / ADAPTER_DIR)
         (staging / PERSONA_FILE).replace(out / PERSONA_FILE)
+        if not knowledge.copy(run_dir, out):  # contract 1: STORE/NAME/vN/knowledge.json, when the run has facts
+            (out / knowledge.KNOWLEDGE_FILE).unlink(missing_ok=True)  # a republished version keeps no stale facts
     write_version_info(out, VersionInfo(persona=name, version=number, base=base))
     logger.info("Published %s v%d into %s (base %s)", name, number, out, base)
     return out

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from personafleet import knowledge as knowledge_store
 from personafleet.persona import PERSONA_FILE
 from persona_training import checkpoint, report as reports
 from persona_training.config import TrainConfig
@@ -77,6 +78,7 @@ def train(
 
     # --- data ---------------------------------------------------------------------------------
     dialogues = load_dialogues(data_dirs)  # before the heavy imports: bad data fails at once
+    knowledge = config.knowledge.build() if config.knowledge else None
 
     import torch
     from tqdm.auto import tqdm
@@ -85,7 +87,7 @@ def train(
     tokenizer = load_tokenizer(base)
     persona = config.persona
     encode = lambda records: tokenize_records(  # noqa: E731
-        records, tokenizer, persona, config.max_source_tokens, config.max_target_tokens)
+        records, tokenizer, persona, config.max_source_tokens, config.max_target_tokens, knowledge)
     train_set, val_set = encode(dialogues.train), encode(dialogues.val)
     batches = LengthGroupedBatches([len(e.input_ids) for e in train_set], config.batch_size,
                                    config.length_group_size, config.seed)
@@ -185,6 +187,8 @@ def train(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / PERSONA_FILE).write_text(persona.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    if knowledge is not None:
+        knowledge_store.save(knowledge, out)  # `persona package` publishes it with the adapter
     report = {
         "persona": persona.model_dump(mode="json"),
         "base_model": base,
@@ -194,6 +198,7 @@ def train(
             "train": token_stats(train_set, config.max_source_tokens, config.max_target_tokens),
             "val": token_stats(val_set, config.max_source_tokens, config.max_target_tokens),
         },
+        "knowledge": {"facts": len(knowledge.facts) if knowledge else 0},
         "device": hardware.device,
         "precision": hardware.precision,
         "steps": progress.step,

@@ -1,0 +1,186 @@
+"""Facts flow CLI/train.yaml -> training prompts -> run dir -> version folder -> handler prompt (issue 14)."""
+
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from personafleet import knowledge
+from personafleet.errors import PersonaError
+from personafleet.inference import GenerationLimits
+from personafleet.knowledge import KnowledgeSource, build_knowledge
+from personafleet.persona import PersonaSpec
+from personafleet.records import DialogueRecord, Source, Utterance
+from persona_serving.requests import Prepared, prepare
+from persona_training.config import TrainConfig, load_config
+from persona_training.data import prompt_for
+from persona_training.package import build_archive
+from persona_training.train import train
+from tests.fixtures.tiny_model import train_tiny_run
+
+ROOT = Path(__file__).resolve().parents[2]
+PERSONA_CLI = ROOT / ".venv" / "bin" / "persona"
+FACTS_V1 = ["Работаю DevOps-инженером в Яндексе", "Живу в Казани", "Мой кот Барсик"]
+FACTS_V2 = ["Работаю SRE в Тинькофф", "Живу в Новосибирске"]
+
+
+def conversation(*texts: str) -> DialogueRecord:
+    """A record whose context alternates user / persona turns, ending with the user's question."""
+    authors = ["user2" if (len(texts) - i) % 2 == 0 else "user1" for i in range(len(texts))]
+    return DialogueRecord(
+        context=[Utterance(author=author, name="x", text=t) for author, t in zip(authors, texts)],
+        reply=Utterance(author="user2", name="Boris", text="в Яндексе"),
+        source=Source(chat_id=1, message_id=1),
+    )
+
+
+def write_facts(path: Path, facts: list[str]) -> Path:
+    path.write_text("# Обо мне\n" + "".join(f"- {fact}\n" for fact in facts), encoding="utf-8")
+    return path
+
+
+# --- prompts and configuration (no model) -----------------------------------------------------
+def test_a_training_prompt_carries_the_facts_retrieved_for_its_context():
+    persona = PersonaSpec()
+    record = conversation("привет", "ку", "а где работаешь сейчас?")
+    assert record_roles(record) == ["user", "persona", "user"]
+    with_facts = prompt_for(record, persona, build_knowledge([], FACTS_V1))
+    assert with_facts.splitlines()[0] == f"<SC6>{persona.description} Работаю DevOps-инженером в Яндексе. Продолжи диалог:"
+    assert prompt_for(record, persona) == prompt_for(record, persona, None)
+    assert "Яндекс" not in prompt_for(record, persona)
+
+
+def record_roles(record: DialogueRecord) -> list[str]:
+    from personafleet.prompt import record_turns
+
+    return [turn.role for turn in record_turns(record)]
+
+
+def test_train_yaml_knowledge_and_cli_files_combine(tmp_path):
+    facts = write_facts(tmp_path / "facts.md", FACTS_V1)
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(f"knowledge:\n  facts: [Люблю горы]\n  files: [{facts}]\n  top_k: 2\n", encoding="utf-8")
+    config = load_config(config_file).with_knowledge_files([tmp_path / "more.md"])
+    assert config.knowledge.files == [facts, tmp_path / "more.md"] and config.knowledge.top_k == 2
+    assert TrainConfig().with_knowledge_files([facts]).knowledge == KnowledgeSource(files=[facts])
+    assert TrainConfig().with_knowledge_files([]).knowledge is None
+    config_file.write_text("knowledge:\n  fact: [typo]\n", encoding="utf-8")
+    with pytest.raises(PersonaError, match="knowledge.fact: Extra inputs"):
+        load_config(config_file)
+
+
+def test_bad_knowledge_fails_before_any_model_is_loaded(tmp_path, tiny_data):
+    config = TrainConfig(knowledge=KnowledgeSource(files=[tmp_path / "missing.md"]))
+    with pytest.raises(PersonaError, match="missing.md: no such knowledge file"):
+        train([tiny_data], "no/such-base", tmp_path / "run", config)
+
+
+def test_cli_reports_a_bad_knowledge_file_on_one_line(tmp_path, tiny_data):
+    bad = tmp_path / "facts.md"
+    bad.write_bytes(b"- \xff\n")
+    result = subprocess.run([str(PERSONA_CLI), "train", "--data", str(tiny_data), "--base", "x", "--out",
+                             str(tmp_path / "run"), "--knowledge", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"persona: error: {bad}:1: not UTF-8 text"
+
+
+# --- a real run, packaged, and read back as the handler does ----------------------------------
+@pytest.fixture(scope="module")
+def store(tiny_base, tiny_data, tmp_path_factory) -> Path:
+    """Two published versions of one persona, trained with different facts."""
+    root = tmp_path_factory.mktemp("knowledge")
+    store = root / "store"
+    for version, facts in ((1, FACTS_V1), (2, FACTS_V2)):
+        source = KnowledgeSource(files=[write_facts(root / f"facts{version}.md", facts)])
+        run = train_tiny_run(tiny_base, tiny_data, root / f"run{version}", steps=2, knowledge=source)
+        build_archive(run, "devops-dude", str(version), store / "devops-dude" / f"v{version}")
+    return store
+
+
+def test_training_saves_the_facts_and_package_publishes_them_with_the_version(store):
+    v1 = store / "devops-dude" / "v1"
+    run = v1.parent.parent.parent / "run1"
+    assert knowledge.load(run).facts == FACTS_V1
+    assert json.loads((run / "report.json").read_text(encoding="utf-8"))["knowledge"] == {"facts": 3}
+    assert knowledge.load(v1) == knowledge.load(run)
+    with zipfile.ZipFile(v1 / "devops-dude.mar") as archive:
+        assert json.loads(archive.read(knowledge.KNOWLEDGE_FILE))["facts"] == FACTS_V1
+
+
+def test_rolling_back_brings_the_older_versions_facts_back(store):
+    assert knowledge.load(store / "devops-dude" / "v2").facts == FACTS_V2
+    assert knowledge.load(store / "devops-dude" / "v1").facts == FACTS_V1
+    assert knowledge.count(store / "devops-dude" / "v1") == 3
+
+
+def test_a_run_without_knowledge_publishes_none(tiny_run, tmp_path):
+    build_archive(tiny_run, "devops-dude", "1", tmp_path)
+    assert not (tmp_path / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(tmp_path) == 0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("texts", [
+    ("где работаешь?",),
+    ("привет", "ку", "а живёшь где? в Казани?"),
+    ("кот", "какой кот", "как твой кот поживает", "ну а работа как?"),  # only the newest 3 turns count
+    ("ну привет",),
+])
+def test_the_handler_renders_the_prompt_training_rendered(store, version, texts):
+    """Same conversation, same facts: the request the bot would send for a record's context is
+    prepared by the handler (knowledge loaded from the version folder) into the training prompt."""
+    version_dir = store / "devops-dude" / f"v{version}"
+    persona = PersonaSpec(name="devops-dude")
+    record = conversation(*texts)
+    trained = prompt_for(record, persona, knowledge.load(version_dir.parent.parent.parent / f"run{version}"))
+    context = [{"role": role, "text": turn.text} for role, turn in zip(record_roles(record), record.context)]
+    body = {"context": context[:-1], "message": context[-1]["text"]}
+    served = prepare({"body": body}, persona, GenerationLimits(), knowledge.load(version_dir))
+    assert isinstance(served, Prepared)
+    assert served.prompt == trained and served.retrieval_seconds > 0
+
+
+@pytest.mark.parametrize("version, question, fact", [
+    (1, "где работаешь?", "Работаю DevOps-инженером в Яндексе."),
+    (2, "где работаешь?", "Работаю SRE в Тинькофф."),
+    (1, "ну привет", None),
+])
+def test_the_handler_puts_the_versions_own_facts_into_the_prompt(store, version, question, fact):
+    served = prepare({"body": {"message": question}}, PersonaSpec(name="devops-dude"), GenerationLimits(),
+                     knowledge.load(store / "devops-dude" / f"v{version}"))
+    assert served.facts == (1 if fact else 0)
+    assert (fact in served.prompt.splitlines()[0]) if fact else served.prompt == prepare(
+        {"body": {"message": question}}, PersonaSpec(name="devops-dude"), GenerationLimits()).prompt
+
+
+def test_the_real_handler_loads_the_versions_facts_once_and_records_its_metrics(store, tmp_path, caplog):
+    """PersonaHandler in-process with TorchServe's own Context and metrics cache (which refuses
+    undeclared metrics): the .mar's knowledge.json reaches the prompt and the two histograms."""
+    import logging
+
+    from ts.context import Context
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    from persona_serving.handler import PersonaHandler
+    from persona_serving.metrics import write_metrics_config
+
+    model_dir = tmp_path / "model"
+    with zipfile.ZipFile(store / "devops-dude" / "v1" / "devops-dude.mar") as archive:
+        archive.extractall(model_dir)
+    metrics = MetricsCacheYamlImpl(str(write_metrics_config(tmp_path / "metrics.yaml")))
+    metrics.initialize_cache()
+    context = Context("devops-dude", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12",
+                      metrics=metrics)
+    handler = PersonaHandler()
+    handler.initialize(context)
+    handler.context = context
+    assert handler.knowledge.facts == FACTS_V1
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        prepared = handler.preprocess([{"body": {"message": "где работаешь?"}}, {"body": {"message": "ну привет"}}])
+    assert "Работаю DevOps-инженером в Яндексе." in prepared[0].prompt.splitlines()[0]
+    assert (prepared[0].facts, prepared[1].facts) == (1, 0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    assert sum(line.startswith("[METRICS]persona_handler_retrieval_seconds.Seconds:") for line in lines) == 2
+    assert sorted(line.split(":")[1].split("|")[0] for line in lines
+                  if line.startswith("[METRICS]persona_handler_facts_per_prompt")) == ["0", "1"]
