@@ -306,7 +306,7 @@ def main() -> None:
     (args.results / "serving.json").write_text(json.dumps(
         {"args": vars(args), "bare_generate_p50": bare_p50,
          "results": {s: [{k: v for k, v in r.items() if k != "latencies"} for r in rows] for s, rows in results.items()}},
-        indent=2))
+        indent=2, default=str))  # default: the --results path
     print(f"\nwrote {args.results / 'serving.png'} and {args.results / 'serving.json'}")
 
 
