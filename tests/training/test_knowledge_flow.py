@@ -2,21 +2,20 @@
 
 import json
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError
-from personafleet.inference import GenerationLimits
+from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.knowledge import KnowledgeSource, build_knowledge
 from personafleet.persona import PersonaSpec
 from personafleet.records import DialogueRecord, Source, Utterance
-from persona_serving.requests import Prepared, prepare
+from persona_serving.requests import PersonaVersion, Prepared, Routed, prepare
 from persona_training.config import TrainConfig, load_config
 from persona_training.data import prompt_for
-from persona_training.package import build_archive
+from persona_training.package import publish_version
 from persona_training.train import train
 from tests.fixtures.tiny_model import train_tiny_run
 
@@ -95,7 +94,7 @@ def store(tiny_base, tiny_data, tmp_path_factory) -> Path:
     for version, facts in ((1, FACTS_V1), (2, FACTS_V2)):
         source = KnowledgeSource(files=[write_facts(root / f"facts{version}.md", facts)])
         run = train_tiny_run(tiny_base, tiny_data, root / f"run{version}", steps=2, knowledge=source)
-        build_archive(run, "devops-dude", str(version), store / "devops-dude" / f"v{version}")
+        publish_version(run, "devops-dude", version, store / "devops-dude" / f"v{version}")
     return store
 
 
@@ -105,8 +104,7 @@ def test_training_saves_the_facts_and_package_publishes_them_with_the_version(st
     assert knowledge.load(run).facts == FACTS_V1
     assert json.loads((run / "report.json").read_text(encoding="utf-8"))["knowledge"] == {"facts": 3}
     assert knowledge.load(v1) == knowledge.load(run)
-    with zipfile.ZipFile(v1 / "devops-dude.mar") as archive:
-        assert json.loads(archive.read(knowledge.KNOWLEDGE_FILE))["facts"] == FACTS_V1
+    assert json.loads((v1 / knowledge.KNOWLEDGE_FILE).read_text(encoding="utf-8"))["facts"] == FACTS_V1
 
 
 def test_rolling_back_brings_the_older_versions_facts_back(store):
@@ -116,8 +114,18 @@ def test_rolling_back_brings_the_older_versions_facts_back(store):
 
 
 def test_a_run_without_knowledge_publishes_none(tiny_run, tmp_path):
-    build_archive(tiny_run, "devops-dude", "1", tmp_path)
-    assert not (tmp_path / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(tmp_path) == 0
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).write_text('{"facts": ["stale"]}')  # an earlier publication's
+    publish_version(tiny_run, "devops-dude", 1, tmp_path / "v1", force=True)
+    assert not (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(tmp_path / "v1") == 0
+
+
+def served(body: dict, version_dir: Path | None, version: int = 1) -> Prepared:
+    """What the fleet handler prepares for `body` once the version's adapter is resident."""
+    request = InferenceRequest.model_validate({"persona": "devops-dude"} | body)
+    entry = PersonaVersion("devops-dude", version, PersonaSpec(name="devops-dude"), version_dir or Path("."),
+                           knowledge.load(version_dir) if version_dir else None)
+    return prepare(Routed(request, "devops-dude", version), entry, GenerationLimits())
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -136,9 +144,8 @@ def test_the_handler_renders_the_prompt_training_rendered(store, version, texts)
     trained = prompt_for(record, persona, knowledge.load(version_dir.parent.parent.parent / f"run{version}"))
     context = [{"role": role, "text": turn.text} for role, turn in zip(record_roles(record), record.context)]
     body = {"context": context[:-1], "message": context[-1]["text"]}
-    served = prepare({"body": body}, persona, GenerationLimits(), knowledge.load(version_dir))
-    assert isinstance(served, Prepared)
-    assert served.prompt == trained and served.retrieval_seconds > 0
+    prepared = served(body, version_dir, version)
+    assert prepared.prompt == trained and prepared.retrieval_seconds > 0
 
 
 @pytest.mark.parametrize("version, question, fact", [
@@ -147,39 +154,41 @@ def test_the_handler_renders_the_prompt_training_rendered(store, version, texts)
     (1, "ну привет", None),
 ])
 def test_the_handler_puts_the_versions_own_facts_into_the_prompt(store, version, question, fact):
-    served = prepare({"body": {"message": question}}, PersonaSpec(name="devops-dude"), GenerationLimits(),
-                     knowledge.load(store / "devops-dude" / f"v{version}"))
-    assert served.facts == (1 if fact else 0)
-    assert (fact in served.prompt.splitlines()[0]) if fact else served.prompt == prepare(
-        {"body": {"message": question}}, PersonaSpec(name="devops-dude"), GenerationLimits()).prompt
+    prepared = served({"message": question}, store / "devops-dude" / f"v{version}", version)
+    assert prepared.facts == (1 if fact else 0)
+    assert (fact in prepared.prompt.splitlines()[0]) if fact else prepared.prompt == served({"message": question}, None).prompt
 
 
-def test_the_real_handler_loads_the_versions_facts_once_and_records_its_metrics(store, tmp_path, caplog):
-    """PersonaHandler in-process with TorchServe's own Context and metrics cache (which refuses
-    undeclared metrics): the .mar's knowledge.json reaches the prompt and the two histograms."""
+def test_the_real_handler_loads_the_versions_facts_with_its_adapter_and_records_its_metrics(
+        store, tiny_base, tmp_path, caplog):
+    """FleetHandler in-process with TorchServe's own Context and metrics cache (which refuses
+    undeclared metrics): the version folder's knowledge.json reaches the prompt and the two histograms."""
     import logging
 
     from ts.context import Context
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-    from persona_serving.handler import PersonaHandler
+    from persona_serving.config import SERVING_FILE, FleetConfig
+    from persona_serving.handler import FleetHandler
     from persona_serving.metrics import write_metrics_config
+    from personafleet.routing import update_routing
 
+    update_routing(store, lambda table: table.add("devops-dude", 1, serve=True))
     model_dir = tmp_path / "model"
-    with zipfile.ZipFile(store / "devops-dude" / "v1" / "devops-dude.mar") as archive:
-        archive.extractall(model_dir)
+    model_dir.mkdir()
+    (model_dir / SERVING_FILE).write_text(FleetConfig(base=str(tiny_base), model_store=str(store)).model_dump_json())
     metrics = MetricsCacheYamlImpl(str(write_metrics_config(tmp_path / "metrics.yaml")))
     metrics.initialize_cache()
-    context = Context("devops-dude", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12",
-                      metrics=metrics)
-    handler = PersonaHandler()
+    context = Context("fleet", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12", metrics=metrics)
+    handler = FleetHandler()
     handler.initialize(context)
     handler.context = context
-    assert handler.knowledge.facts == FACTS_V1
+    greedy = {"max_new_tokens": 4, "do_sample": False}
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
-        prepared = handler.preprocess([{"body": {"message": "где работаешь?"}}, {"body": {"message": "ну привет"}}])
-    assert "Работаю DevOps-инженером в Яндексе." in prepared[0].prompt.splitlines()[0]
-    assert (prepared[0].facts, prepared[1].facts) == (1, 0)
+        routed = handler.preprocess([{"body": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy}},
+                                     {"body": {"persona": "devops-dude", "message": "ну привет", "generation": greedy}}])
+        answers = handler.inference(routed)  # postprocess needs TorchServe's request processor: left out
+    assert [answer.model_version for answer in answers] == ["1", "1"]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     assert sum(line.startswith("[METRICS]persona_handler_retrieval_seconds.Seconds:") for line in lines) == 2
     assert sorted(line.split(":")[1].split("|")[0] for line in lines
