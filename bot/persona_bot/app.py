@@ -70,5 +70,5 @@ def build_dispatcher(
         chat.create_router(),  # last: it takes any text the others did not
     )
     if asr is not None:  # VOICE=false: recordings stay unanswered, as before voice support
-        dispatcher.include_router(voice.create_router(limiter))
+        dispatcher.include_router(voice.create_router())
     return dispatcher

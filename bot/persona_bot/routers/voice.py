@@ -20,7 +20,6 @@ from aiogram.utils.chat_action import ChatActionSender
 
 from persona_bot import metrics
 from persona_bot.filters import VoiceForBot
-from persona_bot.middlewares import RateLimiter, RateLimitMiddleware
 from persona_bot.routers.chat import MODEL_DOWN, answer
 from persona_bot.settings import BotSettings
 from persona_bot.store import Store
@@ -109,9 +108,8 @@ async def refuse(message: Message, outcome: str, reply: str) -> None:
     await message.reply(reply)
 
 
-def create_router(limiter: RateLimiter) -> Router:
-    """Recordings count against the same rate limit as text (one limiter, shared with `chat`)."""
+def create_router() -> Router:
+    """Recordings count against the same rate limit as text: the dispatcher's, on every update."""
     router = Router(name="voice")
-    router.message.middleware(RateLimitMiddleware(limiter))
     router.message.register(listen, VoiceForBot())
     return router
