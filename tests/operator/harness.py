@@ -36,7 +36,7 @@ from tests.operator.fake_kube import ApiError, FakeKube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "personafleet" / "crds" / "personamodel.yaml"
 SERVING_LABELS = {"app.kubernetes.io/component": "serving"}
-OPERATOR_RESIDENT_ADAPTERS = 4  # a rollout needs the serving and the new version resident at once
+OPERATOR_RESIDENT_ADAPTERS = 4  # a test's versions stay loaded: a cold load per new version, as in a cluster
 
 
 def crd_schemas() -> dict[str, dict]:
