@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """How fast the operator reacts: CR apply -> training Job, spec edit -> new Job, Job success ->
 new version answering on every replica (routing table: add, pinned smoke test, switch, verify,
-prune). Measured on the tests' fake API server with two serving replicas (`fleet_replica`, the
-tests' seam for the fleet TorchServe: it reads the routing table per request but loads no adapter)
-and the tiny model's adapter, for the operator as shipped (event-driven) and for a naive baseline
+prune). Measured on the tests' fake API server with two serving replicas: the production auth front
+before one real fleet TorchServe (`persona serve` over the tiny base, `fleet_replica`), each
+version published by the real `persona package` code from the tiny run (so every smoke test
+includes a cold adapter load), for the operator as shipped (event-driven) and for a naive baseline
 in the same run:
 
     .venv/bin/python benchmarks/operator.py                 # 5 trials each, baseline polls every 10 s
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # the fake API server and the fixtures live in te
 
 from persona_operator import handlers  # noqa: E402
 from persona_operator.cluster import GROUP, PLURAL, VERSION  # noqa: E402
+from persona_serving.server import ServeOptions  # noqa: E402
 from tests.fixtures.tiny_model import build_tiny_base, prepare_sample, train_tiny_run  # noqa: E402
 from tests.fixtures.torchserve import free_port  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
@@ -47,6 +49,7 @@ from tests.operator.harness import (  # noqa: E402
     Operator,
     fake_cluster,
     fleet_replica,
+    fleet_server,
     operator_settings,
     persona_model,
     place_version,
@@ -111,13 +114,13 @@ async def measure(cluster: Cluster, run: Path, trials: int, timeout: float, labe
     return results
 
 
-async def run_both(run: Path, work: Path, args: argparse.Namespace) -> dict:
+async def run_both(run: Path, work: Path, server: ServeOptions, args: argparse.Namespace) -> dict:
     """The shipped operator, then the polling baseline, against the same cluster and replicas."""
     results = {}
     port = free_port()
-    async with fake_cluster(work) as cluster, \
-            fleet_replica(cluster.store, work / "replica-0", port=port) as first, \
-            fleet_replica(cluster.store, work / "replica-1", host="127.0.0.2", port=port, token_file=first.token_file):
+    async with fake_cluster(work, store=server.model_store) as cluster, \
+            fleet_replica(server, work / "replica-0", port=port) as first, \
+            fleet_replica(server, work / "replica-1", host="127.0.0.2", port=port, token_file=first.token_file):
         cluster.add_serving_pod("torchserve-0")
         cluster.add_serving_pod("torchserve-1", ip="127.0.0.2")
         for label, registry in (("operator", None), ("baseline", polling_registry(args.poll_interval))):
@@ -161,11 +164,14 @@ def main() -> None:
         work = Path(tmp)
         print("training the tiny model ...", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
-            run = train_tiny_run(build_tiny_base(work / "base"), prepare_sample(work / "data"), work / "run")
-        results = asyncio.run(run_both(run, work, args))
+            base = build_tiny_base(work / "base")
+            run = train_tiny_run(base, prepare_sample(work / "data"), work / "run")
+        print("starting the fleet TorchServe ...", file=sys.stderr)
+        with fleet_server(work / "store", base, work / "serve") as server:
+            results = asyncio.run(run_both(run, work, server, args))
 
     targets = {"apply -> Job created": 2.0, "spec edit -> new Job": 2.0, "Job success -> serving": 2.0}
-    print(f"\nOperator latency, {args.trials} trials each (fake API server, 2 routing-table replicas, tiny adapter); "
+    print(f"\nOperator latency, {args.trials} trials each (fake API server, 2 replicas: auth front + real fleet TorchServe, tiny adapter); "
           f"baseline: kopf timer polling every {args.poll_interval:g} s\n")
     print("| step | target | operator median | operator max | baseline median | baseline max | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

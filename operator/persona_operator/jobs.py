@@ -16,7 +16,6 @@ from kubernetes.client import V1Job
 from pydantic import ValidationError
 
 from personafleet.errors import PersonaError, first_error
-from personafleet.inference import GenerationLimits
 from personafleet.persona import PersonaSpec
 
 from persona_operator.settings import Settings
@@ -68,7 +67,8 @@ def version_dir(store: PurePosixPath | str, persona: str, version: int) -> PureP
 
 def training_config(persona: str, spec: PersonaModelSpec) -> dict[str, Any]:
     """`persona train --config` content: the CR's training section in the CLI's snake_case keys,
-    and the persona (name, description, generation defaults) that travels into the .mar.
+    and the persona (name, description, generation defaults) that `persona package` publishes as
+    the version's persona.json.
 
     JSON is valid YAML, so the Job writes it as train.yaml unchanged.
     """
@@ -106,17 +106,10 @@ def training_script(persona: str, version: int, spec: PersonaModelSpec, settings
     for path in spec.knowledge.files if spec.knowledge else []:
         train += ["--knowledge", str(store / path)]
     steps.append(train)
-    package = ["persona", "package", "--run", str(out / "run"), "--name", persona, "--version", str(version),
-               "--out", str(out), "--workers", str(spec.serving.workers)]
-    requested = spec.serving.generation.max_new_tokens
-    if requested is not None and requested > GenerationLimits().max_new_tokens:  # the cap must let it through
-        package += ["--max-new-tokens", str(requested)]
-    # Baked into the archive, so a replica that starts later (from models.json) batches the same way.
-    for flag, value in (("--batch-size", spec.serving.batch_size), ("--max-batch-delay-ms", spec.serving.max_batch_delay_ms),
-                        ("--response-timeout", spec.serving.response_timeout_seconds)):
-        if value is not None:
-            package += [flag, str(value)]
-    steps.append(package)
+    # Publishes the version folder only: batching, workers and the reply length cap are the fleet's
+    # (`persona serve` flags from the chart), the persona's generation defaults travel in persona.json.
+    steps.append(["persona", "package", "--run", str(out / "run"), "--name", persona, "--version", str(version),
+                  "--out", str(out)])
     lines = ["set -eu", RUN_STEP, f'printf "%s" "${TRAIN_CONFIG_ENV}" > {WORK_DIR}/train.yaml']
     lines += ["run " + shlex.join(step) for step in steps]
     return "\n".join(lines)

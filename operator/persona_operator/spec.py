@@ -88,10 +88,9 @@ class GenerationSection(_Camel):
 
 
 class ServingSection(_Camel):
-    batch_size: int | None = Field(None, ge=1)
-    max_batch_delay_ms: int | None = Field(None, ge=1)  # TorchServe reads 0 as its 100 ms default
-    workers: int = Field(1, ge=1)
-    response_timeout_seconds: int | None = Field(None, ge=1)
+    """What a persona says about its serving: only its generation defaults. Batching, workers and
+    timeouts belong to the fleet model every persona shares (the chart's serving values)."""
+
     generation: GenerationSection = Field(default_factory=GenerationSection)
 
 

@@ -141,7 +141,7 @@ def broken(example: dict, path: str, value: object) -> dict:
     ("training.precision", "fp8"),
     ("training.targetModules", "q,v"),
     ("serving.generation.topP", 1.5),
-    ("serving.workers", 0),
+    ("serving.generation.maxNewTokens", 513),
     ("rollout.keepVersions", 0),
     ("knowledge.facts", [""]),
     ("knowledge.files", "facts.md"),

@@ -241,6 +241,18 @@ def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(rend
     assert [p["port"] for p in find(objects, "Service", "-serving")["spec"]["ports"]] == [8080, 8082]  # never 8081
 
 
+def test_the_fleet_serving_settings_come_from_the_chart_and_let_every_persona_cap_through(render):
+    """Batching, workers and timeouts are the fleet's (no PersonaModel sets them any more), and the
+    fleet's reply cap lets through the largest serving.generation.maxNewTokens the CRD accepts."""
+    from personafleet.inference import MAX_NEW_TOKENS
+
+    params = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
+    assert params["max_new_tokens"] == MAX_NEW_TOKENS
+    custom = {"workers": 2, "batchSize": 4, "maxBatchDelayMs": 50, "responseTimeoutSeconds": 90, "maxNewTokens": 200}
+    params = parse_cli(container(find(render({"serving": custom}), "Deployment", "-serving"))["args"])
+    assert [params[k] for k in ("workers", "batch_size", "max_batch_delay_ms", "response_timeout", "max_new_tokens")] == [2, 4, 50, 90, 200]
+
+
 def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):
     gpu = find(render({"serving": {"nodeSelector": {"pool": "gpu"}}}), "Deployment", "-serving")
     assert container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1

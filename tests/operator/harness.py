@@ -2,36 +2,41 @@
 
 The tests play the parts no process here can: the Job controller (`finish_job` sets a Job's
 status after the test placed what `persona train`/`package` would have written into the model
-store) and the kubelet (`add_serving_pod` creates a Ready pod whose IP is a serving replica's,
-`fleet_replica`: the one seam where the real fleet TorchServe plugs in).
+store, with the real `persona package` code) and the kubelet (`add_serving_pod` creates a Ready pod
+whose IP is a serving replica's, `fleet_replica`: the production auth front before a real fleet
+TorchServe, `fleet_server`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes
 import yaml
 from aiohttp import web
 
 from persona_operator.settings import Settings
+from persona_serving.server import ServeOptions
 from personafleet.errors import PersonaError
-from personafleet.inference import InferenceRequest
 from personafleet.routing import RoutingTable, read_routing, version_dir
-from tests.fixtures.torchserve import free_port
+from tests.fixtures.torchserve import free_port, serve_options
 from tests.operator.fake_kube import ApiError, FakeKube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "personafleet" / "crds" / "personamodel.yaml"
 SERVING_LABELS = {"app.kubernetes.io/component": "serving"}
+OPERATOR_RESIDENT_ADAPTERS = 4  # a test's versions stay loaded: a cold load per new version, as in a cluster
 
 
 def crd_schemas() -> dict[str, dict]:
@@ -185,8 +190,9 @@ def operator_settings(cluster: Cluster, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def fake_cluster(workdir: Path) -> AsyncIterator[Cluster]:
-    """Serve a fresh FakeKube on 127.0.0.1 and point the kubernetes client (and so kopf) at it."""
+async def fake_cluster(workdir: Path, store: Path | None = None) -> AsyncIterator[Cluster]:
+    """Serve a fresh FakeKube on 127.0.0.1 and point the kubernetes client (and so kopf) at it; the
+    model store is `store` (a running fleet's) or a new empty one in `workdir`."""
     kube = FakeKube(crd_schemas())
     runner = web.AppRunner(kube.app(), handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()
@@ -204,7 +210,7 @@ async def fake_cluster(workdir: Path) -> AsyncIterator[Cluster]:
     # The client reads $KUBECONFIG once, at import: point its default at this file instead.
     previous = kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-    store = workdir / "store"
+    store = store or workdir / "store"
     store.mkdir(exist_ok=True)
     try:
         yield Cluster(kube=kube, url=url, store=store)
@@ -215,128 +221,151 @@ async def fake_cluster(workdir: Path) -> AsyncIterator[Cluster]:
 
 
 # ---- THE SEAM: the serving replica --------------------------------------------------------------
-# `fleet_replica` stands in for one pod of the fleet TorchServe (contract 3) until that lands on this
-# branch; at merge the lead swaps its body for the real `persona serve --model-store STORE --base BASE`
-# behind the auth front, and `place_version` for the real `persona package`. The tests use nothing
-# else of it than what the real one offers: its inference URL and token, plus the fault knobs below.
+# A serving pod is the real thing: one fleet TorchServe (`persona serve --model-store STORE --base BASE`,
+# started once per test module: it is shared by every replica, as it reads the same store) behind
+# the production auth front (persona_serving.front), one front per pod on the pod's IP. Versions are
+# published by the real `persona package` code (`publish_version`). Only the two fault knobs no real
+# server has need a proxy, and only the tests that turn them get one (`faults=True`).
+
+@contextmanager
+def fleet_server(store: Path, base: Path, workdir: Path) -> Iterator[ServeOptions]:
+    """A real fleet TorchServe over `store` (background, as `persona serve` runs it), stopped on exit."""
+    from persona_serving.server import serve_background, stop
+
+    store.mkdir(parents=True, exist_ok=True)
+    options = serve_options(store, base, workdir, max_resident_adapters=OPERATOR_RESIDENT_ADAPTERS)
+    serve_background(options)
+    try:
+        yield options
+    finally:
+        stop(options.workdir)
+
 
 @dataclass
 class FleetReplica:
-    """A strict stand-in for one serving pod: `POST /predictions/<model>` as contract 3 says, the routing
-    table read through `personafleet.routing` on every request (a real worker stats it per batch), a
-    404 for an unknown persona or version, a 503 when the version folder is not a complete published
-    version (version.json naming it, adapter/adapter_config.json), the bearer token checked.
-
-    Fault knobs: `frozen` keeps answering from the last table read (a worker that stopped noticing
-    routing changes); `hold`, when cleared, stalls pinned requests (a slow adapter load);
-    `pinned` records the versions pinned requests asked for."""
+    """One serving pod as the operator and the tests see it: contract 3 at `inference_url` behind the
+    auth front, which takes the operator's token (`token_file`, the management token: the front accepts
+    it on both ports, docs/serving.md)."""
 
     store: Path
     host: str
     port: int
     token_file: Path
     model: str = "fleet"
-    frozen: bool = False
-    hold: asyncio.Event = field(default_factory=asyncio.Event)
-    pinned: list[tuple[str, int]] = field(default_factory=list)
-    table: RoutingTable = field(default_factory=RoutingTable)  # the last table read
-
-    def __post_init__(self) -> None:
-        self.hold.set()
 
     @property
     def inference_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def app(self) -> web.Application:
+
+@dataclass
+class FaultyReplica(FleetReplica):
+    """A pod with a proxy before its front for the faults a real server cannot be asked for:
+    `frozen` answers unpinned requests as the last table it read (`table`; a worker that stopped
+    noticing routing changes: the request goes on pinned to that version), `hold`, when cleared,
+    stalls pinned requests (a slow adapter load); `pinned` records what pinned requests asked for."""
+
+    front_url: str = ""
+    frozen: bool = False
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    pinned: list[tuple[str, int]] = field(default_factory=list)
+    table: RoutingTable = field(default_factory=RoutingTable)
+
+    def __post_init__(self) -> None:
+        self.hold.set()
+
+    def app(self, http: httpx.AsyncClient) -> web.Application:
+        async def predict(request: web.Request) -> web.Response:
+            body = await request.read()
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict):
+                body = json.dumps(await self._fault(payload)).encode()
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            response = await http.post(request.path, content=body, headers=headers)
+            return web.Response(status=response.status_code, body=response.content,
+                                content_type=response.headers.get("content-type", "application/json").split(";")[0])
+
         app = web.Application()
-        app.router.add_post("/predictions/{model}", self._predict)
+        app.router.add_post("/predictions/{model}", predict)
         return app
 
-    def _routing(self) -> RoutingTable:
+    async def _fault(self, payload: dict) -> dict:
         if not self.frozen:
             try:
                 self.table = read_routing(self.store)
             except PersonaError:  # a bad table is never used: the last good one stays in force
                 pass
-        return self.table
-
-    async def _predict(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {self.token_file.read_text().strip()}":
-            return web.json_response({"code": 401, "type": "Unauthorized", "message": "Token Authorization failed"},
-                                     status=401)
-        if request.match_info["model"] != self.model:
-            return web.json_response({"code": 404, "type": "ModelNotFoundException",
-                                      "message": f"Model not found: {request.match_info['model']}"}, status=404)
-        try:
-            body = await request.json()
-            persona, version = body.pop("persona"), body.pop("version", None)
-            if not isinstance(persona, str) or not (version is None or (type(version) is int and version >= 1)):
-                raise ValueError("persona must be a name, version a positive integer")
-            InferenceRequest.model_validate({**body, "persona": persona})
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            return _error(400, "bad_request", str(exc))
-        table = self._routing()
+        persona, version = payload.get("persona"), payload.get("version")
         if version is not None:
             self.pinned.append((persona, version))
             await self.hold.wait()
-        answering = table.resolve(persona, version)
-        if answering is None:
-            if persona not in table.personas:
-                return _error(404, "unknown_persona", f"no persona {persona!r} is routed")
-            return _error(404, "unknown_version", f"{persona} has no version {version} in the routing table")
-        folder = version_dir(self.store, persona, answering)
-        try:
-            published = json.loads((folder / "version.json").read_text())
-            complete = (published["persona"], published["version"]) == (persona, answering)
-        except (OSError, ValueError, KeyError, TypeError):
-            complete = False
-        if not complete or not (folder / "adapter" / "adapter_config.json").is_file():
-            return _error(503, "adapter_unavailable", f"{folder} is not a complete published version")
-        return web.json_response({"reply": f"{persona} v{answering}", "persona": persona,
-                                  "model_version": str(answering), "tokens": 2})
-
-
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+        elif self.frozen and isinstance(persona, str) and persona in self.table.personas:
+            payload["version"] = self.table.personas[persona].serving
+        return payload
 
 
 @asynccontextmanager
-async def fleet_replica(store: Path, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                        token_file: Path | None = None) -> AsyncIterator[FleetReplica]:
-    """One serving pod on `host:port` reading `store` (THE SEAM, see above). Replicas of one test share
-    the port (pods differ by IP: 127.0.0.1, 127.0.0.2, ...) and the operator's token file."""
+async def fleet_replica(server: ServeOptions, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                        token_file: Path | None = None, faults: bool = False) -> AsyncIterator[FleetReplica]:
+    """One serving pod on `host:port`: the production auth front before the real fleet `server`
+    (with `faults`, a FaultyReplica's proxy before the front). Replicas of one test share the port
+    (pods differ by IP: 127.0.0.1, 127.0.0.2, ...) and the operator's token file."""
+    from persona_serving.front import AuthFront
+
     workdir.mkdir(parents=True, exist_ok=True)
     if token_file is None:
         token_file = workdir / "management-token"
         token_file.write_text(f"operator-{time.time_ns()}\n")
-    replica = FleetReplica(store=store, host=host, port=port or free_port(), token_file=token_file)
-    runner = web.AppRunner(replica.app(), handler_cancellation=True, shutdown_timeout=1)
-    await runner.setup()
-    await web.TCPSite(runner, host, replica.port).start()
-    try:
-        yield replica
-    finally:
-        replica.hold.set()
-        await runner.cleanup()
+    inference_token = workdir / "inference-token"
+    inference_token.write_text(f"bot-{time.time_ns()}\n")
+    front = AuthFront(inference_token_file=inference_token, management_token_file=token_file,
+                      key_file=server.key_file, inference_backend=server.inference_url,
+                      management_backend=server.management_url, model_store=server.model_store.resolve(),
+                      links=server.links)
+    port = port or free_port()
+    front_port = free_port() if faults else port
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve(host, front_port, free_port(), stopping))
+    await eventually(lambda: serving.done() or _listening(host, front_port), timeout=10)
+    if serving.done():
+        serving.result()  # the front could not listen: raise its error
+    replica: FleetReplica
+    async with contextlib.AsyncExitStack() as stack:
+        if faults:
+            replica = FaultyReplica(store=server.model_store, host=host, port=port, token_file=token_file,
+                                    front_url=f"http://{host}:{front_port}")
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=replica.front_url, timeout=None))
+            runner = web.AppRunner(replica.app(http), handler_cancellation=True, shutdown_timeout=1)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, host, port).start()
+            stack.callback(replica.hold.set)
+        else:
+            replica = FleetReplica(store=server.model_store, host=host, port=port, token_file=token_file)
+        try:
+            yield replica
+        finally:
+            stopping.set()
+            await serving
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
 
 
 def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True) -> Path:
-    """What a successful training Job leaves in the model store (contract 1): `run/report.json` with
-    the given eval loss and, with `publish`, the version folder `persona package` writes (adapter/,
-    persona.json, version.json last) from the tiny run. Returns the version folder."""
+    """What a successful training Job leaves in the model store (contract 1): the run in `vN/run/`
+    (the tiny run, with `report.json` given this eval loss) and, with `publish`, the version folder
+    as the Job's last step publishes it (the real `persona package` code). Returns the version folder."""
+    from persona_training.package import publish_version
+
     out = version_dir(store, persona, version)
-    (out / "run").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(run, out / "run", ignore=shutil.ignore_patterns("merged"), dirs_exist_ok=True)
     report = json.loads((run / "report.json").read_text())
     report.setdefault("eval", {})["after"] = {"loss": loss, "perplexity": round(2.718281828 ** loss, 4)}
     (out / "run" / "report.json").write_text(json.dumps(report))
-    if publish:
-        (out / "adapter").mkdir(exist_ok=True)
-        for item in run.iterdir():
-            if item.is_file() and item.name not in ("report.json", "persona.json") and item.suffix != ".png":
-                shutil.copy2(item, out / "adapter" / item.name)
-        spec = json.loads((run / "persona.json").read_text())
-        (out / "persona.json").write_text(json.dumps({**spec, "name": persona}, ensure_ascii=False))
-        (out / "version.json").write_text(json.dumps({"persona": persona, "version": version,
-                                                      "base": report.get("base_model")}))
-    return out
+    return publish_version(out / "run", persona, version, out) if publish else out

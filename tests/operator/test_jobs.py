@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -66,19 +67,46 @@ def test_command_follows_contract_4():
     assert train == ["persona", "train", "--data", "/work/data", "--base", "/store/base/tiny-t5",
                      "--out", "/store/alice/v7/run", "--config", "/work/train.yaml", "--resume"]
     assert package == ["persona", "package", "--run", "/store/alice/v7/run", "--name", "alice",
-                       "--version", "7", "--out", "/store/alice/v7", "--workers", "1"]
+                       "--version", "7", "--out", "/store/alice/v7"]
 
 
-def test_serving_settings_are_baked_into_the_archive():
-    package = commands(build(serving={"workers": 2, "batchSize": 4, "maxBatchDelayMs": 50,
-                                      "responseTimeoutSeconds": 90}))[-1]
-    assert package[-8:] == ["--workers", "2", "--batch-size", "4", "--max-batch-delay-ms", "50",
-                            "--response-timeout", "90"]
-    usage = subprocess.run([sys.executable, "-m", "personafleet.cli", "package", "--help"],
-                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    for flag in ("--run", "--name", "--version", "--out", "--workers", "--batch-size", "--max-batch-delay-ms",
-                 "--response-timeout"):
-        assert flag in usage  # the Job calls the real CLI with these
+def test_every_step_parses_with_the_real_cli():
+    """Every command line of the Job is one the real `persona` CLI takes (a removed flag fails here)."""
+    from tests.charts.test_render import parse_cli
+
+    steps = commands(build(dataset={"exports": ["a.json"], "contextTurns": 2, "windowMinutes": 5, "scrub": True,
+                                    "includeFeedback": True},
+                           serving={"generation": {"maxNewTokens": 512, "temperature": 0.5}}))
+    assert [step[1] for step in steps] == ["prepare", "export-feedback", "train", "package"]
+    for step in steps:
+        parse_cli(step[1:])
+
+
+def test_the_package_step_publishes_the_version_through_the_real_cli(tiny_run, tmp_path):
+    """The Job's own `persona package` line, run by the real CLI on a run as `persona train` leaves it
+    (persona.json from the Job's train.yaml): the version is published and its persona.json carries
+    the PersonaModel's generation defaults."""
+    from typer.testing import CliRunner
+
+    from personafleet.cli import app
+    from personafleet.store import read_version_info
+
+    store = tmp_path / "store"
+    settings = DEFAULTS.model_copy(update={"store_path": store})
+    spec = PersonaModelSpec.parse(persona_model(serving={"generation": {"maxNewTokens": 512, "temperature": 0.5}})["spec"])
+    job = training_job(OWNER, spec, 7, settings)
+    package = commands(job)[-1]
+    run = store / "alice" / "v7" / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("merged"))
+    train_yaml = job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+    (run / "persona.json").write_text(TrainConfig.model_validate(json.loads(train_yaml)).persona.model_dump_json())
+
+    result = CliRunner().invoke(app, package[1:])
+    assert result.exit_code == 0, result.output
+    published = store / "alice" / "v7"
+    assert read_version_info(published).version == 7
+    generation = json.loads((published / "persona.json").read_text())["generation"]
+    assert (generation["max_new_tokens"], generation["temperature"]) == (512, 0.5)
 
 
 def test_feedback_is_exported_and_trained_on_when_asked():
@@ -191,21 +219,3 @@ def test_sigterm_reaches_the_step_in_flight_and_its_exit_status_is_kept(tmp_path
     quick = subprocess.run(["sh", "-c", f"set -eu\n{RUN_STEP}\nrun sh -c 'exit 3'\necho never"],
                            capture_output=True, text=True, timeout=30)
     assert quick.returncode == 3 and "never" not in quick.stdout  # a failed step still stops the Job
-
-
-def test_a_reply_cap_above_the_default_is_baked_into_the_archive():
-    package = commands(build(serving={"generation": {"maxNewTokens": 256}}))[-1]
-    assert package[package.index("--max-new-tokens") + 1] == "256"
-    assert "--max-new-tokens" not in commands(build(serving={"generation": {"maxNewTokens": 64}}))[-1]
-
-
-def test_the_archive_cap_follows_the_crd_cap(tmp_path):
-    """Issue 15.4: the highest maxNewTokens the CRD lets through is the highest `persona package` takes."""
-    from personafleet.inference import MAX_NEW_TOKENS
-
-    package = commands(build(serving={"generation": {"maxNewTokens": MAX_NEW_TOKENS}}))[-1]
-    assert package[package.index("--max-new-tokens") + 1] == str(MAX_NEW_TOKENS)
-    refused = subprocess.run([sys.executable, "-m", "personafleet.cli", "package", "--run", str(tmp_path), "--name", "a",
-                              "--version", "1", "--out", str(tmp_path), "--max-new-tokens", str(MAX_NEW_TOKENS + 1)],
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "--max-new-tokens" in refused.stderr
