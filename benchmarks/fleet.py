@@ -302,11 +302,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--max-batch-delay-ms", type=int, default=5)
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where fleet.json and fleet.png go")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     report: dict = {"args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         if not args.skip_memory:
@@ -318,9 +319,9 @@ def main() -> None:
         "fleet_vs_per_model": runs["fleet, 8 personas"]["req_per_s"] / runs["one model per persona, 8 personas"]["req_per_s"],
     }
     print_table(report)
-    plot(report, RESULTS / "fleet.png")
-    (RESULTS / "fleet.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    print(f"\nwrote {RESULTS / 'fleet.json'} and {RESULTS / 'fleet.png'}")
+    plot(report, args.results / "fleet.png")
+    (args.results / "fleet.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    print(f"\nwrote {args.results / 'fleet.json'} and {args.results / 'fleet.png'}")
 
 
 if __name__ == "__main__":

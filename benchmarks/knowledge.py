@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--retrieval-only", action="store_true", help="skip training (part 2)")
     parser.add_argument("--base-steps", type=int, default=400, help="pre-training steps of the tiny base")
     parser.add_argument("--epochs", type=float, default=3.0, help="LoRA epochs of each of the two runs")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where knowledge.json and knowledge.png go")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from persona_training.prepare import PrepareOptions, run_prepare
@@ -259,10 +260,10 @@ def main() -> None:
         if not args.retrieval_only:
             results["use"] = use_part(work, export, facts_file, data, args.base_steps, args.epochs)
     print_tables(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "knowledge.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    plot(results, RESULTS / "knowledge.png")
-    print(f"\nwrote {RESULTS / 'knowledge.json'} and {RESULTS / 'knowledge.png'}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "knowledge.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    plot(results, args.results / "knowledge.png")
+    print(f"\nwrote {args.results / 'knowledge.json'} and {args.results / 'knowledge.png'}")
 
 
 if __name__ == "__main__":
