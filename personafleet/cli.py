@@ -160,9 +160,10 @@ def package_asr(
     max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms).")] = 30,
 ) -> None:
     """Build the ASR model's TorchServe archive (asr.mar)."""
-    from persona_training.asr_package import AsrArchiveOptions, build_asr_archive
+    from persona_serving.archive import ArchiveOptions
+    from persona_training.asr_package import build_asr_archive
 
-    options = AsrArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
+    options = ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms)
     print(build_asr_archive(model, out, version=version, language=None if language == "auto" else language,
                             bundle=bundle, max_seconds=max_seconds, options=options))
 

@@ -17,9 +17,7 @@ everywhere: a version is a positive integer N, written without leading zeros; it
 from __future__ import annotations
 
 import fcntl
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personafleet.errors import PersonaError, first_error
+from personafleet.files import write_text_atomic
 from personafleet.persona import PERSONA_NAME_PATTERN
 
 ROUTING_FILE = "routing.json"
@@ -144,13 +143,7 @@ def _locked(store: Path) -> Iterator[None]:
 
 def write_routing(store: Path, table: RoutingTable) -> None:
     """Replace the table in one rename (readers see the old file or the new one, never a mix)."""
-    with tempfile.NamedTemporaryFile("w", dir=store, prefix=".routing-", suffix=".json", delete=False,
-                                     encoding="utf-8") as tmp:
-        tmp.write(table.model_dump_json(indent=2))
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, store / ROUTING_FILE)
+    write_text_atomic(store / ROUTING_FILE, table.model_dump_json(indent=2))
 
 
 def update_routing(store: Path, change: Callable[[RoutingTable], None]) -> RoutingTable:

@@ -11,13 +11,12 @@ all read it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personafleet.errors import PersonaError, first_error
+from personafleet.files import write_text_atomic
 from personafleet.persona import PERSONA_NAME_PATTERN
 
 VERSION_FILE = "version.json"
@@ -47,13 +46,7 @@ def read_version_info(folder: Path) -> VersionInfo:
 
 def write_version_info(folder: Path, info: VersionInfo) -> None:
     """Write `version.json` in one rename: a reader sees no file or the whole one."""
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".version-", suffix=".json", delete=False,
-                                     encoding="utf-8") as tmp:
-        tmp.write(info.model_dump_json(indent=2))
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, folder / VERSION_FILE)
+    write_text_atomic(folder / VERSION_FILE, info.model_dump_json(indent=2))
 
 
 def published_versions(store: Path) -> dict[str, list[int]]:

@@ -46,32 +46,20 @@ def _archiver() -> str:
     return str(Path(sys.executable).with_name("torch-model-archiver"))
 
 
-def build_fleet_archive(
-    out_dir: Path,
-    config: FleetConfig,
-    *,
-    options: ArchiveOptions | None = None,
-    name: str = FLEET_MODEL,
-) -> Path:
-    """Write `OUT/<name>.mar` (replacing it in one rename) and return its path."""
-    options = options or ArchiveOptions()
-    if config.bundled_base and not Path(config.base).is_dir():
-        raise PersonaError(f"--bundle-base needs a local base model directory; {config.base!r} is not one")
+def archive_model(name: str, version: str, handler: str, staging: Path, options: ArchiveOptions, out_dir: Path) -> Path:
+    """Build `OUT/<name>.mar` from a handler and the folder of its extra files, with the batching
+    settings in model-config.yaml, and put it into place in one rename; returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="persona-archive-") as tmp:
-        staging, private_tmp = Path(tmp) / "extra", Path(tmp) / "tmp"
-        staging.mkdir()
+        private_tmp = Path(tmp) / "tmp"
         private_tmp.mkdir()
-        if config.bundled_base:
-            shutil.copytree(config.base, staging / BASE_DIR)
-        (staging / SERVING_FILE).write_text(config.model_dump_json(indent=2), encoding="utf-8")
         model_config = Path(tmp) / "model-config.yaml"
         model_config.write_text(yaml.safe_dump({
             "minWorkers": options.workers, "maxWorkers": options.workers, "batchSize": options.batch_size,
             "maxBatchDelay": options.max_batch_delay_ms, "responseTimeout": options.response_timeout_s,
         }), encoding="utf-8")
         result = subprocess.run(
-            [_archiver(), "--model-name", name, "--version", ARCHIVE_VERSION, "--handler", HANDLER_FILE,
+            [_archiver(), "--model-name", name, "--version", version, "--handler", handler,
              "--extra-files", str(staging), "--config-file", str(model_config), "--export-path", tmp, "--force"],
             env=os.environ | {"TMPDIR": str(private_tmp)}, capture_output=True, text=True,
         )
@@ -83,3 +71,21 @@ def build_fleet_archive(
         shutil.move(Path(tmp) / archive.name, partial)
         os.replace(partial, archive)
     return archive
+
+
+def build_fleet_archive(
+    out_dir: Path,
+    config: FleetConfig,
+    *,
+    options: ArchiveOptions | None = None,
+    name: str = FLEET_MODEL,
+) -> Path:
+    """Write `OUT/<name>.mar` (replacing it in one rename) and return its path."""
+    if config.bundled_base and not Path(config.base).is_dir():
+        raise PersonaError(f"--bundle-base needs a local base model directory; {config.base!r} is not one")
+    with tempfile.TemporaryDirectory(prefix="persona-fleet-") as tmp:
+        staging = Path(tmp)
+        if config.bundled_base:
+            shutil.copytree(config.base, staging / BASE_DIR)
+        (staging / SERVING_FILE).write_text(config.model_dump_json(indent=2), encoding="utf-8")
+        return archive_model(name, ARCHIVE_VERSION, HANDLER_FILE, staging, options or ArchiveOptions(), out_dir)

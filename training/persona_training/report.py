@@ -7,9 +7,10 @@ PNG and the README are for the person deciding whether this version is any good.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from personafleet.files import write_text_atomic
 
 REPORT_FILE = "report.json"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -18,11 +19,7 @@ MODEL_CARD_FILE = "README.md"
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
     """Written whole or not at all: the operator's gate reads it from the shared store."""
-    path = run_dir / REPORT_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def plot_loss_curve(path: Path, losses: list[tuple[int, float]], evals: list[tuple[int, float]],
