@@ -23,8 +23,6 @@ def granted(render) -> set[tuple[str, str, str]]:
 async def test_the_operator_uses_exactly_what_its_role_grants(render, tmp_path):
     async with fake_cluster(tmp_path) as cluster:
         kube, settings = cluster.kube, operator_settings(cluster)
-        if getattr(settings, "models_configmap", None):  # while models.json exists, the chart creates it
-            kube.create("configmaps", {"metadata": {"name": settings.models_configmap}, "data": {"models.json": "{}"}})
         # A Job left by a namesake that is gone (the garbage collector has yet to remove it): the
         # operator's create meets 409 and reads the Job instead.
         gone = {**persona_model("carol"), "metadata": {"name": "carol", "uid": "gone", "generation": 1}}
