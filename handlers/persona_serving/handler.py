@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
     ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
-    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec,
+    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec, observe,
 )
 from persona_serving.requests import (
     PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
@@ -173,9 +172,4 @@ class FleetHandler(BaseHandler):
         logger.info("Routing table in force: %s", {p: r.serving for p, r in table.personas.items()})
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
-        """Record a custom metric; a metrics problem is logged, never allowed to fail requests."""
-        try:
-            metric = self.context.metrics.get_metric(spec.name, MetricTypes(spec.type))
-            metric.add_or_update(value, [self.model_name, self.version, *extra_dimensions])
-        except Exception as exc:  # noqa: BLE001
-            logger.warning("Cannot record metric %s: %s", spec.name, exc)
+        observe(self.context, spec, value, [self.model_name, self.version, *extra_dimensions])
