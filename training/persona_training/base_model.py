@@ -133,24 +133,7 @@ def train_fred_tokenizer(texts: Sequence[str], options: BaseModelOptions, templa
 def tiny_t5_config(vocab_size: int, options: BaseModelOptions, tokenizer=None):
     from transformers import T5Config
 
-    if options.shape == "fred":  # FRED-T5-large's config.json, scaled down
-        return T5Config(
-            vocab_size=vocab_size,
-            d_model=options.d_model,
-            d_kv=options.d_model // options.num_heads,
-            d_ff=options.d_ff,
-            num_layers=options.num_layers,
-            num_decoder_layers=options.num_layers,
-            num_heads=options.num_heads,
-            dropout_rate=0.0,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    return T5Config(
+    shared = dict(
         vocab_size=vocab_size,
         d_model=options.d_model,
         d_kv=options.d_model // options.num_heads,
@@ -159,10 +142,18 @@ def tiny_t5_config(vocab_size: int, options: BaseModelOptions, tokenizer=None):
         num_decoder_layers=options.num_layers,
         num_heads=options.num_heads,
         dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
     )
+    if options.shape == "fred":  # FRED-T5-large's config.json, scaled down
+        return T5Config(
+            **shared,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    return T5Config(**shared, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
 def untie_output_embeddings(model) -> None:
