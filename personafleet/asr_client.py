@@ -10,25 +10,13 @@ are retried; a timeout is not (the server is still transcribing: a retry would d
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 
-import httpx
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from personafleet.audio import Audio
-from personafleet.client import (
-    AuthorizedClient,
-    InferenceRejected,
-    InferenceUnavailable,
-    KeyKind,
-    error_detail,
-    send_authorized,
-)
-
-logger = logging.getLogger(__name__)
+from personafleet.client import PredictionClient
 
 ASR_MODEL = "asr"
 PCM_S16LE = "application/x-pcm-s16le"
@@ -44,40 +32,15 @@ def pcm16(clip: Audio) -> bytes:
     return (np.clip(clip.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-class AsrClient(AuthorizedClient):
+class AsrClient(PredictionClient):
     """Async client for `POST /predictions/asr` (module docstring: the contract)."""
-
-    kind: KeyKind = "inference"
 
     def __init__(self, base_url: str, *, token: str | None = None, token_file: str | Path | None = None, timeout: float = 30.0,
                  retries: int = 1, backoff: float = 0.5, model: str = ASR_MODEL):
-        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
-        self.retries, self.backoff, self.path = max(0, retries), backoff, f"/predictions/{model}"
+        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout, retries=retries, backoff=backoff)
+        self.path = f"/predictions/{model}"
 
     async def transcribe(self, clip: Audio, language: str | None = None) -> Transcript:
         """The transcript of 16 kHz mono audio; raises `InferenceRejected` or `InferenceUnavailable`."""
         headers = {"Content-Type": PCM_S16LE} | ({"X-ASR-Language": language} if language else {})
-        body = pcm16(clip)
-        problem = "no attempt made"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                response = await send_authorized(self._http, self.tokens, "POST", self.path, content=body, headers=headers)
-            except httpx.TransportError as exc:
-                problem = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-                if isinstance(exc, httpx.ReadTimeout):
-                    break
-                continue
-            if response.status_code >= 500:
-                error, detail = error_detail(response)
-                problem = f"HTTP {response.status_code} {error}: {detail}"
-                continue
-            if response.status_code >= 400:
-                error, detail = error_detail(response)
-                raise InferenceRejected(detail or error, status=response.status_code, error=error)
-            try:
-                return Transcript.model_validate_json(response.content)
-            except ValidationError as exc:
-                raise InferenceUnavailable(f"unexpected answer from {self.base_url}{self.path}: {exc}") from exc
-        raise InferenceUnavailable(f"{self.base_url}{self.path} unavailable after {attempt + 1} attempt(s): {problem}")
+        return await self._predict(self.path, Transcript, content=pcm16(clip), headers=headers)

@@ -14,15 +14,17 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse
 
 logger = logging.getLogger(__name__)
 
 KeyKind = Literal["inference", "management"]
+Answer = TypeVar("Answer", bound=BaseModel)
 
 # TorchServe answers a missing, wrong or expired key with 400 and this phrase; a front that checks
 # tokens itself (see docs/serving.md) answers 401.
@@ -219,15 +221,57 @@ class AuthorizedClient:
         await self._http.aclose()
 
 
-class InferenceClient(AuthorizedClient):
+class PredictionClient(AuthorizedClient):
+    """A client of TorchServe's prediction API: connection failures and 5xx are retried with
+    back-off; a read timeout is not (the server is still working on it: a retry doubles the load);
+    4xx is the request's own fault (`InferenceRejected`), anything else `InferenceUnavailable`."""
+
+    kind: KeyKind = "inference"
+
+    def __init__(self, base_url: str, *, token: str | None = None, token_file: str | Path | None = None,
+                 timeout: float = 30.0, retries: int = 2, backoff: float = 0.5):
+        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
+        self.retries = max(0, retries)
+        self.backoff = backoff
+
+    async def _predict(self, path: str, answer: type[Answer], **request: Any) -> Answer:
+        """POST `request` (httpx keywords: json=, content=, headers=) to `path`; the answer parsed."""
+        problem = "no attempt made"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = await send_authorized(self._http, self.tokens, "POST", path, **request)
+            except httpx.TransportError as exc:  # connection refused/reset, timeouts
+                problem = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, httpx.ReadTimeout):
+                    logger.warning("Attempt %d/%d at %s timed out; not retried", attempt + 1, self.retries + 1, path)
+                    break
+                logger.warning("Attempt %d/%d at %s failed: %s", attempt + 1, self.retries + 1, path, problem)
+                continue
+            if response.status_code >= 500:
+                error, detail = error_detail(response)
+                problem = f"HTTP {response.status_code} {error}: {detail}"
+                logger.warning("Attempt %d/%d at %s failed: %s", attempt + 1, self.retries + 1, path, problem)
+                continue
+            if response.status_code >= 400:
+                error, detail = error_detail(response)
+                raise InferenceRejected(detail or error, status=response.status_code, error=error)
+            try:
+                return answer.model_validate_json(response.content)
+            except ValueError as exc:
+                raise InferenceUnavailable(f"unexpected answer from {self.base_url}{path}: {exc}") from exc
+        attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
+        raise InferenceUnavailable(f"{self.base_url}{path} unavailable after {attempts}: {problem}")
+
+
+class InferenceClient(PredictionClient):
     """Async client for the fleet model (contract 3): `POST /predictions/fleet`, the persona (and
     an optional pinned version) in the body.
 
     >>> async with InferenceClient("http://127.0.0.1:8080", token_file=".persona/serve/key_file.json") as c:
     ...     response = await c.reply("devops-dude", InferenceRequest(message="привет"))
     """
-
-    kind: KeyKind = "inference"
 
     def __init__(
         self,
@@ -240,41 +284,13 @@ class InferenceClient(AuthorizedClient):
         backoff: float = 0.5,
         model: str = FLEET_MODEL,
     ):
-        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout)
-        self.retries = max(0, retries)
-        self.backoff = backoff
+        super().__init__(base_url, token=token, token_file=token_file, timeout=timeout, retries=retries, backoff=backoff)
         self.model = model
 
     async def reply(self, persona: str, request: InferenceRequest, version: int | str | None = None) -> InferenceResponse:
         """The persona's reply (its serving version, or `version` pinned); raises `InferenceRejected`
         (4xx: e.g. unknown_persona) or `InferenceUnavailable`."""
-        path = f"/predictions/{self.model}"
         body = request.model_dump(exclude_none=True) | {"persona": persona}
         if version is not None:
             body["version"] = version
-        problem = "no attempt made"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                response = await send_authorized(self._http, self.tokens, "POST", path, json=body)
-            except httpx.TransportError as exc:  # connection refused/reset, timeouts
-                problem = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-                if isinstance(exc, httpx.ReadTimeout):  # the server still generates it: a retry doubles the load
-                    logger.warning("Inference attempt %d/%d timed out; not retried", attempt + 1, self.retries + 1)
-                    break
-                logger.warning("Inference attempt %d/%d failed: %s", attempt + 1, self.retries + 1, problem)
-                continue
-            if response.status_code >= 500:
-                error, detail = error_detail(response)
-                problem = f"HTTP {response.status_code} {error}: {detail}"
-                logger.warning("Inference attempt %d/%d failed: %s", attempt + 1, self.retries + 1, problem)
-                continue
-            if response.status_code >= 400:
-                error, detail = error_detail(response)
-                raise InferenceRejected(detail or error, status=response.status_code, error=error)
-            try:
-                return InferenceResponse.model_validate_json(response.content)
-            except ValueError as exc:
-                raise InferenceUnavailable(f"unexpected answer from {self.base_url}{path}: {exc}") from exc
-        raise InferenceUnavailable(f"{self.base_url}{path} unavailable after {self.retries + 1} attempts: {problem}")
+        return await self._predict(f"/predictions/{self.model}", InferenceResponse, json=body)
