@@ -323,30 +323,27 @@ class Reconciler:
         return await self._roll_out(body, spec, logger)
 
     async def _invalid(self, body: dict, message: str) -> None:
-        status = body.get("status") or {}
-        if status.get("observedGeneration") == body["metadata"]["generation"] and status.get("message") == message:
-            return None
-        update = (StatusUpdate(status)
-                  .set(phase=Phase.FAILED, observedGeneration=body["metadata"]["generation"], message=message)
-                  .condition("Trained", False, INVALID_SPEC, message)
-                  .ready_from(status.get("servingVersion")))
-        await self.cluster.patch_status(body["metadata"]["name"], update.patch)
-        kopf.warn(body, reason=INVALID_SPEC, message=message)
+        await self._refuse(body, INVALID_SPEC, message)
         return None
 
     async def _knowledge_missing(self, body: dict, missing: list[str]) -> float:
         """No Job that is bound to fail: say which knowledge files are missing, look again later."""
-        status = body.get("status") or {}
         message = (f"knowledge files not in the model store ({self.settings.store_path}): {', '.join(missing)}; "
                    "training starts once they are there")
-        if status.get("observedGeneration") != body["metadata"]["generation"] or status.get("message") != message:
-            update = (StatusUpdate(status)
-                      .set(phase=Phase.FAILED, observedGeneration=body["metadata"]["generation"], message=message)
-                      .condition("Trained", False, KNOWLEDGE_MISSING, message)
-                      .ready_from(status.get("servingVersion")))
-            await self.cluster.patch_status(body["metadata"]["name"], update.patch)
-            kopf.warn(body, reason=KNOWLEDGE_MISSING, message=message)
+        await self._refuse(body, KNOWLEDGE_MISSING, message)
         return KNOWLEDGE_POLL_SECONDS
+
+    async def _refuse(self, body: dict, reason: str, message: str) -> None:
+        """Failed before any Job, the serving version untouched; said once per generation and message."""
+        status = body.get("status") or {}
+        if status.get("observedGeneration") == body["metadata"]["generation"] and status.get("message") == message:
+            return
+        update = (StatusUpdate(status)
+                  .set(phase=Phase.FAILED, observedGeneration=body["metadata"]["generation"], message=message)
+                  .condition("Trained", False, reason, message)
+                  .ready_from(status.get("servingVersion")))
+        await self.cluster.patch_status(body["metadata"]["name"], update.patch)
+        kopf.warn(body, reason=reason, message=message)
 
     # ---- cluster state -------------------------------------------------------------------
     async def _owned_jobs(self, body: dict) -> list[dict[str, Any]]:
