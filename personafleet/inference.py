@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from personafleet.errors import PersonaError
+from personafleet.names import MAX_CONTEXT_TURNS, MAX_NEW_TOKENS, MAX_TEXT_CHARS, parse_version
 from personafleet.prompt import Turn
 
 # The one TorchServe model per base (contract 3); the persona travels in the body.
 FLEET_MODEL = "fleet"
-MAX_CONTEXT_TURNS = 50
-MAX_TEXT_CHARS = 4000
 
 
 class GenerationOptions(BaseModel):
@@ -33,11 +33,6 @@ class GenerationOptions(BaseModel):
     repetition_penalty: float | None = None
     do_sample: bool | None = None
     num_beams: int | None = None
-
-
-MAX_NEW_TOKENS = 512
-"""The highest reply length cap anything may configure: the PersonaModel CRD's maximum of
-serving.generation.maxNewTokens, and so the highest cap a packaged persona can carry."""
 
 
 class GenerationLimits(BaseModel):
@@ -89,9 +84,6 @@ class InferenceRequest(BaseModel):
     @field_validator("version", mode="before")
     @classmethod
     def _one_version_rule(cls, value: object) -> int | None:
-        from personafleet.errors import PersonaError
-        from personafleet.routing import parse_version
-
         if value is None:
             return None
         try:

@@ -9,15 +9,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from personafleet.inference import GenerationOptions
+from personafleet.names import PERSONA_NAME_PATTERN
 from personafleet.prompt import PromptTemplate
 
 # Production base models (FRED-T5 family). The tiny embedded base from `persona init-base`
 # is used on machines without a model hub.
 PRODUCTION_BASE_MODEL = "ai-forever/FRED-T5-large"
 PERSONA_DIALOGUE_BASE_MODEL = "SiberiaSoft/SiberianPersonaFred"
-
-# A persona name is a TorchServe model name, a Kubernetes label value and a path segment.
-PERSONA_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 DEFAULT_DESCRIPTION = "Я инженер DevOps, отвечаю коротко и по делу, иногда шучу."
 

@@ -26,19 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.files import write_text_atomic
-from personafleet.persona import PERSONA_NAME_PATTERN
+from personafleet.names import PERSONA_NAME_PATTERN, parse_version
 
 ROUTING_FILE = "routing.json"
 LOCK_FILE = ".routing.lock"
-VERSION_PATTERN = re.compile(r"^v?([1-9][0-9]*)$")
 
-
-def parse_version(text: str | int) -> int:
-    """`3`, `"3"` or `"v3"` -> 3; anything else (`1.0`, `03`, `0`) is a user error naming the rule."""
-    match = VERSION_PATTERN.fullmatch(str(text).strip())
-    if isinstance(text, bool) or match is None:
-        raise PersonaError(f"version {text!r} must be a positive integer such as 3 (its store folder is v3)")
-    return int(match[1])
 
 
 def version_dir(store: Path, persona: str, version: int) -> Path:

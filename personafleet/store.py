@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.files import write_text_atomic
-from personafleet.persona import PERSONA_NAME_PATTERN
+from personafleet.names import PERSONA_NAME_PATTERN
 
 VERSION_FILE = "version.json"
 ADAPTER_DIR = "adapter"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from personafleet.errors import PersonaError
-from personafleet.persona import PERSONA_NAME_PATTERN
+from personafleet.names import PERSONA_NAME_PATTERN
 
 # Telegram's format: the bot's numeric id, a colon, then the secret part.
 BOT_TOKEN_PATTERN = re.compile(r"^\d+:[A-Za-z0-9_-]+$")

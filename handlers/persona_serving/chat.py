@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from persona_serving.server import DEFAULT_WORKDIR, KEY_FILE
 from personafleet.client import ENDPOINTS_FILE, InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.errors import PersonaError
-from personafleet.inference import FLEET_MODEL, MAX_CONTEXT_TURNS, InferenceRequest
+from personafleet.inference import FLEET_MODEL, InferenceRequest
+from personafleet.names import MAX_CONTEXT_TURNS
 from personafleet.prompt import Turn
 
 

@@ -28,7 +28,8 @@ import httpx
 
 from personafleet.client import TokenSource, error_detail, send_authorized
 from personafleet.errors import PersonaError
-from personafleet.routing import RoutingTable, parse_version, read_routing, update_routing, version_dir
+from personafleet.names import parse_version
+from personafleet.routing import RoutingTable, read_routing, update_routing, version_dir
 
 from persona_operator import metrics
 from persona_operator.settings import Settings

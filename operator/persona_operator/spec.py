@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError, first_error
-from personafleet.inference import MAX_NEW_TOKENS
+from personafleet.names import MAX_NEW_TOKENS
 
 SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
 

@@ -46,7 +46,7 @@ def test_bad_configuration_is_one_clear_line(change, message):
 
 async def test_cli_reports_bad_configuration_without_a_traceback():
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "personafleet.cli", "bot",
+        sys.executable, "-m", "persona_cli", "bot",
         env={"PATH": os.environ["PATH"], **GOOD, "BOT_TOKEN": "oops"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -66,7 +66,7 @@ async def test_unreachable_bot_api_is_a_clear_error(bot_env):
 async def test_sigterm_finishes_the_reply_in_flight_then_exits(bot_env, telegram, model):
     model.delay = 1.0
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "personafleet.cli", "bot",
+        sys.executable, "-m", "persona_cli", "bot",
         env={**os.environ, **bot_env, "INFERENCE_TIMEOUT": "5"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )

@@ -15,7 +15,7 @@ import asyncpg
 from personafleet.prompt import record_turns
 from personafleet.records import read_records
 
-PERSONA_CLI = [sys.executable, "-m", "personafleet.cli"]
+PERSONA_CLI = [sys.executable, "-m", "persona_cli"]
 
 
 async def wait_for_replies_stored(dsn: str, count: int) -> None:

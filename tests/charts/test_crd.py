@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from personafleet.errors import PersonaError
-from personafleet.persona import PERSONA_NAME_PATTERN
+from personafleet.names import PERSONA_NAME_PATTERN
 from persona_operator.spec import PersonaModelSpec
 from tests.charts.conftest import CRD, ROOT
 
@@ -224,7 +224,8 @@ def test_a_bad_name_is_reported_on_metadata_name(schema, example):
 
 
 def test_the_reply_cap_is_the_one_packaging_and_serving_enforce(schema):
-    from personafleet.inference import MAX_NEW_TOKENS, GenerationLimits
+    from personafleet.inference import GenerationLimits
+    from personafleet.names import MAX_NEW_TOKENS
 
     generation = schema["properties"]["spec"]["properties"]["serving"]["properties"]["generation"]["properties"]
     assert generation["maxNewTokens"]["maximum"] == MAX_NEW_TOKENS

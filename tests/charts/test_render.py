@@ -124,7 +124,7 @@ def test_every_persona_command_parses_with_the_real_cli(scenario):
 
 def parse_cli(args: list[str]) -> dict:
     """Parse `persona ARGS` exactly as the CLI would, without running it; returns the parameters."""
-    from personafleet.cli import app
+    from persona_cli.main import app
 
     group = typer.main.get_command(app)
     command = group.get_command(group.context_class(group), args[0])
@@ -244,7 +244,7 @@ def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(rend
 def test_the_fleet_serving_settings_come_from_the_chart_and_let_every_persona_cap_through(render):
     """Batching, workers and timeouts are the fleet's (no PersonaModel sets them any more), and the
     fleet's reply cap lets through the largest serving.generation.maxNewTokens the CRD accepts."""
-    from personafleet.inference import MAX_NEW_TOKENS
+    from personafleet.names import MAX_NEW_TOKENS
 
     params = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
     assert params["max_new_tokens"] == MAX_NEW_TOKENS

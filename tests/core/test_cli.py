@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from personafleet.cli import app
+from persona_cli.main import app
 
 STEPS = ["prepare", "init-base", "init-asr", "train", "package", "package-asr", "serve", "switch", "chat", "transcribe", "bot",
          "export-feedback", "operator"]
@@ -30,7 +30,7 @@ def test_each_step_has_its_own_help(step):
 
 def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "personafleet.cli", "prepare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "persona_cli", "prepare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
@@ -44,7 +44,7 @@ def test_an_unwritable_output_path_is_one_line_too(tmp_path):
     blocker.write_text("not a directory")
     export = Path(__file__).resolve().parents[2] / "examples" / "sample-export" / "result.json"
     result = subprocess.run(
-        [sys.executable, "-m", "personafleet.cli", "prepare", str(export), "--out", str(blocker / "out")],
+        [sys.executable, "-m", "persona_cli", "prepare", str(export), "--out", str(blocker / "out")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

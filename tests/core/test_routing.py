@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from personafleet.errors import PersonaError
-from personafleet.routing import ROUTING_FILE, parse_version, read_routing, update_routing, version_dir
+from personafleet.names import parse_version
+from personafleet.routing import ROUTING_FILE, read_routing, update_routing, version_dir
 
 
 @pytest.mark.parametrize("text, expected", [("3", 3), (3, 3), ("v12", 12), (" 7 ", 7)])

@@ -88,7 +88,7 @@ def test_the_package_step_publishes_the_version_through_the_real_cli(tiny_run, t
     the PersonaModel's generation defaults."""
     from typer.testing import CliRunner
 
-    from personafleet.cli import app
+    from persona_cli.main import app
     from personafleet.store import read_version_info
 
     store = tmp_path / "store"

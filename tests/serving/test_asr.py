@@ -85,11 +85,11 @@ def test_persona_transcribe_prints_what_the_model_hears(asr_torchserve, asr_mode
     wav = tmp_path / "voice.wav"
     subprocess.run(["espeak-ng", "-v", "ru", "-w", str(wav), sentence], check=True, timeout=60)
     result = subprocess.run(
-        [sys.executable, "-m", "personafleet.cli", "transcribe", str(wav), "--url", asr_torchserve.inference_url,
+        [sys.executable, "-m", "persona_cli", "transcribe", str(wav), "--url", asr_torchserve.inference_url,
          "--token-file", str(asr_torchserve.key_file)], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout) == (0, sentence + "\n"), result.stderr
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
-    result = subprocess.run([sys.executable, "-m", "personafleet.cli", "transcribe", str(broken), "--url",
+    result = subprocess.run([sys.executable, "-m", "persona_cli", "transcribe", str(broken), "--url",
                              asr_torchserve.inference_url], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and result.stderr.count("\n") == 1

@@ -83,7 +83,7 @@ async def test_a_routing_switch_under_load_fails_no_request(torchserve):
         await asyncio.sleep(1.0)
         switch = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "personafleet.cli", "switch", "--model-store", str(torchserve.model_store),
+            [sys.executable, "-m", "persona_cli", "switch", "--model-store", str(torchserve.model_store),
              "--persona", PERSONA, "--version", "2"], capture_output=True, text=True, timeout=60,
         )
         assert switch.returncode == 0, switch.stderr
@@ -100,7 +100,7 @@ async def test_a_routing_switch_under_load_fails_no_request(torchserve):
 
 def test_switch_refuses_a_version_that_is_not_published(torchserve):
     result = subprocess.run(
-        [sys.executable, "-m", "personafleet.cli", "switch", "--model-store", str(torchserve.model_store),
+        [sys.executable, "-m", "persona_cli", "switch", "--model-store", str(torchserve.model_store),
          "--persona", PERSONA, "--version", "9"], capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "no version.json" in result.stderr

@@ -45,7 +45,7 @@ def pod(tiny_run: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFactor
     secrets["management"].write_text("management-secret\n")
     ports = {name: free_port() for name in ("inference", "management", "metrics", "backend-inference", "backend-management")}
     command = [
-        sys.executable, "-m", "personafleet.cli", "serve", "--foreground", "--model-store", str(store),
+        sys.executable, "-m", "persona_cli", "serve", "--foreground", "--model-store", str(store),
         "--base", str(tiny_base), "--workdir", str(root / "serve"),
         "--inference-port", str(ports["inference"]), "--management-port", str(ports["management"]),
         "--metrics-port", str(ports["metrics"]), "--backend-ports", str(ports["backend-inference"]), str(ports["backend-management"]),

@@ -21,7 +21,7 @@ from personafleet.store import published_versions, read_version_info
 
 
 def persona_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "personafleet.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "persona_cli", *args], capture_output=True, text=True,
                           timeout=300, env=env)
 
 

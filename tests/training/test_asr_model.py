@@ -51,7 +51,7 @@ def test_it_loads_and_hears_through_the_production_classes(asr_model):
 ])
 def test_package_asr_user_errors_are_one_line(tmp_path, arguments, message):
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
-    result = subprocess.run([sys.executable, "-m", "personafleet.cli", "package-asr", *arguments, "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "persona_cli", "package-asr", *arguments, "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
-from personafleet.persona import PERSONA_FILE, PERSONA_NAME_PATTERN, PersonaSpec
-from personafleet.routing import parse_version
+from personafleet.names import PERSONA_NAME_PATTERN, parse_version
+from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.store import ADAPTER_DIR, VERSION_FILE, VersionInfo, read_version_info, write_version_info
 
 logger = logging.getLogger(__name__)

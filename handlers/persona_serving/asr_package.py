@@ -17,7 +17,7 @@ from pathlib import Path
 from persona_serving.archive import ArchiveOptions, archive_model
 from persona_serving.asr import ASR_CONFIG_FILE, ASR_MODEL_DIR, ASR_MODEL_NAME, AsrConfig
 from personafleet.errors import PersonaError
-from personafleet.routing import parse_version
+from personafleet.names import parse_version
 
 logger = logging.getLogger(__name__)
 

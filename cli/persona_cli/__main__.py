@@ -1,0 +1,3 @@
+from persona_cli.main import main
+
+main()

@@ -1,0 +1,10 @@
+"""What every command shares: how long-running steps log."""
+
+from __future__ import annotations
+
+import logging
+
+
+def log_steps(fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+    """Show the INFO-level steps of long work (training, serving start-up) on stderr."""
+    logging.basicConfig(level=logging.INFO, format=fmt)
