@@ -22,9 +22,8 @@ from pydantic import ValidationError
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
 from personafleet.knowledge import Knowledge, retrieve
-from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
-from personafleet.prompt import render_prompt
+from personafleet.prompt import ChatFormatter, render_prompt
 from personafleet.routing import RoutingTable
 
 
@@ -130,9 +129,10 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
     return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})")
 
 
-def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
+def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits, chat: ChatFormatter | None = None) -> Prepared:
     """The prompt training would have built for this version's persona: the shared `render_prompt`,
-    with the facts the shared `retrieve` picks from the version's knowledge."""
+    with the facts the shared `retrieve` picks from the version's knowledge (and the base's chat
+    template, `chat`, for a persona whose template uses it)."""
     spec, request = entry.spec, routed.request
     options = clamp_generation(spec.generation, request.generation, limits)
     if not options.get("do_sample", False):
@@ -143,7 +143,7 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> 
     started = time.perf_counter()
     facts = retrieve(entry.knowledge, turns)
     elapsed = time.perf_counter() - started
-    return Prepared(render_prompt(spec.template, spec.description, turns, facts), options, entry,
+    return Prepared(render_prompt(spec.template, spec.description, turns, facts, chat), options, entry,
                     facts=len(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0)
 
 
