@@ -203,7 +203,7 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     personas = [f"persona-{i}" for i in range(8)]
     base, store = tiny_fleet(work, personas)
     archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-    options = ServeOptions(model_store=store, base=str(base), workdir=work / "serve", archive=archive,
+    options = ServeOptions(model_store=store, bases=[str(base)], workdir=work / "serve", archive=archive,
                            max_resident_adapters=len(personas), inference_port=free_port(), management_port=free_port(),
                            metrics_port=free_port(), grpc_ports=(free_port(), free_port()), torch_threads=args.threads)
     serve_background(options)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from personafleet.errors import PersonaError
@@ -153,6 +154,13 @@ class ModelFamily:
     def reply_tokens(self, sequences: Any, prompt_width: int) -> Any:
         """The generated reply of each row of `generate`'s output (a tensor or list of rows)."""
         return sequences[:, prompt_width:] if self.causal else sequences[:, 1:]
+
+
+def base_reference(base: str) -> str:
+    """How a base is named everywhere (version.json, the routing table, a fleet): an existing local
+    directory as its absolute path (so it is found from anywhere), anything else as the hub id given."""
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
 
 
 def load_family(base: str) -> ModelFamily:

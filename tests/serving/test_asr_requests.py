@@ -59,7 +59,7 @@ async def test_a_serving_pod_keeps_serving_personas_when_the_speech_model_cannot
     store = tmp_path / "store"
     (store / "asr").mkdir(parents=True)
     (store / "asr" / "asr.mar").write_bytes(b"not an archive")
-    options = ServeOptions(model_store=store, base="unused", workdir=tmp_path / "serve", management_port=free_port())
+    options = ServeOptions(model_store=store, bases=["unused"], workdir=tmp_path / "serve", management_port=free_port())
     assert await register_asr_model(options, required=False) == {}
     with pytest.raises(PersonaError, match="not a model archive"):
         await register_asr_model(options)

@@ -63,13 +63,6 @@ def pick_hardware(config: TrainConfig) -> Hardware:
     return Hardware("cuda", config.precision)
 
 
-def resolve_base(base: str) -> str:
-    """An existing local directory becomes an absolute path (so the adapter config points at it
-    from anywhere); anything else is passed on as a hub id."""
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.exists() else base
-
-
 def load_tokenizer(base: str, family: ModelFamily | None = None):
     """The base's tokenizer; with its family, prepared for it (truncation, padding, pad token)."""
     from transformers import AutoTokenizer

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from personafleet import knowledge as knowledge_store
-from personafleet.family import load_family
+from personafleet.family import base_reference, load_family
 from personafleet.persona import PERSONA_FILE
 from persona_training import checkpoint, report as reports
 from persona_training.config import TrainConfig
@@ -26,7 +26,7 @@ from persona_training.data import LengthGroupedBatches, collate, data_fingerprin
     token_stats, tokenize_records
 from persona_training.evaluate import evaluate
 from persona_training.modeling import load_base_model, load_tokenizer, lora_targets, merge_adapter, \
-    pick_hardware, resolve_base, with_lora
+    pick_hardware, with_lora
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def train(
 ) -> dict[str, Any]:
     """Train a LoRA adapter into `out` and return the report (also written to out/report.json)."""
     started = time.monotonic()
-    base = resolve_base(base)
+    base = base_reference(base)
 
     # --- data ---------------------------------------------------------------------------------
     dialogues = load_dialogues(data_dirs)  # before the heavy imports: bad data fails at once
