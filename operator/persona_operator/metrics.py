@@ -66,6 +66,15 @@ TRAINING_STARTED = Gauge(
 )
 
 
+def initialize(persona: str) -> None:
+    """Export the outcome series the alerts watch at zero before anything happens: a series that
+    first appears at 1 is no rise to Prometheus's increase(), so the first failure would go unseen."""
+    for outcome in ("succeeded", "failed"):
+        TRAINING_DURATION.labels(persona, outcome)
+    for outcome in ("succeeded", "failed", "rejected"):
+        ROLLOUTS.labels(persona, outcome)
+
+
 def track_training(persona: str, started: float | None) -> None:
     """Show when `persona`'s training began while it is in phase Training (`started`), nothing otherwise."""
     if started is not None:

@@ -76,6 +76,7 @@ class Reconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         status = body.get("status") or {}
+        metrics.initialize(name)
         metrics.track_training(name, _training_since(status))
         generation = body["metadata"]["generation"]
         try:

@@ -208,16 +208,21 @@ async def test_the_readme_lists_the_phases_in_the_order_a_new_persona_goes_throu
 
 
 async def test_the_training_start_is_exported_only_while_the_phase_is_training(cluster, operator):
-    """The stuck-training alert's input: time() minus it is how long the current training has run."""
+    """The stuck-training alert's input: time() minus it is how long the current training has run;
+    and the training-failure alert's series, at zero from the first pass."""
     from prometheus_client import REGISTRY
 
     def started() -> float | None:
-        return REGISTRY.get_sample_value("persona_operator_training_started_timestamp_seconds", {"persona": "bob"})
+        return REGISTRY.get_sample_value("persona_operator_training_started_timestamp_seconds", {"persona": "slowpoke"})
 
-    cluster.apply(persona_model("bob", rollout={"keepVersions": 2, "maxEvalLossIncrease": 0.05, "retryLimit": 0}))
-    status = await eventually(lambda: cluster.status("bob").get("phase") == "Training" and cluster.status("bob"))
+    cluster.apply(persona_model("slowpoke", rollout={"keepVersions": 2, "maxEvalLossIncrease": 0.05, "retryLimit": 0}))
+    status = await eventually(lambda: cluster.status("slowpoke").get("phase") == "Training" and cluster.status("slowpoke"))
+    # The failure alerts' series exist at zero before the first failure (increase() needs a rise).
+    assert REGISTRY.get_sample_value("persona_operator_rollouts_total", {"persona": "slowpoke", "outcome": "failed"}) == 0
+    assert REGISTRY.get_sample_value("persona_operator_training_duration_seconds_count",
+                                     {"persona": "slowpoke", "outcome": "failed"}) == 0
     since = datetime.fromisoformat(status["lastTraining"]["startedAt"]).timestamp()
     assert await eventually(lambda: started() == since)
-    cluster.finish_job(cluster.jobs("bob")[0], succeeded=False, message="OOMKilled")
-    await eventually(lambda: cluster.status("bob").get("phase") == "Failed")
+    cluster.finish_job(cluster.jobs("slowpoke")[0], succeeded=False, message="OOMKilled")
+    await eventually(lambda: cluster.status("slowpoke").get("phase") == "Failed")
     await eventually(lambda: started() is None)
