@@ -106,7 +106,12 @@ async def test_restart_between_job_creation_and_status_write_creates_no_second_j
 
 
 async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
-    # The CRD's schema cannot see that a relative export path climbs out of the model store.
+    # The chart's CRD refuses `..` in exports, but Helm never upgrades crds/: a cluster may run an
+    # earlier CRD that lets it through, and the operator must still refuse it.
+    crd = cluster.kube.get("customresourcedefinitions", None, "personamodels.personafleet.io")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["dataset"]["properties"]["exports"]["items"]["x-kubernetes-validations"]
+    cluster.kube.replace("customresourcedefinitions", None, crd["metadata"]["name"], crd)
     cluster.apply(persona_model("bob", dataset={"exports": ["../secrets/result.json"]}))
     status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
     assert "spec.dataset.exports" in status["message"] and "not inside the model store" in status["message"]
