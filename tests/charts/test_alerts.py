@@ -43,9 +43,11 @@ def rules(render) -> dict:
     return rules_of(render())
 
 
-def write_unit_tests(rules: dict, folder: Path, tests: dict | None = None) -> Path:
-    """The rules (annotations left out: promtool would compare them whole) beside the unit tests."""
-    bare = {"groups": [{**group, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]]}
+def write_unit_tests(rules: dict, folder: Path, tests: dict | None = None, annotated: frozenset[str] = frozenset()) -> Path:
+    """The rules beside the unit tests; annotations only on the `annotated` alerts (promtool
+    compares them whole, so the shared unit tests leave them out)."""
+    bare = {"groups": [{**group, "rules": [{k: v for k, v in rule.items() if k != "annotations" or rule.get("alert") in annotated}
+                                           for rule in group["rules"]]}
                        for group in rules["groups"]]}
     (folder / RULES_FILE).write_text(yaml.safe_dump(bare, sort_keys=False))
     path = folder / UNIT_TESTS.name
@@ -80,6 +82,24 @@ def test_a_unit_test_that_expects_silence_from_a_firing_alert_fails(rules, prome
     write_unit_tests(rules, tmp_path, tests)
     tested = promtool(prometheus_bin, "test", "rules", UNIT_TESTS.name, cwd=tmp_path)
     assert tested.returncode != 0 and case["alertname"] in tested.stdout + tested.stderr
+
+
+@pytest.mark.parametrize("alert, description", [
+    ("PersonaServingErrorRatio", "devops-dude: 10% of its routed requests fail."),
+    ("PersonaReplySLOBudgetBurn", "20% of messages got no reply within 5.0s over {window}; the objective is 0.99 within 5.0s."),
+])
+def test_the_descriptions_render_with_the_alerts_values(rules, prometheus_bin, tmp_path, alert, description):
+    """Prometheus's templates in the annotations, executed by promtool on the unit tests' series."""
+    tests = yaml.safe_load(UNIT_TESTS.read_text())
+    case = next(c for t in tests["tests"] for c in t.get("alert_rule_test", []) if c["alertname"] == alert and c["exp_alerts"])
+    test = next(t for t in tests["tests"] if case in t.get("alert_rule_test", []))
+    by_window = {r["labels"].get("window"): r["annotations"] for r in alerts(rules) if r["alert"] == alert}
+    for expected in case["exp_alerts"]:
+        annotations = by_window[expected["exp_labels"].get("window")]
+        expected["exp_annotations"] = {**annotations, "description": description.format(window=expected["exp_labels"].get("window"))}
+    write_unit_tests(rules, tmp_path, {**tests, "tests": [{**test, "alert_rule_test": [case]}]}, frozenset({alert}))
+    tested = promtool(prometheus_bin, "test", "rules", UNIT_TESTS.name, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 def test_every_alert_has_a_severity_a_summary_and_its_runbook_section(rules):
