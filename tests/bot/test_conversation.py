@@ -81,13 +81,21 @@ async def test_persona_switch_keeps_separate_histories(running_bot, telegram, mo
         telegram.message("hello devops", chat_id=10)
         await telegram.wait_sent(1)
         telegram.message("/persona", chat_id=10)
-        assert "➤ devops-dude" in (await telegram.wait_sent(2))[1]["text"]
+        listing = (await telegram.wait_sent(2))[1]["text"]
+        assert "➤ devops-dude" in listing
+        # What answers as the chat's persona, asked of the fleet without generating (issue 26).
+        assert ("devops-dude: version 1, base ai-forever/FRED-T5-large, trained 2026-12-01 14:03 UTC, knows 1 fact."
+                in listing)
+        model.failing = True
+        telegram.message("/persona", chat_id=10)
+        assert "can't tell which version of devops-dude" in (await telegram.wait_sent(3))[2]["text"]
+        model.failing = False
         telegram.message("/persona nobody", chat_id=10)
-        assert "don't know" in (await telegram.wait_sent(3))[2]["text"]
+        assert "don't know" in (await telegram.wait_sent(4))[3]["text"]
         telegram.message("/persona avtobus", chat_id=10)
-        assert "Switched to avtobus" in (await telegram.wait_sent(4))[3]["text"]
+        assert "Switched to avtobus" in (await telegram.wait_sent(5))[4]["text"]
         telegram.message("hello bus", chat_id=10)
-        await telegram.wait_sent(5)
+        await telegram.wait_sent(6)
     persona, request = model.requests[-1]
     assert persona == "avtobus" and request.persona == "avtobus" and request.context == []
 
