@@ -15,12 +15,11 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-
-from datetime import datetime, timezone
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
@@ -169,7 +168,7 @@ def describe(routed: Routed, store: Path) -> PersonaAbout | Rejected:
         info = read_version_info(folder)
         facts = knowledge.count(folder)
     except PersonaError as exc:
-        return Rejected(503, "adapter_unavailable", str(exc))
+        return Rejected(503, "adapter_unavailable", str(exc), *routed.key)
     try:
         trained_at = datetime.fromtimestamp((folder / RUN_REPORT).stat().st_mtime, timezone.utc)
     except OSError:

@@ -105,7 +105,7 @@ def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_pat
     (folder / "run").mkdir(parents=True)
     routed = Routed(InferenceRequest(persona="devops-dude", about=True), "devops-dude", 1)
     assert describe(routed, tmp_path) == Rejected(
-        503, "adapter_unavailable", f"{folder} is not a published version (no version.json)")
+        503, "adapter_unavailable", f"{folder} is not a published version (no version.json)", "devops-dude", 1)
     write_version_info(folder, VersionInfo(persona="devops-dude", version=1, base="ai-forever/FRED-T5-large"))
     about = describe(routed, tmp_path)
     assert (about.base, about.facts, about.trained_at) == ("ai-forever/FRED-T5-large", 0, None)  # no run report
