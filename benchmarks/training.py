@@ -207,8 +207,8 @@ def main() -> None:
     size = "FRED-T5-large-sized (random weights)" if args.fred_large else "tiny"
     print(f"\n{size} models on {device}; {args.steps} steps x batch {args.batch_size}, max_source_tokens "
           f"{config.max_source_tokens}, max_target_tokens {config.max_target_tokens}\n")
-    print(f"| family  | {"method":<52} | samples/s | tokens/s | input padding | ppl before -> after | peak GPU | speed-up |")
-    print(f"| ------- | {"-" * 52} | --------: | -------: | ------------: | ------------------: | -------: | -------: |")
+    print(f"| family  | {'method':<52} | samples/s | tokens/s | input padding | ppl before -> after | peak GPU | speed-up |")
+    print(f"| ------- | {'-' * 52} | --------: | -------: | ------------: | ------------------: | -------: | -------: |")
     for arch, result in report["families"].items():
         for row in result["rows"]:
             ppl = row["perplexity"]
