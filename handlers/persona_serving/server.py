@@ -422,10 +422,7 @@ def serve_foreground(options: ServeOptions) -> int:
     pid = start(options)
 
     async def run() -> int:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+        stopping = stop_signal()
         await wait_until_up(options, pid)
         await register_fleet(options)
         asr = await register_asr_model(options, required=False)
@@ -498,17 +495,22 @@ def stop_front(workdir: Path) -> None:
     (workdir / FRONT_PID_FILE).unlink(missing_ok=True)
 
 
+def stop_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call inside the running loop)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping
+
+
 def run_front(options_file: Path) -> None:
     """`python -m persona_serving.server W/front.json`: the routing front until SIGTERM."""
     options = ServeOptions.model_validate_json(options_file.read_text(encoding="utf-8"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await _front(options, stopping)
+        await _front(options, stop_signal())
 
     asyncio.run(main())
 
