@@ -99,11 +99,11 @@ def switch(
     version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
 ) -> None:
     """Make a published version the one a persona answers with (the routing-table write the operator does)."""
-    from personafleet.routing import update_routing, version_dir
-    from personafleet.store import read_version_info
+    from personafleet.routing import update_routing
+    from personafleet.store import published_version
 
     number = parse_version(version)
-    read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
+    published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
     table = update_routing(model_store, lambda t: t.add(persona, number, serve=True))
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
     print(f"{persona} serves v{number} (versions: {listed})")

@@ -6,7 +6,9 @@ import pytest
 from persona_serving.server import route_unlisted
 from personafleet.errors import PersonaError
 from personafleet.routing import update_routing, version_dir
-from personafleet.store import VERSION_FILE, VersionInfo, published_versions, read_version_info, write_version_info
+from personafleet.store import (
+    VERSION_FILE, VersionInfo, published_version, published_versions, read_version_info, write_version_info,
+)
 
 
 def publish_record(store, persona: str, version: int, folder_version: int | None = None) -> None:
@@ -27,6 +29,26 @@ def test_only_complete_versions_in_their_own_folder_count(tmp_path):
         read_version_info(version_dir(tmp_path, "devops-dude", 3))
     with pytest.raises(PersonaError, match="not a valid version record"):
         read_version_info(version_dir(tmp_path, "pm-life", 6))
+
+
+def test_a_published_version_lives_in_the_store_under_the_name_and_number_it_records(tmp_path):
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    publish_record(store, "devops-dude", 1)
+    publish_record(store, "pm-life", 3, folder_version=5)
+    publish_record(elsewhere, "outsider", 1)
+    (store / "outsider").symlink_to(elsewhere / "outsider")
+    publish_record(elsewhere, "linked", 2)
+    (store / "linked").mkdir()
+    (store / "linked" / "v2").symlink_to(elsewhere / "linked" / "v2")
+    (store / "alias").symlink_to(store / "devops-dude")  # inside the store, but devops-dude's record
+
+    assert published_version(store, "devops-dude", 1).version == 1
+    for persona, version, says in [("outsider", 1, "outside the model store"), ("linked", 2, "outside the model store"),
+                                   ("pm-life", 5, "names pm-life v3, not pm-life v5"),
+                                   ("alias", 1, "names devops-dude v1, not alias v1"), ("devops-dude", 2, "no version.json")]:
+        with pytest.raises(PersonaError, match=says):
+            published_version(store, persona, version)
+    assert published_versions(store) == {"devops-dude": [1]}
 
 
 def test_serve_routes_unlisted_personas_to_their_newest_version_and_keeps_listed_ones(tmp_path):
