@@ -94,7 +94,7 @@ async def test_client_renews_an_expired_key(tiny_base: Path, tmp_path: Path):
         inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
         grpc_ports=(free_port(), free_port()),
     )
-    pid = start(options)
+    pid = start(options, [])
     try:
         await wait_until_up(options, pid)
         expired = TokenSource(token_file=options.key_file, kind="management").token()

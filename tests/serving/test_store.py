@@ -58,12 +58,3 @@ def test_serve_routes_unlisted_personas_to_their_newest_version_and_keeps_listed
     update_routing(tmp_path, lambda table: table.add("devops-dude", 1, serve=True))
     table = route_unlisted(tmp_path)
     assert {name: route.serving for name, route in table.personas.items()} == {"devops-dude": 1, "pm-life": 1}
-
-
-def test_store_urls_the_front_stages_map_to_unique_link_names():
-    from persona_serving.store import link_name
-
-    assert link_name("devops-dude/v3/devops-dude.mar") == "devops-dude.v3.mar"
-    assert link_name("devops-dude.mar") == "devops-dude.mar"
-    with pytest.raises(PersonaError):
-        link_name("other/v3/devops-dude.mar")
