@@ -56,7 +56,8 @@ class Settings(BaseModel):
     )
     database_secret: str | None = Field(
         None,
-        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`.",
+        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`: "
+        "the read-only export role's DATABASE_URL (chart: database.feedbackExport), never the bot's login.",
     )
     training_defaults: TrainingDefaults = Field(
         default_factory=TrainingDefaults,

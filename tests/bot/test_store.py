@@ -39,7 +39,7 @@ async def test_replicas_keep_each_others_turns_and_a_clear_stays_cleared(postgre
 
         # /clear on one replica while the other was answering: what came before stays gone.
         await second.hear(5, PERSONA, said("late", now + 4))
-        await first.clear_history(5, PERSONA)
+        await first.forget_chat(5)
         await second.record(exchange(9, "late", now + 5))
         assert await texts(first) == ["re: late"]
     finally:

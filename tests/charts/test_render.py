@@ -282,7 +282,7 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert settings.namespace == NAMESPACE
     assert settings.training_image == "personafleet-serve:0.1.0"
     assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
-    assert settings.database_secret == f"{FULLNAME}-database"
+    assert settings.database_secret == f"{FULLNAME}-feedback-export"  # the read-only export login, not the bot's
     assert settings.training_defaults.node_selector == {"pool": "gpu"}
     assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
     token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
