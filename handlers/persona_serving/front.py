@@ -39,9 +39,9 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 class Listener:
     """One public port: which client tokens it accepts and which TorchServe port it forwards to."""
 
-    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource):
-        self.name, self.accepted, self.local_key = name, accepted, local_key
-        self.http = httpx.AsyncClient(base_url=backend, timeout=None)
+    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource, timeout: float):
+        self.name, self.accepted, self.local_key, self.timeout = name, accepted, local_key, timeout
+        self.http = httpx.AsyncClient(base_url=backend, timeout=httpx.Timeout(timeout, connect=5))
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -61,15 +61,19 @@ class AuthFront:
         key_file: Path,
         inference_backend: str,
         management_backend: str,
+        backend_timeout: float,
     ):
+        """`backend_timeout`: the longest the front waits for TorchServe's answer (above TorchServe's own
+        response timeout, so that one fires first); then the client gets a 504."""
         inference = TokenSource(token_file=inference_token_file)
         management = TokenSource(token_file=management_token_file) if management_token_file else None
         self.management_key = TokenSource(token_file=key_file, kind="management")
         self.inference = Listener(
             "inference", [inference, *([management] if management else [])], inference_backend,
-            TokenSource(token_file=key_file, kind="inference"),
+            TokenSource(token_file=key_file, kind="inference"), backend_timeout,
         )
-        self.management = Listener("management", [management] if management else [], management_backend, self.management_key)
+        self.management = Listener("management", [management] if management else [], management_backend,
+                                   self.management_key, backend_timeout)
 
     def app(self, listener: Listener) -> web.Application:
         async def forward(request: web.Request) -> web.StreamResponse:
@@ -93,6 +97,8 @@ class AuthFront:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
             )
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"TorchServe did not answer within {listener.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
         return web.Response(

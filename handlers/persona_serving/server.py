@@ -332,8 +332,8 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
         write_text_atomic(options.inference_token_file, key + "\n", mode=0o600)
 
 
-async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> None:
-    """Until every worker of `model` (loaded at start) is READY. A worker that dies while loading
+async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> dict:
+    """Until every worker of `model` (loaded at start) is READY; TorchServe's description of it. A worker that dies while loading
     is restarted by TorchServe with back-off, forever, under a new pid: seeing a worker's pid change
     is the failure (a PersonaError), as is the start-up timeout."""
     deadline = time.monotonic() + options.startup_timeout_s
@@ -343,11 +343,12 @@ async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> None
             if not alive(pid):
                 raise PersonaError(f"TorchServe exited while loading {model}; see {options.workdir / 'logs'}")
             try:
-                workers = (await management.describe(model))["workers"]
+                described = await management.describe(model)
+                workers = described["workers"]
             except (ManagementError, LookupError) as exc:
                 raise PersonaError(f"TorchServe did not load {model}: {exc}; see {options.workdir / 'logs'}") from None
             if workers and all(worker["status"] == "READY" for worker in workers):
-                return
+                return described
             for worker in workers:
                 if worker.get("pid", -1) > 0 and pids.setdefault(worker["id"], worker["pid"]) != worker["pid"]:
                     raise PersonaError(f"the {model} model's worker died while loading; see "
@@ -357,22 +358,29 @@ async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> None
             await asyncio.sleep(0.3)
 
 
-async def wait_until_served(options: ServeOptions, pid: int, models: Sequence[str], *, asr_required: bool = True) -> list[str]:
-    """Until TorchServe is up and each of `models` loaded; the models that serve. A speech model that
+async def wait_until_served(options: ServeOptions, pid: int, models: Sequence[str], *,
+                            asr_required: bool = True) -> dict[str, dict]:
+    """Until TorchServe is up and each of `models` loaded; the models that serve, with TorchServe's
+    description of each. A speech model that
     does not load is an error unless not `asr_required` (a pod): then it is logged and TorchServe
     keeps retrying its worker with back-off (voice messages get the bot's apology meanwhile)."""
     await wait_until_up(options, pid)
-    served = []
+    served = {}
     for model in models:
         try:
-            await wait_until_loaded(options, pid, model)
+            served[model] = await wait_until_loaded(options, pid, model)
         except PersonaError as exc:
             if model != ASR_MODEL_NAME or asr_required:
                 raise PersonaError(f"cannot load the {model} model: {exc}") from None
             logger.error("Serving without speech recognition for now: %s", exc)
-            continue
-        served.append(model)
     return served
+
+
+def front_timeout(served: dict[str, dict]) -> float:
+    """How long the auth front waits for TorchServe: twice the longest response timeout of the served
+    models (a request may queue behind a batch that takes all of it, then take all of it itself), so
+    TorchServe's own timeout fires first and a stuck TorchServe costs a client a 504, not a connection."""
+    return 2.0 * max(description["responseTimeout"] for description in served.values())
 
 
 def route_unlisted(store: Path) -> RoutingTable:
@@ -435,7 +443,7 @@ def serve_foreground(options: ServeOptions) -> int:
         served = await wait_until_served(options, pid, models, asr_required=False)
         logger.info("Serving the fleet of %s from %s%s", options.base, options.model_store,
                     " and `asr`" if ASR_MODEL_NAME in served else "")
-        front = asyncio.create_task(_front(options, stopping)) if options.front else None
+        front = asyncio.create_task(_front(options, stopping, front_timeout(served))) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):
                 logger.error("TorchServe or the auth front stopped; exiting")
@@ -452,7 +460,7 @@ def serve_foreground(options: ServeOptions) -> int:
         stop(options.workdir)
 
 
-async def _front(options: ServeOptions, stopping: asyncio.Event) -> None:
+async def _front(options: ServeOptions, stopping: asyncio.Event, backend_timeout: float) -> None:
     from persona_serving.front import AuthFront
 
     front = AuthFront(
@@ -461,5 +469,6 @@ async def _front(options: ServeOptions, stopping: asyncio.Event) -> None:
         key_file=options.key_file,
         inference_backend=options.inference_url,
         management_backend=options.management_url,
+        backend_timeout=backend_timeout,
     )
     await front.serve(options.host, options.inference_port, options.management_port, stopping)

@@ -209,3 +209,47 @@ def test_sigterm_stops_torchserve_and_exits_cleanly(pod):
     assert pod["process"].wait(90) == 0
     assert not (pod["workdir"] / "torchserve.pid").exists()
     assert not (pod["workdir"] / "key_file.json").exists()
+
+
+async def test_a_stuck_torchserve_gets_a_504_with_a_reason_not_a_connection_held_forever(tmp_path):
+    """The front's calls to TorchServe are bounded (above TorchServe's own response timeout): a
+    backend that accepts the request and never answers costs the client a 504, not its connection."""
+    from aiohttp import web
+
+    from persona_serving.front import AuthFront
+
+    async def never(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    stuck = web.AppRunner(web.Application(handler_args=None), handle_signals=False, shutdown_timeout=0.1)
+    stuck.app.router.add_route("*", "/{tail:.*}", never)
+    await stuck.setup()
+    backend_port, front_port = free_port(), free_port()
+    await web.TCPSite(stuck, "127.0.0.1", backend_port).start()
+    (tmp_path / "inference-token").write_text("bot-token")
+    (tmp_path / "key_file.json").write_text(json.dumps({key: {"key": f"local-{key}"} for key in ("inference", "management", "API")}))
+    front = AuthFront(inference_token_file=tmp_path / "inference-token", management_token_file=None,
+                      key_file=tmp_path / "key_file.json", inference_backend=f"http://127.0.0.1:{backend_port}",
+                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=1)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, free_port(), stopping))
+    try:
+        for _ in range(100):  # until the front listens
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", front_port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}") as http:
+            started = time.monotonic()
+            response = await asyncio.wait_for(http.post(
+                "/predictions/fleet", json={"persona": PERSONA, "message": "hi"},
+                headers={"Authorization": "Bearer bot-token"}, timeout=30), 20)
+    finally:
+        stopping.set()
+        await serving
+        await stuck.cleanup()
+    assert response.status_code == 504 and response.json()["error"] == "backend_timeout"
+    assert "1 s" in response.json()["detail"] and time.monotonic() - started < 10

@@ -176,7 +176,7 @@ def test_a_speech_model_that_cannot_load_fails_by_hand_and_is_left_out_in_a_pod(
     loading - a hub checkpoint with the hub unreachable - fails `persona serve` by hand, and a pod
     (`--foreground`) serves the personas without it while TorchServe retries with back-off."""
     from persona_serving.asr_package import build_asr_archive
-    from persona_serving.server import start, startup_models, stop, wait_until_served
+    from persona_serving.server import front_timeout, start, startup_models, stop, wait_until_served
     from personafleet.errors import PersonaError
     from tests.fixtures.torchserve import serve_options
 
@@ -188,7 +188,10 @@ def test_a_speech_model_that_cannot_load_fails_by_hand_and_is_left_out_in_a_pod(
     assert models == ["fleet", "asr"]
     pid = start(options, models)
     try:
-        assert asyncio.run(wait_until_served(options, pid, models, asr_required=False)) == ["fleet"]
+        served = asyncio.run(wait_until_served(options, pid, models, asr_required=False))
+        assert list(served) == ["fleet"]
+        # the auth front waits for TorchServe longer than TorchServe's own response timeout (60 s here)
+        assert front_timeout(served) == 2 * served["fleet"]["responseTimeout"] == 120
         with pytest.raises(PersonaError, match="cannot load the asr model: the asr model's worker died while loading"):
             asyncio.run(wait_until_served(options, pid, models))
         assert httpx.get(f"{options.inference_url}/ping", headers=TokenSource(
