@@ -361,6 +361,30 @@ class Store:
                 exchange.voice,
             )
 
+    async def take_turn(self, sender_id: int, capacity: int, period: float) -> float:
+        """One update of `sender_id` against the rate limit every replica shares (`capacity` updates,
+        refilled evenly over `period` seconds): 0 when it is allowed (and counted), else the seconds
+        until one would be. GCRA in one statement: a sender's row holds when its bucket is full again
+        plus one interval (`tat`); an update is allowed when that stays within `period` of now, and
+        only then moves `tat` - the row lock makes concurrent replicas take turns."""
+        interval = period / capacity
+        async with self._connection() as connection:
+            return float(await connection.fetchval(
+                "WITH hit AS ("
+                "  INSERT INTO rate_limits AS bucket (sender_id, tat) VALUES ($1, now() + make_interval(secs => $2))"
+                "  ON CONFLICT (sender_id) DO UPDATE SET tat = greatest(bucket.tat, now()) + make_interval(secs => $2)"
+                "  WHERE greatest(bucket.tat, now()) + make_interval(secs => $2) <= now() + make_interval(secs => $3)"
+                "  RETURNING 1)"
+                " SELECT CASE WHEN EXISTS (SELECT 1 FROM hit) THEN 0"
+                "  ELSE extract(epoch FROM (SELECT tat FROM rate_limits WHERE sender_id = $1) - now()) + $2 - $3 END",
+                sender_id, interval, period,
+            ))
+
+    async def forget_full_buckets(self) -> None:
+        """Rows of senders whose bucket has refilled are the same as no row: keep the table small."""
+        async with self._connection() as connection:
+            await connection.execute("DELETE FROM rate_limits WHERE tat < now()")
+
     async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:
         """Store (or change) a user's vote on a reply; the reply's persona, None for an unknown reply."""
         async with self._connection() as connection:

@@ -78,7 +78,7 @@ async def test_a_recreated_database_is_an_outage_then_migrated_again(postgres_da
     try:
         await store.record(exchange(1, "one", time.time()))
         connection = await asyncpg.connect(postgres_database)
-        await connection.execute("DROP TABLE votes, replies, histories, chats, schema_migrations CASCADE")
+        await connection.execute("DROP TABLE votes, replies, histories, chats, rate_limits, schema_migrations CASCADE")
         await connection.close()
         with pytest.raises(StoreUnavailable):
             await store.history(5, PERSONA)
