@@ -328,8 +328,14 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
                 raise PersonaError(f"TorchServe not up after {options.startup_timeout_s:.0f} s; see {options.workdir / 'logs'}")
             await asyncio.sleep(0.3)
     if not options.front:
-        key = TokenSource(token_file=options.key_file, kind="inference").token() or ""
-        write_text_atomic(options.inference_token_file, key + "\n", mode=0o600)
+        hand_out_inference_key(options)
+
+
+def hand_out_inference_key(options: ServeOptions) -> Path:
+    """Write TorchServe's current inference key alone to `inference-token` (mode 0600), what clients
+    of a server without the auth front get; again after the key was rotated with the API key."""
+    key = TokenSource(token_file=options.key_file, kind="inference").token() or ""
+    return write_text_atomic(options.inference_token_file, key + "\n", mode=0o600)
 
 
 async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> dict:
