@@ -24,16 +24,15 @@ def find_asr(model_store: Path, asr: Path | None) -> Path | None:
     return found.resolve() if found.is_file() else None
 
 
-def link_asr(links: Path, archive: Path) -> str:
+def link_asr(links: Path, archive: Path) -> None:
     """Link the archive into TorchServe's flat model store as `asr.mar` (TorchServe loads it at
-    start); its version."""
+    start); a file that is no model archive is refused first."""
     version = archive_version(archive)
     links.mkdir(parents=True, exist_ok=True)
     link = links / f"{ASR_MODEL_NAME}.mar"
     link.unlink(missing_ok=True)
     link.symlink_to(archive)
     logger.info("Serving %s v%s from %s", ASR_MODEL_NAME, version, archive)
-    return version
 
 
 def archive_version(path: Path) -> str:

@@ -339,9 +339,9 @@ def hand_out_inference_key(options: ServeOptions) -> Path:
 
 
 async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> dict:
-    """Until every worker of `model` (loaded at start) is READY; TorchServe's description of it. A worker that dies while loading
-    is restarted by TorchServe with back-off, forever, under a new pid: seeing a worker's pid change
-    is the failure (a PersonaError), as is the start-up timeout."""
+    """Until every worker of `model` (loaded at start) is READY; TorchServe's description of it. A
+    worker that dies while loading is restarted by TorchServe with back-off, forever, under a new
+    pid: seeing a worker's pid change is the failure (a PersonaError), as is the start-up timeout."""
     deadline = time.monotonic() + options.startup_timeout_s
     pids: dict[str, int] = {}
     async with ManagementClient(options.management_url, token_file=options.key_file, timeout=5) as management:
@@ -367,9 +367,9 @@ async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> dict
 async def wait_until_served(options: ServeOptions, pid: int, models: Sequence[str], *,
                             asr_required: bool = True) -> dict[str, dict]:
     """Until TorchServe is up and each of `models` loaded; the models that serve, with TorchServe's
-    description of each. A speech model that
-    does not load is an error unless not `asr_required` (a pod): then it is logged and TorchServe
-    keeps retrying its worker with back-off (voice messages get the bot's apology meanwhile)."""
+    description of each. A speech model that does not load is an error unless not `asr_required`
+    (a pod): then it is logged and TorchServe keeps retrying its worker with back-off (voice
+    messages get the bot's apology meanwhile)."""
     await wait_until_up(options, pid)
     served = {}
     for model in models:
