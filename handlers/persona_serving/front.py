@@ -3,9 +3,9 @@
 TorchServe 0.12 only accepts the random keys it generates itself, so the cluster's shared
 tokens (a Kubernetes Secret) are checked here, and each request is forwarded to TorchServe on
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
-The front also renews that local key before it expires and stages nested model-store urls for
-registration (persona_serving.store), refusing every other model source. Requests are admitted on
-their raw path (persona_serving.routes).
+The front also renews that local key before it expires. Requests are admitted on their raw path
+(persona_serving.routes): the management port reads only (TorchServe's model API is off: no model
+is registered after start, from any source).
 
 With several bases (issue 22) the front also routes: a `POST /predictions/fleet` goes to the fleet
 of its persona's base (persona_serving.bases), a model of this TorchServe or another base's
@@ -26,9 +26,7 @@ from aiohttp import web
 
 from persona_serving.bases import FORWARDED_HEADER, BaseRouter, Fleet
 from persona_serving.routes import admit
-from persona_serving.store import stage
 from personafleet.client import TokenSource, error_detail, send_authorized
-from personafleet.errors import PersonaError
 from personafleet.inference import FLEET_MODEL, InferenceError
 
 logger = logging.getLogger(__name__)
@@ -62,9 +60,9 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 class Listener:
     """One public port: which client tokens it accepts and which TorchServe port it forwards to."""
 
-    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource):
-        self.name, self.accepted, self.local_key = name, accepted, local_key
-        self.http = httpx.AsyncClient(base_url=backend, timeout=None)
+    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource, timeout: float):
+        self.name, self.accepted, self.local_key, self.timeout = name, accepted, local_key, timeout
+        self.http = httpx.AsyncClient(base_url=backend, timeout=httpx.Timeout(timeout, connect=5))
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -84,22 +82,23 @@ class AuthFront:
         key_file: Path,
         inference_backend: str,
         management_backend: str,
-        model_store: Path,
-        links: Path,
+        backend_timeout: float,
         router: BaseRouter | None = None,
     ):
         """`inference_token_file` is the Secret clients present (in a cluster; also what this front
-        presents to another base's front) or, locally, TorchServe's key file itself."""
+        presents to another base's front) or, locally, TorchServe's key file itself.
+        `backend_timeout`: the longest the front waits for TorchServe's answer (above TorchServe's own
+        response timeout, so that one fires first); then the client gets a 504. `router`: several bases."""
         inference = TokenSource(token_file=inference_token_file)
         management = TokenSource(token_file=management_token_file) if management_token_file else None
-        self.model_store, self.links, self.router = model_store, links, router
-        self.peer_token = inference
+        self.router, self.peer_token = router, inference
         self.management_key = TokenSource(token_file=key_file, kind="management")
         self.inference = Listener(
             "inference", [inference, *([management] if management else [])], inference_backend,
-            TokenSource(token_file=key_file, kind="inference"),
+            TokenSource(token_file=key_file, kind="inference"), backend_timeout,
         )
-        self.management = Listener("management", [management] if management else [], management_backend, self.management_key)
+        self.management = Listener("management", [management] if management else [], management_backend,
+                                   self.management_key, backend_timeout)
 
     def app(self, listener: Listener) -> web.Application:
         async def forward(request: web.Request) -> web.StreamResponse:
@@ -118,11 +117,6 @@ class AuthFront:
         if not public_probe and not listener.authorized(request):
             return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
         params, body = list(request.query.items()), await request.read()
-        if listener is self.management and request.method == "POST" and path == "/models":
-            try:
-                params = self._registration(params, body)
-            except PersonaError as exc:
-                return _error(400, "invalid_model_url", str(exc))
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         if listener is self.inference and self.router is not None and request.method == "POST" and path == FLEET_PATH:
             return await self.to_fleet(self.router, request, params, body, headers)
@@ -130,6 +124,8 @@ class AuthFront:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
             )
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"TorchServe did not answer within {listener.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
         return _relay(response)
@@ -153,6 +149,9 @@ class AuthFront:
                 response = await send_authorized(self.inference.http, self.peer_token, "POST", f"{fleet.url}{FLEET_PATH}",
                                                  params=params, content=body,
                                                  headers=headers | {FORWARDED_HEADER: fleet.base})
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"the fleet of base {fleet.base} did not answer within "
+                                                  f"{self.inference.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "fleet_unavailable", f"the fleet of base {fleet.base} is not answering "
                                                     f"({exc.__class__.__name__})")
@@ -160,13 +159,6 @@ class AuthFront:
             # The base's model is not registered or has no worker: the fleet is down, not the request wrong.
             return _error(503, "fleet_unavailable", f"the fleet of base {fleet.base} is down: {error_detail(response)[1]}")
         return _relay(response)
-
-    def _registration(self, params: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
-        """A registration's query with each `url` staged from the model store. TorchServe also
-        reads the parameters from a JSON body, which would escape that check: none is accepted."""
-        if body:
-            raise PersonaError("a registration takes its parameters in the query string, not in a body")
-        return [(key, stage(self.model_store, value, self.links) if key == "url" else value) for key, value in params]
 
     async def keep_keys_fresh(self) -> None:
         """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is
