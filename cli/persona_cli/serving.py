@@ -41,11 +41,12 @@ def serve(
     base: Annotated[Optional[str], typer.Option(help="Base model of the fleet (hub id or path; the one the adapters were trained on).")] = None,
     max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapters each worker keeps loaded (LRU).")] = 32,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
-    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most rows a worker decodes together (live rows; more requests queue).")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long an idle worker waits for more requests to start with (ms; TorchServe reads 0 as 100).")] = 30,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the base once).")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
+    max_cached_tokens: Annotated[int, typer.Option(min=1, help="Key/value cache columns a worker's live rows may reserve (more requests queue).")] = 16384,
     workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar and key_file.json of this server.")] = Path(".persona/serve"),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server started from --workdir.")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay in the foreground (container entrypoint).")] = False,
@@ -74,7 +75,7 @@ def serve(
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
         model_store=model_store, base=base, bundle_base=bundle_base, max_resident_adapters=max_resident_adapters,
-        max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
+        max_new_tokens=max_new_tokens, max_cached_tokens=max_cached_tokens, workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,

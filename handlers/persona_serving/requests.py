@@ -28,6 +28,9 @@ from personafleet.prompt import render_prompt
 from personafleet.routing import RoutingTable
 
 
+Key = tuple[str, int]  # (persona, version)
+
+
 @dataclass(frozen=True)
 class PersonaVersion:
     """A version resident on a worker: what its prompts are built from and its adapter's name."""

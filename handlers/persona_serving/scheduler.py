@@ -7,9 +7,11 @@ plain code tested directly. A request is WAITING until the caps let it in, RUNNI
 decodes one token per step, FINISHED with a reason: `stop` (an end-of-sequence token), `length`
 (its token cap), `cancelled` (its client went away) or `error` (the model step failed).
 
-Two caps keep a worker's memory bounded; over either, requests wait in arrival order (the first
-one that does not fit holds the others back, so a long request is never starved by short ones):
+Caps keep a worker's memory bounded; over any, requests wait in arrival order (the first one
+that does not fit holds the others back, so a long request is never starved by short ones):
 - live rows (`max_live_rows`): rows decoded together in one step;
+- adapters (`max_adapters`): distinct persona versions among the live rows, at most the adapters
+  a worker keeps resident, so an adapter is never evicted under a row that uses it;
 - cached tokens (`max_cached_tokens`): what the runner's padded key/value caches may hold at most.
   The runner keeps one padded batch, so its footprint is rows x (longest prompt + longest reply
   cap + the start token): the cross-attention cache is padded to the longest prompt, and the
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -43,10 +45,11 @@ class FinishReason(str, Enum):
 class Limits:
     max_live_rows: int
     max_cached_tokens: int
+    max_adapters: int | None = None  # None: any number
 
     def __post_init__(self) -> None:
-        if self.max_live_rows < 1 or self.max_cached_tokens < 1:
-            raise ValueError("max_live_rows and max_cached_tokens must be at least 1")
+        if min(self.max_live_rows, self.max_cached_tokens, self.max_adapters or 1) < 1:
+            raise ValueError("max_live_rows, max_cached_tokens and max_adapters must be at least 1")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Sequence:
     id: str
     prompt_tokens: int
     max_new_tokens: int
+    adapter: Hashable = None
     arrived: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     state: State = State.WAITING
@@ -87,17 +91,21 @@ class StepScheduler:
     def ids(self) -> set[str]:
         return set(self.waiting) | set(self.running)
 
+    def live_adapters(self) -> set[Hashable]:
+        """The adapters the running rows use (never to be evicted under them)."""
+        return {sequence.adapter for sequence in self.running.values()}
+
     @property
     def cached_tokens(self) -> int:
         """The running rows' reserved footprint (what the caps are checked against)."""
         return padded_footprint(self.running.values())
 
-    def submit(self, request_id: str, prompt_tokens: int, max_new_tokens: int) -> Sequence:
+    def submit(self, request_id: str, prompt_tokens: int, max_new_tokens: int, adapter: Hashable = None) -> Sequence:
         """Queue a request. One that could never fit, even alone, is a configuration error: the
         serving settings guarantee max_cached_tokens >= longest prompt + highest cap."""
         if request_id in self:
             raise ValueError(f"request {request_id} is already scheduled")
-        sequence = Sequence(request_id, prompt_tokens, max_new_tokens)
+        sequence = Sequence(request_id, prompt_tokens, max_new_tokens, adapter)
         if sequence.footprint > self.limits.max_cached_tokens:
             raise ValueError(f"a request of {prompt_tokens} prompt + {max_new_tokens} reply tokens can never fit "
                              f"max_cached_tokens={self.limits.max_cached_tokens}")
@@ -110,7 +118,8 @@ class StepScheduler:
         while self.waiting:
             head = next(iter(self.waiting.values()))
             rows = [*self.running.values(), head]
-            if len(rows) > self.limits.max_live_rows or padded_footprint(rows) > self.limits.max_cached_tokens:
+            if (len(rows) > self.limits.max_live_rows or padded_footprint(rows) > self.limits.max_cached_tokens
+                    or len({r.adapter for r in rows}) > (self.limits.max_adapters or len(rows))):
                 break
             del self.waiting[head.id]
             head.state = State.RUNNING

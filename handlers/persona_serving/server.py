@@ -54,6 +54,7 @@ class ServeOptions(BaseModel):
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
     max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
+    max_cached_tokens: int = Field(16384, ge=1, description="key/value cache columns a worker's live rows may reserve")
     archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
     host: str = Field("127.0.0.1", description="address the public listeners bind (0.0.0.0 in a pod)")
@@ -248,7 +249,7 @@ def fleet_config(options: ServeOptions) -> FleetConfig:
     return FleetConfig(
         base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
         max_resident_adapters=options.max_resident_adapters,
-        limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
+        limits=GenerationLimits(max_new_tokens=options.max_new_tokens), max_cached_tokens=options.max_cached_tokens,
     )
 
 

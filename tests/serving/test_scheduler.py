@@ -84,3 +84,14 @@ def test_padded_footprint_of_nothing_is_zero():
     assert padded_footprint([]) == 0
     with pytest.raises(ValueError):
         Limits(0, 10)
+
+
+def test_live_rows_use_at_most_max_adapters_distinct_versions():
+    s = StepScheduler(Limits(max_live_rows=10, max_cached_tokens=10_000, max_adapters=2), [EOS])
+    s.submit("a1", 1, 1, "a"), s.submit("b1", 1, 5, "b"), s.submit("a2", 1, 5, "a"), s.submit("c1", 1, 5, "c")
+    assert [x.id for x in s.admit()] == ["a1", "b1", "a2"] and list(s.waiting) == ["c1"]
+    assert s.live_adapters() == {"a", "b"}
+    s.record({"a1": 3, "b1": 3, "a2": 3})  # a1 leaves, but a2 still uses adapter a
+    assert s.admit() == []
+    s.cancel("a2")
+    assert [x.id for x in s.admit()] == ["c1"] and s.live_adapters() == {"b", "c"}
