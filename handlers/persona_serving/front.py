@@ -5,7 +5,10 @@ tokens (a Kubernetes Secret) are checked here, and each request is forwarded to 
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
 The front also renews that local key before it expires and stages nested model-store urls for
 registration (persona_serving.store), refusing every other model source. Requests are admitted on
-their raw path (persona_serving.routes).
+their raw path (persona_serving.routes). Reply streams pass through as they come: one event per
+chunk, written only as fast as the client reads (a client that reads nothing for
+`STALL_SECONDS`, or goes away, is cut off, which closes the stream to TorchServe and so retires
+its row).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from personafleet.inference import InferenceError
 logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=5)
+# A streaming client that takes no bytes for this long is dropped (its row is retired); until
+# then aiohttp holds at most its write buffer (64 KiB) for it: no unbounded buffering.
+STALL_SECONDS = 30.0
 # Headers worth passing on; hop-by-hop and auth headers are the front's business.
 FORWARDED_HEADERS = ("content-type", "accept", "x-asr-language")  # the last: the asr model's language override
 
@@ -84,7 +90,7 @@ class AuthFront:
         app.router.add_route("*", "/{tail:.*}", forward)
         return app
 
-    async def forward(self, listener: Listener, request: web.Request) -> web.Response:
+    async def forward(self, listener: Listener, request: web.Request) -> web.StreamResponse:
         admitted = admit(listener.name, request.method, request.raw_path)
         if admitted.refused is not None:
             return _error(*admitted.refused)
@@ -102,13 +108,39 @@ class AuthFront:
         try:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
+                stream=True,
             )
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
-        return web.Response(
-            status=response.status_code, body=response.content,
-            headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
-        )
+        content_type = {k: v for k, v in response.headers.items() if k.lower() == "content-type"}
+        try:
+            if response.headers.get("transfer-encoding", "").lower() != "chunked":
+                return web.Response(status=response.status_code, body=await response.aread(), headers=content_type)
+            return await self._relay(request, response, content_type)
+        except httpx.TransportError as exc:
+            return _error(503, "backend_unavailable", f"TorchServe broke off its answer: {exc.__class__.__name__}")
+        finally:
+            await response.aclose()
+
+    @staticmethod
+    async def _relay(request: web.Request, upstream: httpx.Response, headers: dict[str, str]) -> web.StreamResponse:
+        """A reply stream, one event (line) per chunk, as fast as the client takes it. If TorchServe
+        breaks off (a worker restart), the stream ends without its final event: clients know
+        that as an interrupted reply."""
+        relayed = web.StreamResponse(status=upstream.status_code, headers=headers)
+        relayed.enable_chunked_encoding()
+        await relayed.prepare(request)
+        try:
+            async for line in upstream.aiter_lines():
+                if line:
+                    await asyncio.wait_for(relayed.write(line.encode("utf-8") + b"\n"), STALL_SECONDS)
+        except (ConnectionResetError, asyncio.TimeoutError) as exc:
+            logger.info("Dropped a reply stream: the client %s", "stalled" if isinstance(exc, asyncio.TimeoutError) else "went away")
+            return relayed
+        except httpx.TransportError as exc:
+            logger.warning("TorchServe broke off a reply stream: %s", exc.__class__.__name__)
+        await relayed.write_eof()
+        return relayed
 
     def _registration(self, params: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
         """A registration's query with each `url` staged from the model store. TorchServe also
