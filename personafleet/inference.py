@@ -4,7 +4,8 @@
 Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?}
 Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
-          previews {"delta": TEXT, "tokens": N} (the text since the previous event), then ONE
+          previews {"delta": TEXT, "tokens": N} (the text since the previous event; the first one
+          also names the "model_version"), then ONE
           final event {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N,
           "finish_reason": "stop"|"length"} carrying the authoritative whole reply: clients show
           and store the final event's reply, never the previews glued together (contract 2 of
@@ -116,10 +117,12 @@ class InferenceResponse(BaseModel):
 
 
 class StreamPreview(BaseModel):
-    """An event before the final one: text generated since the previous event."""
+    """An event before the final one: text generated since the previous event. The first preview
+    names the version that answers (a client that stops early still knows it)."""
 
     delta: str
     tokens: int
+    model_version: str | None = None
 
 
 class InferenceError(BaseModel):

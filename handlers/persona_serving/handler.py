@@ -218,9 +218,10 @@ class FleetHandler(BaseHandler):
         events = {}
         for request_id, text in zip(ids, texts):
             stream, delta = self.streams[request_id], unseen(self.streams[request_id].shown, text)
+            preview = StreamPreview(delta=delta, tokens=len(self.scheduler.running[request_id].generated),
+                                    model_version=None if stream.shown else str(stream.entry.version))
             stream.shown += delta
-            preview = StreamPreview(delta=delta, tokens=len(self.scheduler.running[request_id].generated))
-            events[request_id] = Event(event_line(preview.model_dump()) if delta else "", done=False)
+            events[request_id] = Event(event_line(preview.model_dump(exclude_none=True)) if delta else "", done=False)
         return events
 
     def _final(self, sequence: Sequence, error: Rejected | None) -> Event:
