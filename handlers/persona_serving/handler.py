@@ -21,7 +21,6 @@ bad request never fails the step or kills the worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,8 +33,9 @@ from persona_serving.decoding import decode_replies, unseen
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
     ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, CACHED_TOKENS, ERRORS, FACTS_PER_PROMPT,
-    GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, RESIDENT_ADAPTERS,
-    RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
+    GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, REQUESTS,
+    RESIDENT_ADAPTERS, RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
+    persona_label, version_label,
 )
 from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, parse, prepare, route
 from persona_serving.residency import AdapterLRU
@@ -111,6 +111,8 @@ class FleetHandler(BaseHandler):
                 continue
             parsed = parse(item)
             routed = parsed if isinstance(parsed, Rejected) else route(parsed, self.routing.table)
+            if isinstance(routed, Routed):
+                self._observe(REQUESTS, 1, *self._persona_dimensions(routed.persona, routed.version))
             items.append(routed if isinstance(routed, Rejected) else New(request_id, routed))
         return items
 
@@ -136,7 +138,7 @@ class FleetHandler(BaseHandler):
             if isinstance(outcome, Rejected):
                 self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
                 self.context.set_response_status(outcome.status, outcome.error, index)
-                self._observe(ERRORS, 1, outcome.error)
+                self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
                 bodies.append(outcome.body())
                 more.append(None)
                 continue
@@ -178,7 +180,9 @@ class FleetHandler(BaseHandler):
         first, failed_joining = self._run(lambda: self.runner.admit(joining), [row.id for row in joining])
         failed |= failed_joining
         for request_id in first:
-            self._observe(TIME_TO_FIRST_TOKEN, time.perf_counter() - self.streams[request_id].arrived)
+            stream = self.streams[request_id]
+            self._observe(TIME_TO_FIRST_TOKEN, time.perf_counter() - stream.arrived,
+                          *self._persona_dimensions(stream.entry.persona, stream.entry.version))
         finished = self.scheduler.record(tokens | first)
         finished += [self.scheduler.cancel(request_id, FinishReason.ERROR) for request_id in failed]
         self.runner.retire({sequence.id for sequence in finished if sequence is not None})
@@ -196,8 +200,8 @@ class FleetHandler(BaseHandler):
             return forward(), {}
         except Exception as exc:  # noqa: BLE001 - the rows of this pass fail, the worker keeps serving
             logger.exception("A decoding step failed for %d rows", len(rows))
-            failure = Rejected(503, "generation_failed", f"{exc.__class__.__name__}: {exc}")
-            return {}, {request_id: failure for request_id in rows}
+            detail = f"{exc.__class__.__name__}: {exc}"
+            return {}, {request_id: Rejected(503, "generation_failed", detail) for request_id in rows}
 
     def _join(self, admitted: list[Sequence], failed: dict[str, Rejected]) -> list[Row]:
         """Rows for the admitted requests; one whose adapter was evicted meanwhile is loaded again."""
@@ -227,14 +231,15 @@ class FleetHandler(BaseHandler):
     def _final(self, sequence: Sequence, error: Rejected | None) -> Event:
         """The last event: the whole reply (authoritative), or the error that ended the row."""
         stream = self.streams[sequence.id]
+        dimensions = self._persona_dimensions(stream.entry.persona, stream.entry.version)
         self._observe(RETIRED_ROWS, 1, sequence.finish_reason.value)  # type: ignore[union-attr]
         if error is not None:
-            self._observe(ERRORS, 1, error.error)
+            self._observe(ERRORS, 1, *dimensions, error.error)
             body = InferenceError(error=error.error, detail=error.detail, status=error.status)
             return Event(event_line(body.model_dump()), done=True, status=error.status, reason=error.error)
         tokens = [t for t in sequence.generated if t != self.fleet.tokenizer.pad_token_id]
-        self._observe(TOKENS_GENERATED, len(tokens))
-        self._observe(GENERATION_SECONDS, time.perf_counter() - stream.arrived)
+        self._observe(TOKENS_GENERATED, len(tokens), *dimensions)
+        self._observe(GENERATION_SECONDS, time.perf_counter() - stream.arrived, *dimensions)
         reply = InferenceResponse(
             reply=decode_replies(self.fleet.tokenizer, [sequence.generated])[0], persona=stream.entry.persona,
             model_version=str(stream.entry.version), tokens=len(tokens), finish_reason=sequence.finish_reason.value,  # type: ignore[union-attr]
@@ -281,7 +286,7 @@ class FleetHandler(BaseHandler):
             if (key, str(exc)) not in self._reported:  # logged once per version and reason
                 self._reported.add((key, str(exc)))
                 logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
-            return Rejected(503, "adapter_unavailable", str(exc))
+            return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
             self._observe(RESIDENT_ADAPTERS, len(self.adapters))
         return entry
@@ -312,6 +317,10 @@ class FleetHandler(BaseHandler):
                 self._resident((persona, entry.serving))
         self.routing.accept(table)
         logger.info("Routing table in force: %s", {p: r.serving for p, r in table.personas.items()})
+
+    def _persona_dimensions(self, persona: str | None, version: int | None) -> tuple[str, str]:
+        """The `persona` and `version` label values (contract 3), bounded by `persona_label`."""
+        return persona_label(persona, self.routing.table, self.config.max_persona_labels), version_label(version)
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
         observe(self.context, spec, value, [self.model_name, self.version, *extra_dimensions])

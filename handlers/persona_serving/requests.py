@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from pydantic import ValidationError
 
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
-from personafleet.knowledge import Knowledge, retrieve
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
@@ -71,15 +68,16 @@ class Prepared:
     facts: int = 0
     retrieval_seconds: float = 0.0
 
-    def options_key(self) -> tuple:
-        return tuple(sorted(self.options.items()))
-
 
 @dataclass(frozen=True)
 class Rejected:
+    """A request's error value; `persona` and `version` say how far it got (for the metrics' labels)."""
+
     status: int
     error: str
     detail: str
+    persona: str | None = None
+    version: int | None = None
 
     def body(self) -> str:
         return InferenceError(error=self.error, detail=self.detail).model_dump_json()
@@ -128,9 +126,10 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
     if version is not None:
         return Routed(request, persona, version)
     if persona not in table.personas:
-        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here")
+        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here", persona)
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
-    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})")
+    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})",
+                    persona)
 
 
 def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
@@ -148,24 +147,3 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> 
     elapsed = time.perf_counter() - started
     return Prepared(render_prompt(spec.template, spec.description, turns, facts), options, entry,
                     facts=len(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0)
-
-
-def option_groups(items: Sequence[object]) -> dict[tuple, list[int]]:
-    """Indices of the prepared requests, grouped by identical generation options: each group is
-    one padded `generate` call (options are per call, not per row; adapters are per row)."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, item in enumerate(items):
-        if isinstance(item, Prepared):
-            groups[item.options_key()].append(index)
-    return dict(groups)
-
-
-def key_chunks(items: Sequence[object], most: int) -> list[list[int]]:
-    """Indices of the routed requests, in chunks that need at most `most` distinct versions (the
-    worker's LRU size): every adapter of a chunk stays resident while the chunk generates."""
-    by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for index, item in enumerate(items):
-        if isinstance(item, Routed):
-            by_key[item.key].append(index)
-    keys = list(by_key)
-    return [sorted(i for key in keys[start:start + most] for i in by_key[key]) for start in range(0, len(keys), most)]
