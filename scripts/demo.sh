@@ -2,7 +2,7 @@
 # The main job on the embedded defaults, for a fleet of two: the sample Telegram export → dialogue
 # records of two authors → a tiny T5 base → one LoRA adapter per persona → both published into
 # one model store → ONE TorchServe worker (the fleet model: one base, both adapters) → a chat
-# reply from each persona; and a tiny Whisper trained on espeak-ng speech of the same chat →
+# reply from each persona, and one reply streamed event by event; and a tiny Whisper trained on espeak-ng speech of the same chat →
 # asr.mar → one synthesised voice line transcribed.
 # Everything lands in .persona/ (git-ignored); the server keeps running for `persona chat`.
 set -euo pipefail
@@ -60,6 +60,11 @@ for entry in "${PERSONAS[@]}"; do
     echo "you> $MESSAGE"
     printf '%s\n' "$MESSAGE" | $persona chat --persona "$name" | sed "s/^/$name> /"
 done
+
+step "stream: devops-dude's reply as it is generated (one JSON event per decoding step, the whole reply last)"
+read -r URL KEY < <(.venv/bin/python -c 'import json; e = json.load(open(".persona/serve/endpoints.json")); k = json.load(open(".persona/serve/key_file.json")); print(e["inference"], k["inference"]["key"])')
+curl -sSN "$URL/predictions/fleet" -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+    --data-binary "{\"persona\": \"devops-dude\", \"message\": \"$MESSAGE\", \"generation\": {\"max_new_tokens\": 24}}"
 
 step "listen: one synthesised voice line (espeak-ng → WAV) through the asr model"
 espeak-ng -v ru -w "$WORK/voice.wav" "$VOICE_LINE"
