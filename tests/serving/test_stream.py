@@ -3,6 +3,7 @@ worker that dies mid-stream leaving its client with a clear error (not a truncat
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -46,7 +47,7 @@ def fleet_worker(workdir: Path) -> psutil.Process:
 
 async def test_a_worker_dying_mid_stream_is_a_clear_error_and_the_next_reply_works(fleet_store, tiny_base, tmp_path):
     options = serve_options(fleet_store, tiny_base, tmp_path / "serve")
-    serve_background(options)
+    await asyncio.to_thread(serve_background, options)  # it runs an event loop of its own
     try:
         async with InferenceClient(options.inference_url, token_file=options.key_file, timeout=60) as client:
             stream = client.stream("devops-dude", InferenceRequest(message="расскажи про релиз", generation=GREEDY))
@@ -62,4 +63,4 @@ async def test_a_worker_dying_mid_stream_is_a_clear_error_and_the_next_reply_wor
             again = await client.reply("devops-dude", InferenceRequest(message="ну что?", generation=GREEDY))
         assert again.persona == "devops-dude" and again.tokens >= 1
     finally:
-        stop(options.workdir)
+        await asyncio.to_thread(stop, options.workdir)
