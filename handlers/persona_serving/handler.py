@@ -79,10 +79,9 @@ class FleetHandler(BaseHandler):
         config, tokenizer = self.fleet.base.config, self.fleet.tokenizer
         if not config.is_encoder_decoder:
             raise ValueError(f"{self.fleet.base_name} is decoder-only: the step runner has no causal family yet (issue 22)")
-        eos = self.fleet.base.generation_config.eos_token_id
-        eos = eos if eos is not None else tokenizer.eos_token_id
+        eos = self.fleet.base.generation_config.eos_token_id  # what `generate` stops at (None: caps only)
         limits = Limits(max_live_rows, self.config.max_cached_tokens, self.config.max_resident_adapters)
-        self.scheduler = StepScheduler(limits, eos if isinstance(eos, list) else [eos])
+        self.scheduler = StepScheduler(limits, [] if eos is None else eos if isinstance(eos, list) else [eos])
         # Until the slot layer (issue 20) lands, rows name their PEFT adapter for every forward pass.
         self.runner = StepRunner(self.fleet.base, EncoderDecoderFamily(config, tokenizer.pad_token_id),
                                  lambda adapters: {"adapter_names": list(adapters)})
