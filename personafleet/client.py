@@ -21,7 +21,7 @@ import httpx
 from pydantic import BaseModel
 
 from personafleet.inference import (
-    FLEET_MODEL, InferenceError, InferenceRequest, InferenceResponse, StreamPreview, parse_event,
+    FLEET_MODEL, InferenceError, InferenceRequest, InferenceResponse, PersonaAbout, StreamPreview, parse_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -340,10 +340,7 @@ class InferenceClient(PredictionClient):
         like `reply`; once the stream began, a break raises `StreamInterrupted`. Closing the
         iterator early (`aclose()`, or leaving an `async for` by break/exception) closes the
         connection, and the server retires the row at its next step."""
-        body = request.model_dump(exclude_none=True) | {"persona": persona}
-        if version is not None:
-            body["version"] = version
-        response = await self._open(f"/predictions/{self.model}", json=body)
+        response = await self._open(f"/predictions/{self.model}", json=self._body(persona, request, version))
         events = 0
         try:
             async for line in response.aiter_lines():
@@ -368,3 +365,18 @@ class InferenceClient(PredictionClient):
             await response.aclose()
         raise StreamInterrupted(f"the reply stream from {self.base_url} ended after {events} event(s) without its "
                                 "final event (the worker restarted?)")
+
+    async def about(self, persona: str, version: int | str | None = None) -> PersonaAbout:
+        """What the persona's serving version (or `version`) is - its base, when it was trained, how
+        many facts it knows - without generating anything; raises as `reply` does."""
+        body = self._body(persona, InferenceRequest(about=True), version)
+        return await self._predict(f"/predictions/{self.model}", PersonaAbout, json=body)
+
+    @staticmethod
+    def _body(persona: str, request: InferenceRequest, version: int | str | None) -> dict[str, Any]:
+        # Optional fields left at their defaults stay out of the body: a server that predates them
+        # (a rolling upgrade) takes the request.
+        body = request.model_dump(exclude_defaults=True) | {"persona": persona}
+        if version is not None:
+            body["version"] = version
+        return body

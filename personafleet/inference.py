@@ -2,14 +2,17 @@
 
 `POST /predictions/fleet` (contract 3):
 Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
-           "message": TEXT, "generation": {...}?}
+           "message": TEXT, "generation": {...}?, "show_facts": BOOL?}
 Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
           previews {"delta": TEXT, "tokens": N} (the text since the previous event; the first one
-          also names the "model_version"), then ONE
-          final event {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N,
-          "finish_reason": "stop"|"length"} carrying the authoritative whole reply: clients show
-          and store the final event's reply, never the previews glued together (contract 2 of
-          the streaming issue). A reply that is done at once is a body of one final event.
+          also names the "model_version"), then ONE final event {"reply": TEXT, "persona": NAME,
+          "model_version": "N", "tokens": N, "finish_reason": "stop"|"length", "facts": [FACT, ...]
+          (only when show_facts: the facts retrieved into the prompt)} carrying the authoritative
+          whole reply: clients show and store the final event's reply, never the previews glued
+          together. A reply that is done at once is a body of one final event.
+About:    {"persona": NAME, "version": N?, "about": true} (no message, nothing generated) ->
+          {"persona": NAME, "model_version": "N", "base": BASE, "trained_at": ISO|null, "facts": N}
+          (a plain JSON body, not a stream)
 Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status: 404
           `unknown_persona` / `unknown_version`, 503 `adapter_unavailable`, 400/413 for bad bodies;
           an error after the stream began is its final event and carries the status it would
@@ -19,8 +22,10 @@ Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from personafleet.errors import PersonaError
 from personafleet.names import MAX_CONTEXT_TURNS, MAX_NEW_TOKENS, MAX_TEXT_CHARS, parse_version
@@ -87,9 +92,18 @@ class InferenceRequest(BaseModel):
     # Required by the fleet; clients build a conversation first and `InferenceClient.reply` names it.
     persona: str | None = Field(None, max_length=64)
     version: int | None = Field(None, description="pin a version (any the routing table lists); default: the serving one")
+    about: bool = Field(False, description="describe the version that would answer instead of answering")
     context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
-    message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    message: str = Field("", max_length=MAX_TEXT_CHARS, validate_default=True, description="required unless `about`")
     generation: GenerationOptions | None = None
+    show_facts: bool = Field(False, description="return the facts retrieved into the prompt with the reply")
+
+    @field_validator("message")
+    @classmethod
+    def _a_message_to_answer(cls, message: str, info: ValidationInfo) -> str:
+        if not message and not info.data.get("about"):
+            raise PydanticCustomError("missing", "Field required")
+        return message
 
     @field_validator("version", mode="before")
     @classmethod
@@ -114,6 +128,7 @@ class InferenceResponse(BaseModel):
     model_version: str
     tokens: int
     finish_reason: str = Field("stop", description="stop: the model ended it; length: it hit its token cap")
+    facts: list[str] | None = Field(None, description="the facts retrieved into the prompt (asked with show_facts)")
 
 
 class StreamPreview(BaseModel):
@@ -123,6 +138,16 @@ class StreamPreview(BaseModel):
     delta: str
     tokens: int
     model_version: str | None = None
+
+
+class PersonaAbout(BaseModel):
+    """What a version is (the answer to an `about` request; the bot's /persona shows it)."""
+
+    persona: str
+    model_version: str
+    base: str = Field(description="the base model its adapter was trained on")
+    trained_at: datetime | None = Field(None, description="when its training run finished")
+    facts: int = Field(0, description="facts it knows (its knowledge.json)")
 
 
 class InferenceError(BaseModel):

@@ -120,12 +120,14 @@ def chat(
     version: Annotated[Optional[str], typer.Option(help="Pin a version (default: the one the routing table serves).")] = None,
     model: Annotated[str, typer.Option(help="TorchServe model of the fleet.")] = "fleet",
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 60,
+    show_facts: Annotated[bool, typer.Option("--show-facts", help="Print the facts retrieved into each reply's prompt (stderr).")] = False,
 ) -> None:
     """Chat with a served persona; piped stdin gives one reply per line."""
     from persona_serving.chat import run_chat
 
     pinned = parse_version(version) if version is not None else None
-    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model)
+    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model,
+                       show_facts=show_facts)
     if refused:
         sys.exit(1)
 

@@ -57,8 +57,10 @@ async def chat(
     *,
     interactive: bool,
     version: int | None = None,
+    show_facts: bool = False,
 ) -> int:
-    """Answer each input line; returns the number of refused messages."""
+    """Answer each input line; returns the number of refused messages. With `show_facts`, the facts
+    retrieved into each prompt go to `err` after the reply (piped output keeps one line per reply)."""
     conversation, refused = Conversation(), 0
     prompt = "you> " if interactive else ""
     if interactive:
@@ -71,11 +73,11 @@ async def chat(
             conversation = Conversation()
             continue
         try:
+            request = conversation.request(message).model_copy(update={"show_facts": show_facts})
             if interactive:
-                response = await _print_stream(client.stream(persona, conversation.request(message), version=version),
-                                               f"{persona}> ", out)
+                response = await _print_stream(client.stream(persona, request, version=version), f"{persona}> ", out)
             else:
-                response = await client.reply(persona, conversation.request(message), version=version)
+                response = await client.reply(persona, request, version=version)
         except (InferenceRejected, ValidationError) as exc:
             refused += 1
             reason = f"{exc.error}): {exc.detail}" if isinstance(exc, InferenceRejected) else f"invalid_request): {exc.errors()[0]['msg']}"
@@ -88,7 +90,14 @@ async def chat(
         conversation.record(message, response.reply)
         if not interactive:  # exactly one line per reply, whatever the model generated
             print(" ".join(response.reply.splitlines()), file=out, flush=True)
+        if show_facts:
+            print(facts_line(response.facts or []), file=err, flush=True)
     return refused
+
+
+def facts_line(facts: list[str]) -> str:
+    """The facts retrieved into a reply's prompt, on one line."""
+    return "facts: " + (" | ".join(facts) if facts else "(none retrieved)")
 
 
 async def _print_stream(events: AsyncIterator, prefix: str, out: TextIO) -> InferenceResponse:
@@ -127,6 +136,7 @@ def run_chat(
     version: int | None,
     timeout: float,
     model: str = FLEET_MODEL,
+    show_facts: bool = False,
 ) -> int:
     local_url, local_key = local_endpoint(workdir)
     url = url or local_url
@@ -136,6 +146,7 @@ def run_chat(
 
     async def main() -> int:
         async with InferenceClient(url, token_file=token_file or local_key, timeout=timeout, model=model) as client:
-            return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version)
+            return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version,
+                              show_facts=show_facts)
 
     return asyncio.run(main())

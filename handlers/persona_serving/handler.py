@@ -37,13 +37,13 @@ from persona_serving.metrics import (
     RESIDENT_ADAPTERS, RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
     persona_label, version_label,
 )
-from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, parse, prepare, route
+from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
 from persona_serving.runner import Decoding, EncoderDecoderFamily, Row, StepRunner
 from persona_serving.scheduler import FinishReason, Limits, Sequence, StepScheduler
 from persona_serving.streams import Continuing, Event, New, Stream, event_line
-from personafleet.inference import STREAM_CONTENT_TYPE, InferenceError, InferenceResponse, StreamPreview
+from personafleet.inference import STREAM_CONTENT_TYPE, InferenceError, InferenceResponse, PersonaAbout, StreamPreview
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +115,19 @@ class FleetHandler(BaseHandler):
             items.append(routed if isinstance(routed, Rejected) else New(request_id, routed))
         return items
 
-    def inference(self, data: list[Continuing | New | Rejected], *args: Any, **kwargs: Any) -> list[Event | Rejected]:
+    def inference(self, data: list[Continuing | New | Rejected], *args: Any, **kwargs: Any) -> list[Event | PersonaAbout | Rejected]:
         """New requests join the scheduler (or are refused alone); then one step for everyone."""
-        refused = {i: self._submit(item) for i, item in enumerate(data) if isinstance(item, New)}
+        refused = {i: self._submit(item) for i, item in enumerate(data) if isinstance(item, New)}  # or answered
         events = self._step()
-        outcomes: list[Event | Rejected] = []
+        outcomes: list[Event | PersonaAbout | Rejected] = []
         for i, item in enumerate(data):
-            if isinstance(item, Rejected) or isinstance(refused.get(i), Rejected):
+            if isinstance(item, Rejected) or refused.get(i) is not None:
                 outcomes.append(item if isinstance(item, Rejected) else refused[i])  # type: ignore[arg-type]
             else:
                 outcomes.append(events.get(item.request_id, Event("", done=False)))  # type: ignore[union-attr]
         return outcomes
 
-    def postprocess(self, data: list[Event | Rejected]) -> list[str]:
+    def postprocess(self, data: list[Event | PersonaAbout | Rejected]) -> list[str]:
         """One body per request with its status; `ts_stream_next` says whether its stream goes on.
         A request answered in full at once (refused, or done in one step) is a plain response."""
         bodies, more = [], []
@@ -139,6 +139,11 @@ class FleetHandler(BaseHandler):
                 self.context.set_response_status(outcome.status, outcome.error, index)
                 self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
                 bodies.append(outcome.body())
+                more.append(None)
+                continue
+            if isinstance(outcome, PersonaAbout):
+                self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
+                bodies.append(outcome.model_dump_json())
                 more.append(None)
                 continue
             assert stream is not None
@@ -157,9 +162,12 @@ class FleetHandler(BaseHandler):
         return bodies
 
     # --- the step ------------------------------------------------------------------------
-    def _submit(self, item: New) -> Rejected | None:
-        """Make the version's adapter resident, build and tokenize the prompt, queue the request."""
+    def _submit(self, item: New) -> PersonaAbout | Rejected | None:
+        """Make the version's adapter resident, build and tokenize the prompt, queue the request;
+        an `about` request is answered at once from the store (nothing to generate)."""
         routed = item.routed
+        if routed.request.about:
+            return describe(routed, self.store)
         entry = self._resident(routed.key)
         if isinstance(entry, Rejected):
             return entry
@@ -242,8 +250,9 @@ class FleetHandler(BaseHandler):
         reply = InferenceResponse(
             reply=decode_replies(self.fleet.tokenizer, [sequence.generated])[0], persona=stream.entry.persona,
             model_version=str(stream.entry.version), tokens=len(tokens), finish_reason=sequence.finish_reason.value,  # type: ignore[union-attr]
+            facts=list(stream.prompt.facts) if stream.prompt.show_facts else None,
         )
-        return Event(event_line(reply.model_dump()), done=True)
+        return Event(event_line(reply.model_dump(exclude_none=True)), done=True)  # facts only when asked for
 
     def _drop_gone(self, present: set[str]) -> None:
         """Requests TorchServe no longer sends lost their client: their rows leave at once."""
@@ -273,7 +282,7 @@ class FleetHandler(BaseHandler):
         prepared = prepare(routed, entry, self.config.limits)
         if entry.knowledge is not None:
             self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
-            self._observe(FACTS_PER_PROMPT, prepared.facts)
+            self._observe(FACTS_PER_PROMPT, len(prepared.facts))
         return prepared
 
     # --- adapters and routing ------------------------------------------------------------

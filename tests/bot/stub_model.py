@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from personafleet.inference import FLEET_MODEL, STREAM_CONTENT_TYPE, InferenceRequest
 
 STUB_TOKEN = "stub-inference-token"
+STUB_BASE = "ai-forever/FRED-T5-large"
+STUB_FACTS = ["Работаю DevOps-инженером"]  # "retrieved" for every request that asks for its facts
 
 
 class StubModel:
@@ -69,6 +71,9 @@ class StubModel:
         if request.match_info["model"] != FLEET_MODEL or body.persona is None:
             return web.json_response({"error": "unknown_persona", "detail": "no such model or persona"}, status=404)
         persona = body.persona
+        if body.about:  # what the fleet handler answers from the store (persona_serving.requests.describe)
+            return web.json_response({"persona": persona, "model_version": "1", "base": STUB_BASE,
+                                      "trained_at": "2026-12-01T14:03:00Z", "facts": len(STUB_FACTS)})
         self.requests.append((persona, body))
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -87,6 +92,7 @@ class StubModel:
                 await asyncio.sleep(self.word_delay)
             self.busy_seconds.append(time.perf_counter() - started)
             final = {"reply": reply, "persona": persona, "model_version": "1", "tokens": len(words), "finish_reason": "stop"}
+            final |= {"facts": STUB_FACTS} if body.show_facts else {}
             await stream.write(json.dumps(final, ensure_ascii=False).encode() + b"\n")
             await stream.write_eof()
         except ConnectionResetError:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, parse, prepare, route,
+    PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route,
 )
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
@@ -76,3 +76,19 @@ def test_bad_input_is_a_value_not_an_exception(body, status, error):
 def test_invalid_utf8_is_refused():
     rejected = parse({"body": b"\xff\xfe{"})
     assert isinstance(rejected, Rejected) and rejected.error == "invalid_json"
+
+
+def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_path):
+    from personafleet.store import VersionInfo, write_version_info
+
+    folder = tmp_path / "devops-dude" / "v1"
+    (folder / "run").mkdir(parents=True)
+    routed = Routed(InferenceRequest(persona="devops-dude", about=True), "devops-dude", 1)
+    assert describe(routed, tmp_path) == Rejected(
+        503, "adapter_unavailable", f"{folder} is not a published version (no version.json)", "devops-dude", 1)
+    write_version_info(folder, VersionInfo(persona="devops-dude", version=1, base="ai-forever/FRED-T5-large"))
+    about = describe(routed, tmp_path)
+    assert (about.base, about.facts, about.trained_at) == ("ai-forever/FRED-T5-large", 0, None)  # no run report
+    (folder / "run" / "report.json").write_text("{}")
+    (folder / "knowledge.json").write_text(json.dumps({"facts": ["Живу в Казани", "Мой кот Барсик"]}))
+    assert describe(routed, tmp_path).facts == 2 and describe(routed, tmp_path).trained_at is not None
