@@ -4,8 +4,8 @@
 Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?, "show_facts": BOOL?}
 Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
-          previews {"delta": TEXT, "tokens": N} (the text since the previous event; the first one
-          also names the "model_version"), then ONE final event {"reply": TEXT, "persona": NAME,
+          previews {"delta": TEXT, "tokens": N}, one per token (the text it adds, "" while a token
+          is not visible text yet; the first also names the "model_version"), then ONE final event {"reply": TEXT, "persona": NAME,
           "model_version": "N", "tokens": N, "finish_reason": "stop"|"length", "facts": [FACT, ...]
           (only when show_facts: the facts retrieved into the prompt)} carrying the authoritative
           whole reply: clients show and store the final event's reply, never the previews glued

@@ -223,7 +223,8 @@ class FleetHandler(BaseHandler):
         return rows
 
     def _previews(self, tokens: dict[str, int]) -> dict[str, Event]:
-        """Each row's new text since its last event (empty while a token is not visible text)."""
+        """One preview per new token: the text it adds (empty while it is not visible text yet), so
+        a client sees every step, its first token included."""
         ids = [request_id for request_id in tokens if request_id in self.scheduler.running]
         texts = decode_replies(self.fleet.tokenizer, [self.scheduler.running[i].generated for i in ids])
         events = {}
@@ -232,7 +233,7 @@ class FleetHandler(BaseHandler):
             preview = StreamPreview(delta=delta, tokens=len(self.scheduler.running[request_id].generated),
                                     model_version=None if stream.shown else str(stream.entry.version))
             stream.shown += delta
-            events[request_id] = Event(event_line(preview.model_dump(exclude_none=True)) if delta else "", done=False)
+            events[request_id] = Event(event_line(preview.model_dump(exclude_none=True)), done=False)
         return events
 
     def _final(self, sequence: Sequence, error: Rejected | None) -> Event:

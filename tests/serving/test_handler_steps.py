@@ -129,8 +129,9 @@ def test_each_call_is_one_step_and_the_stream_ends_with_the_whole_reply(worker):
     assert len(answers) == end.tokens  # one token per call (the tiny model may stop before the cap)
     assert end.finish_reason == ("length" if end.tokens == CAP else "stop")
     assert [a.go_on for a in answers] == [True] * (len(answers) - 1) + [False]
-    previews = [parse_event(a.body) for a in answers[:-1] if a.body]
-    assert all(isinstance(p, StreamPreview) for p in previews)
+    previews = [parse_event(a.body) for a in answers[:-1]]
+    assert all(isinstance(p, StreamPreview) for p in previews)  # one preview per token, visible text or not
+    assert [p.tokens for p in previews] == list(range(1, len(answers)))
     shown = "".join(p.delta for p in previews)
     assert shown and end.reply.startswith(shown)  # previews grow the reply; the final event completes it
     assert worker.handler.runner.cached_tokens == 0 and not worker.handler.streams
