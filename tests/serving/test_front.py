@@ -23,7 +23,7 @@ from persona_serving.config import FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.store import SOURCE_RULE
 from personafleet.client import InferenceClient, InferenceRejected
-from personafleet.inference import InferenceRequest
+from personafleet.inference import InferenceRequest, InferenceResponse, StreamPreview, parse_event
 from personafleet.routing import update_routing
 from tests.fixtures.torchserve import PERSONA, free_port, publish
 
@@ -101,6 +101,21 @@ async def test_front_survives_torchserve_key_expiry(pod):
         await asyncio.sleep(KEY_LIFETIME_S + 1)  # TorchServe's own keys have expired by now
         second = await client.reply(PERSONA, REQUEST)
     assert first.model_version == second.model_version == "1"
+
+
+async def test_a_reply_streams_through_the_front_one_event_per_chunk(pod):
+    body = {"persona": PERSONA, "message": "как дела?", "generation": {"max_new_tokens": 10, "do_sample": False}}
+    chunks: list[bytes] = []
+    async with httpx.AsyncClient(base_url=pod["inference"], timeout=60) as http:
+        async with http.stream("POST", "/predictions/fleet", json=body,
+                               headers={"Authorization": "Bearer inference-secret"}) as response:
+            assert response.status_code == 200 and response.headers["transfer-encoding"] == "chunked"
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+    events = [parse_event(line) for line in b"".join(chunks).decode().splitlines()]
+    assert len(events) >= 2 and isinstance(events[-1], InferenceResponse)
+    assert all(isinstance(event, StreamPreview) for event in events[:-1])
 
 
 async def test_a_routing_switch_reaches_the_pod_and_the_operators_token_passes_inference(pod):
