@@ -306,24 +306,24 @@ async def open_loop_run(url: str, headers: dict, rate: float, seconds: float) ->
             "short_p50": q(short, 50), "latencies": [d["latency"] for d in ok]}
 
 
-def register_dynamic(options, base: Path, max_batch_delay_ms: int) -> None:
-    """The dynamic-batching fleet as a second TorchServe model, `dynamic`, in the same server."""
+def serve_both(options, max_batch_delay_ms: int) -> None:
+    """One TorchServe loading, at start, the streaming fleet and the dynamic-batching fleet
+    (`dynamic`; TorchServe's model API is off, so both are in its model store beforehand)."""
     from persona_serving.archive import ArchiveOptions, archive_model
     from persona_serving.config import SERVING_FILE
-    from persona_serving.management import ManagementClient
-    from persona_serving.server import fleet_config
+    from persona_serving.server import fleet_config, route_unlisted, start, startup_models, wait_until_served
 
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    options.links.mkdir(parents=True, exist_ok=True)
+    route_unlisted(options.model_store)
     with tempfile.TemporaryDirectory(prefix="dynamic-") as tmp:
         (Path(tmp) / SERVING_FILE).write_text(fleet_config(options).model_dump_json(), encoding="utf-8")
         archive_model("dynamic", "1", str(Path(__file__).parent / "handlers" / "dynamic_handler.py"), Path(tmp),
                       ArchiveOptions(batch_size=16, max_batch_delay_ms=max_batch_delay_ms, response_timeout_s=600),
                       options.links)
-
-    async def register() -> None:
-        async with ManagementClient(options.management_url, token_file=options.key_file) as management:
-            await management.register("dynamic.mar", initial_workers=1, synchronous=True)
-
-    asyncio.run(register())
+    models = [*startup_models(options, asr_required=False), "dynamic"]
+    pid = start(options, models)
+    asyncio.run(wait_until_served(options, pid, models, asr_required=False))
 
 
 async def bot_first_drafts(inference_url: str, key_file: Path, messages: int) -> list[tuple[float, float]]:
@@ -371,7 +371,7 @@ async def bot_first_drafts(inference_url: str, key_file: Path, messages: int) ->
 def open_loop(args: argparse.Namespace) -> None:
     """Streaming vs dynamic batching on one TorchServe, open-loop arrivals (see the module docstring)."""
     from persona_serving.archive import ArchiveOptions
-    from persona_serving.server import ServeOptions, free_port, serve_background, stop
+    from persona_serving.server import ServeOptions, free_port, stop
     from persona_training.package import publish_version
 
     args.results.mkdir(parents=True, exist_ok=True)
@@ -387,10 +387,9 @@ def open_loop(args: argparse.Namespace) -> None:
             inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
             grpc_ports=(free_port(), free_port()), torch_threads=args.threads,
         )
-        serve_background(options)
         results: dict[str, list[dict]] = {"streaming": [], "dynamic": []}
         try:
-            register_dynamic(options, base, args.max_batch_delay_ms)
+            serve_both(options, args.max_batch_delay_ms)
             headers = TokenSource(token_file=options.key_file).headers()
             for rate in args.rates:  # interleaved: on a shared machine, load drifts over minutes
                 for server, model in (("streaming", "fleet"), ("dynamic", "dynamic")):
@@ -510,7 +509,7 @@ def main() -> None:
         process = start_baseline(base, run, port, work / "baseline.log")
         try:
             targets = {
-                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.key_file).headers()),
+                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.inference_token_file).headers()),
                 "baseline": (f"http://127.0.0.1:{port}/predict", {}),
             }
             # Levels interleaved server by server: on a shared machine, load drifts over minutes.
