@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/prepare.py --sizes 10000 --baseline-max 10000
 	$(VENV)/bin/python benchmarks/training.py --steps 10 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/serving.py --concurrency 1 4 --requests-per-client 2 --results $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/serving.py --open-loop --rates 2 --seconds 5 --bot-messages 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/bot.py --rates 50 200 --seconds 2
 	$(VENV)/bin/python benchmarks/operator.py --trials 1
 	$(VENV)/bin/python benchmarks/fleet.py --skip-memory --clients 4 --requests-per-client 2 --results $(BENCH_OUT)

@@ -16,8 +16,18 @@ then the other):
 Clients send the same requests (greedy decoding, fixed `max_new_tokens`) at 1, 4 and 16
 concurrent clients. Prints a table, writes `benchmarks/results/serving.{json,png}`.
 
+`--open-loop` (issue 21) instead compares the streaming fleet (continuous batching, one decoding
+step per handler call) with the same fleet under TorchServe's dynamic batching (one `generate`
+per batch, replies whole: `benchmarks/handlers/dynamic_handler.py`, the handler as it was) in ONE
+TorchServe: requests arrive at fixed rates whatever the server does (open loop), over 3
+personas, with reply caps 8..128 tokens (EOS off, so each reply is exactly its cap). Per rate:
+throughput, full-reply p50/p99, time to first token (a whole reply's time for dynamic batching),
+short-reply (cap 8) p50; then the bot's first draft against a fake Bot API on the streaming
+fleet. Writes `benchmarks/results/serving-stream.{json,png}`.
+
     .venv/bin/python benchmarks/serving.py                    # small T5 (~10M), CPU friendly
     .venv/bin/python benchmarks/serving.py --fred-large       # FRED-T5-large-sized, on a GPU machine
+    .venv/bin/python benchmarks/serving.py --open-loop --rates 2 4 8 --seconds 30
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from pathlib import Path
 import httpx
 
 from personafleet.client import TokenSource
-from personafleet.inference import InferenceRequest
+from personafleet.inference import InferenceRequest, InferenceResponse, final_event, parse_event
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -182,7 +192,7 @@ async def load(url: str, headers: dict[str, str], clients: int, per_client: int,
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - started)
-                tokens.append(response.json()["tokens"])
+                tokens.append(final_event(response.content).tokens)  # type: ignore[union-attr]
             else:
                 errors += 1
 
@@ -237,6 +247,214 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+# --- open loop: streaming (continuous batching) vs dynamic batching (issue 21) ----------------
+PERSONAS = ("devops-dude", "pm-life", "avtobus")
+CAPS = (8, 128, 16, 64, 8, 32, 128, 8, 64, 16)  # 8..128 tokens, a third of them short
+
+
+def open_loop_body(index: int) -> dict:
+    cap = CAPS[index % len(CAPS)]
+    return InferenceRequest(persona=PERSONAS[index % len(PERSONAS)], message=MESSAGES[index % len(MESSAGES)],
+                            generation={"max_new_tokens": cap, "do_sample": False}).model_dump(exclude_none=True)
+
+
+async def one_request(http: httpx.AsyncClient, url: str, headers: dict, body: dict) -> dict | None:
+    """Send one request and read its stream: (first event time, end time, tokens, cap)."""
+    started = time.perf_counter()
+    first = None
+    try:
+        async with http.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                return None
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                first = first or time.perf_counter()
+                event = parse_event(line)
+                if isinstance(event, InferenceResponse):
+                    end = time.perf_counter()
+                    return {"ttft": first - started, "latency": end - started, "tokens": event.tokens,
+                            "cap": body["generation"]["max_new_tokens"]}
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+async def open_loop_run(url: str, headers: dict, rate: float, seconds: float) -> dict:
+    """Requests at `rate` per second for `seconds`, each sent on time whatever came back."""
+    count = max(1, int(rate * seconds))
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=count + 4)) as http:
+        await one_request(http, url, headers, open_loop_body(1))  # warm-up
+        started = time.perf_counter()
+
+        async def at(index: int) -> dict | None:
+            await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            return await one_request(http, url, headers, open_loop_body(index))
+
+        done = await asyncio.gather(*(at(i) for i in range(count)))
+        wall = time.perf_counter() - started
+    ok = [d for d in done if d is not None]
+
+    def q(values: list[float], p: int) -> float:
+        return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if len(values) > 1 else (values or [0])[0]
+
+    short = [d["latency"] for d in ok if d["cap"] == min(CAPS)]
+    return {"rate": rate, "requests": count, "errors": count - len(ok), "rps": len(ok) / wall,
+            "tokens_per_s": sum(d["tokens"] for d in ok) / wall,
+            "p50": q([d["latency"] for d in ok], 50), "p99": q([d["latency"] for d in ok], 99),
+            "ttft_p50": q([d["ttft"] for d in ok], 50), "ttft_p99": q([d["ttft"] for d in ok], 99),
+            "short_p50": q(short, 50), "latencies": [d["latency"] for d in ok]}
+
+
+def serve_both(options, max_batch_delay_ms: int) -> None:
+    """One TorchServe loading, at start, the streaming fleet and the dynamic-batching fleet
+    (`dynamic`; TorchServe's model API is off, so both are in its model store beforehand)."""
+    from persona_serving.archive import ArchiveOptions, archive_model
+    from persona_serving.config import SERVING_FILE
+    from persona_serving.server import fleet_config, route_unlisted, start, startup_models, wait_until_served
+
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    options.links.mkdir(parents=True, exist_ok=True)
+    route_unlisted(options.model_store)
+    with tempfile.TemporaryDirectory(prefix="dynamic-") as tmp:
+        (Path(tmp) / SERVING_FILE).write_text(fleet_config(options, options.bases[0]).model_dump_json(), encoding="utf-8")
+        archive_model("dynamic", "1", str(Path(__file__).parent / "handlers" / "dynamic_handler.py"), Path(tmp),
+                      ArchiveOptions(batch_size=16, max_batch_delay_ms=max_batch_delay_ms, response_timeout_s=600),
+                      options.links)
+    models = [*startup_models(options, asr_required=False), "dynamic"]
+    pid = start(options, models)
+    asyncio.run(wait_until_served(options, pid, models, asr_required=False))
+
+
+async def bot_first_drafts(inference_url: str, key_file: Path, messages: int) -> list[tuple[float, float]]:
+    """(first draft - update delivered, the same reply's time to first token seen by a client at the
+    same moment) for private-chat messages, through the real bot against a fake Bot API."""
+    sys.path.insert(0, str(ROOT))
+    from persona_bot.service import BotService
+    from persona_bot.settings import load_settings
+    from personafleet.client import InferenceClient
+    from tests.bot.fake_telegram import BOT_TOKEN, FakeTelegram
+
+    telegram = FakeTelegram(long_poll=0.05)
+    await telegram.start()
+    settings = load_settings({
+        "BOT_TOKEN": BOT_TOKEN, "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "DATABASE_TIMEOUT": "0.2",
+        "INFERENCE_URL": inference_url, "INFERENCE_TOKEN_FILE": str(key_file), "TELEGRAM_API_URL": telegram.url,
+        "PERSONA": PERSONAS[0], "METRICS_PORT": "0", "RATE_LIMIT_MESSAGES": "1000", "MAX_REPLY_TOKENS": "64",
+        "VOICE": "false",
+    })
+    service = BotService(settings)
+    task = asyncio.create_task(service.run())
+    pairs = []
+    try:
+        while not service.ready:
+            await asyncio.sleep(0.05)
+        async with InferenceClient(inference_url, token_file=key_file) as client:
+            for i in range(messages):
+                drafts_before = len(telegram.drafts)
+                update = telegram.message(MESSAGES[i % len(MESSAGES)], chat_id=100 + i)
+                probe_started = time.perf_counter()
+                async for _ in client.stream(PERSONAS[0], InferenceRequest(message=MESSAGES[i % len(MESSAGES)],
+                                                                           generation={"max_new_tokens": 64})):
+                    ttft = time.perf_counter() - probe_started
+                    break
+                await telegram.wait_sent(i + 1, timeout=120)
+                if len(telegram.drafts) > drafts_before:
+                    pairs.append((telegram.draft_at[drafts_before] - telegram.delivered_at[update["update_id"]], ttft))
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await telegram.stop()
+    return pairs
+
+
+def open_loop(args: argparse.Namespace) -> None:
+    """Streaming vs dynamic batching on one TorchServe, open-loop arrivals (see the module docstring)."""
+    from persona_serving.archive import ArchiveOptions
+    from persona_serving.server import ServeOptions, free_port, stop
+    from persona_training.package import publish_version
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="serving-stream-") as tmp:
+        work = Path(tmp)
+        logger.info("Building the model (base + LoRA run), published as %d personas", len(PERSONAS))
+        base, run = build_run(work, args.fred_large, args.train_steps)
+        for persona in PERSONAS:
+            publish_version(run, persona, 1, work / "store" / persona / "v1")
+        options = ServeOptions(
+            model_store=work / "store", bases=[str(base)], workdir=work / "serve", max_new_tokens=max(CAPS),
+            archive=ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600),
+            inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
+            grpc_ports=(free_port(), free_port()), torch_threads=args.threads,
+        )
+        results: dict[str, list[dict]] = {"streaming": [], "dynamic": []}
+        try:
+            serve_both(options, args.max_batch_delay_ms)
+            headers = TokenSource(token_file=options.key_file).headers()
+            for rate in args.rates:  # interleaved: on a shared machine, load drifts over minutes
+                for server, model in (("streaming", "fleet"), ("dynamic", "dynamic")):
+                    logger.info("%s at %.1f requests/s for %.0f s", server, rate, args.seconds)
+                    url = f"{options.inference_url}/predictions/{model}"
+                    results[server].append(asyncio.run(open_loop_run(url, headers, rate, args.seconds)))
+            drafts = asyncio.run(bot_first_drafts(options.inference_url, options.key_file, args.bot_messages))
+        finally:
+            stop(options.workdir)
+    print_open_loop(results, drafts, args.slo_p99)
+    plot_open_loop(results, args.results / "serving-stream.png")
+    (args.results / "serving-stream.json").write_text(json.dumps(
+        {"args": vars(args), "bot_first_draft_minus_ttft": [d - t for d, t in drafts],
+         "results": {s: [{k: v for k, v in r.items() if k != "latencies"} for r in rows] for s, rows in results.items()}},
+        indent=2, default=str))
+    print(f"\nwrote {args.results / 'serving-stream.png'} and {args.results / 'serving-stream.json'}")
+
+
+def print_open_loop(results: dict[str, list[dict]], drafts: list[tuple[float, float]], slo: float) -> None:
+    print(f"\n{'server':<10}{'rate':>6}{'req':>5}{'err':>5}{'req/s':>8}{'tok/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'TTFT p50':>9}{'TTFT p99':>9}{'cap8 p50':>9}")
+    for server, rows in results.items():
+        for r in rows:
+            print(f"{server:<10}{r['rate']:>6.1f}{r['requests']:>5}{r['errors']:>5}{r['rps']:>8.2f}{r['tokens_per_s']:>8.0f}"
+                  f"{r['p50'] * 1e3:>8.0f}{r['p99'] * 1e3:>8.0f}{r['ttft_p50'] * 1e3:>9.0f}{r['ttft_p99'] * 1e3:>9.0f}"
+                  f"{r['short_p50'] * 1e3:>9.0f}")
+
+    def sustained(rows: list[dict]) -> dict | None:
+        within = [r for r in rows if r["p99"] <= slo and not r["errors"]]
+        return max(within, key=lambda r: r["rps"]) if within else None
+
+    stream, dynamic = sustained(results["streaming"]), sustained(results["dynamic"])
+    if stream and dynamic:
+        print(f"\nthroughput at p99 <= {slo:.1f} s: streaming {stream['rps']:.2f} req/s vs dynamic {dynamic['rps']:.2f} "
+              f"= {stream['rps'] / dynamic['rps']:.2f}x (goal >= 1.5x)")
+    else:
+        print(f"\nthroughput at p99 <= {slo:.1f} s: {'streaming' if not stream else 'dynamic'} sustained no rate")
+    for s, d in zip(results["streaming"], results["dynamic"]):
+        print(f"at {s['rate']:.1f} req/s: TTFT p50 {s['ttft_p50'] * 1e3:.0f} ms = {s['ttft_p50'] / d['p50']:.2f} of dynamic's "
+              f"full-reply p50 (goal <= 0.25); cap-8 p50 {s['short_p50'] * 1e3:.0f} vs {d['short_p50'] * 1e3:.0f} ms "
+              f"= {s['short_p50'] / d['short_p50']:.2f} (goal <= 0.33)")
+    if drafts:
+        over = statistics.median(d - t for d, t in drafts)
+        print(f"bot: first draft - TTFT p50 {over * 1e3:.0f} ms over {len(drafts)} messages (goal <= 300 ms)")
+
+
+def plot_open_loop(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for server, rows in results.items():
+        rates = [r["rate"] for r in rows]
+        left.plot(rates, [r["p99"] for r in rows], marker="o", label=f"{server} full-reply p99")
+        left.plot(rates, [r["ttft_p50"] for r in rows], marker="x", linestyle="--", label=f"{server} first token p50")
+        right.plot(rates, [r["rps"] for r in rows], marker="o", label=server)
+    left.set(xlabel="offered requests / s", ylabel="seconds", yscale="log", title="latency (open loop)")
+    right.set(xlabel="offered requests / s", ylabel="completed requests / s", title="throughput")
+    left.legend(fontsize=8), right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fred-large", action="store_true", help="FRED-T5-large-sized base (random weights)")
@@ -251,6 +469,11 @@ def main() -> None:
                         help="TorchServe workers (default: one per core, as the baseline's thread pool uses every core)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where serving.json and serving.png go (`make bench` keeps quick runs out of the repo)")
+    parser.add_argument("--open-loop", action="store_true", help="streaming vs dynamic batching, open-loop arrivals")
+    parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8], help="--open-loop: requests per second")
+    parser.add_argument("--seconds", type=float, default=30, help="--open-loop: how long each rate runs")
+    parser.add_argument("--slo-p99", type=float, default=5.0, help="--open-loop: the p99 throughput is compared at")
+    parser.add_argument("--bot-messages", type=int, default=10, help="--open-loop: private messages for the draft time")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the baseline subprocess inherits it
     import torch
@@ -258,6 +481,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # bare generate() in this process
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    if args.open_loop:
+        args.workers = 1
+        return open_loop(args)
 
     from persona_serving.archive import ArchiveOptions
     from persona_serving.server import ServeOptions, free_port, serve_background, stop

@@ -14,12 +14,15 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse, PersonaAbout
+from personafleet.inference import (
+    FLEET_MODEL, InferenceError, InferenceRequest, InferenceResponse, PersonaAbout, StreamPreview, parse_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,11 @@ class InferenceRejected(Exception):
 
 class InferenceUnavailable(Exception):
     """The server could not answer (connection error, timeout, 5xx) even after the retries."""
+
+
+class StreamInterrupted(InferenceUnavailable):
+    """A reply stream broke off after it began (the worker restarted, the connection dropped):
+    what was shown is not a reply; ask again or apologise."""
 
 
 class TokenSource:
@@ -185,16 +193,26 @@ def error_detail(response: httpx.Response) -> tuple[str, str]:
 
 
 async def send_authorized(
-    http: httpx.AsyncClient, tokens: TokenSource, method: str, url: str, **kwargs
+    http: httpx.AsyncClient, tokens: TokenSource, method: str, url: str, *, stream: bool = False, **kwargs
 ) -> httpx.Response:
     """Send one request with the current key; on an auth failure refresh the key (re-read the
-    file, renew it when the file is TorchServe's) and send once more."""
+    file, renew it when the file is TorchServe's) and send once more. With `stream`, the body is
+    left unread (except an error's) and the caller closes the response."""
     extra_headers = kwargs.pop("headers", None) or {}
     used = tokens.token()
-    response = await http.request(method, url, headers=extra_headers | tokens.headers(), **kwargs)
+
+    async def send() -> httpx.Response:
+        request = http.build_request(method, url, headers=extra_headers | tokens.headers(), **kwargs)
+        response = await http.send(request, stream=stream)
+        if stream and response.status_code >= 400:
+            await response.aread()  # error bodies are small: read them to tell an auth failure
+        return response
+
+    response = await send()
     if is_auth_failure(response) and tokens.path is not None and await tokens.refresh(http, used):
         logger.info("Server rejected the %s key; retrying with a fresh one from %s", tokens.kind, tokens.path)
-        response = await http.request(method, url, headers=extra_headers | tokens.headers(), **kwargs)
+        await response.aclose()
+        response = await send()
     return response
 
 
@@ -236,12 +254,27 @@ class PredictionClient(AuthorizedClient):
 
     async def _predict(self, path: str, answer: type[Answer], **request: Any) -> Answer:
         """POST `request` (httpx keywords: json=, content=, headers=) to `path`; the answer parsed."""
+        response = await self._open(path, **request)
+        try:
+            content = await response.aread()
+        except httpx.TransportError as exc:
+            raise InferenceUnavailable(f"{self.base_url}{path} broke off its answer: {exc.__class__.__name__}") from exc
+        finally:
+            await response.aclose()
+        try:
+            return answer.model_validate_json(content)
+        except ValueError as exc:
+            raise InferenceUnavailable(f"unexpected answer from {self.base_url}{path}: {exc}") from exc
+
+    async def _open(self, path: str, **request: Any) -> httpx.Response:
+        """POST `request` to `path` and return the response once its status is known (2xx), body
+        unread: the caller reads (or streams) it and closes it."""
         problem = "no attempt made"
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = await send_authorized(self._http, self.tokens, "POST", path, **request)
+                response = await send_authorized(self._http, self.tokens, "POST", path, stream=True, **request)
             except httpx.TransportError as exc:  # connection refused/reset, timeouts
                 problem = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
                 if isinstance(exc, httpx.ReadTimeout):
@@ -249,18 +282,15 @@ class PredictionClient(AuthorizedClient):
                     break
                 logger.warning("Attempt %d/%d at %s failed: %s", attempt + 1, self.retries + 1, path, problem)
                 continue
+            if response.status_code < 400:
+                return response
+            await response.aclose()
+            error, detail = error_detail(response)
             if response.status_code >= 500:
-                error, detail = error_detail(response)
                 problem = f"HTTP {response.status_code} {error}: {detail}"
                 logger.warning("Attempt %d/%d at %s failed: %s", attempt + 1, self.retries + 1, path, problem)
                 continue
-            if response.status_code >= 400:
-                error, detail = error_detail(response)
-                raise InferenceRejected(detail or error, status=response.status_code, error=error)
-            try:
-                return answer.model_validate_json(response.content)
-            except ValueError as exc:
-                raise InferenceUnavailable(f"unexpected answer from {self.base_url}{path}: {exc}") from exc
+            raise InferenceRejected(detail or error, status=response.status_code, error=error)
         attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
         raise InferenceUnavailable(f"{self.base_url}{path} unavailable after {attempts}: {problem}")
 
@@ -288,19 +318,65 @@ class InferenceClient(PredictionClient):
         self.model = model
 
     async def reply(self, persona: str, request: InferenceRequest, version: int | str | None = None) -> InferenceResponse:
-        """The persona's reply (its serving version, or `version` pinned); raises `InferenceRejected`
-        (4xx: e.g. unknown_persona) or `InferenceUnavailable`."""
-        return await self._ask(persona, request, version, InferenceResponse)
+        """The persona's whole reply (its serving version, or `version` pinned): the stream's final
+        event. A stream that breaks off is asked again (nothing was shown), within `retries`.
+        Raises `InferenceRejected` (4xx: e.g. unknown_persona) or `InferenceUnavailable`."""
+        for attempt in range(self.retries + 1):
+            try:
+                async for event in self.stream(persona, request, version):
+                    if isinstance(event, InferenceResponse):
+                        return event
+            except StreamInterrupted as exc:
+                if attempt == self.retries:
+                    raise
+                logger.warning("Reply stream broke off (%s); asking again", exc)
+        raise InferenceUnavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def stream(
+        self, persona: str, request: InferenceRequest, version: int | str | None = None
+    ) -> AsyncIterator[StreamPreview | InferenceResponse]:
+        """The persona's reply as it is generated: previews (`delta`: text since the last event),
+        then the final event, whose `reply` is the one to show and keep. Connecting is retried
+        like `reply`; once the stream began, a break raises `StreamInterrupted`. Closing the
+        iterator early (`aclose()`, or leaving an `async for` by break/exception) closes the
+        connection, and the server retires the row at its next step."""
+        response = await self._open(f"/predictions/{self.model}", json=self._body(persona, request, version))
+        events = 0
+        try:
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    event = parse_event(line)
+                except ValueError as exc:
+                    raise InferenceUnavailable(f"unexpected event from {self.base_url}: {line[:200]}") from exc
+                events += 1
+                if isinstance(event, InferenceError):
+                    if event.status is not None and event.status < 500:
+                        raise InferenceRejected(event.detail or event.error, status=event.status, error=event.error)
+                    raise InferenceUnavailable(f"{event.error}: {event.detail}")
+                yield event
+                if isinstance(event, InferenceResponse):
+                    return
+        except httpx.TransportError as exc:
+            raise StreamInterrupted(f"the reply stream from {self.base_url} broke off after {events} event(s): "
+                                    f"{exc.__class__.__name__}: {exc}".rstrip(": ")) from exc
+        finally:
+            await response.aclose()
+        raise StreamInterrupted(f"the reply stream from {self.base_url} ended after {events} event(s) without its "
+                                "final event (the worker restarted?)")
 
     async def about(self, persona: str, version: int | str | None = None) -> PersonaAbout:
         """What the persona's serving version (or `version`) is - its base, when it was trained, how
         many facts it knows - without generating anything; raises as `reply` does."""
-        return await self._ask(persona, InferenceRequest(about=True), version, PersonaAbout)
+        body = self._body(persona, InferenceRequest(about=True), version)
+        return await self._predict(f"/predictions/{self.model}", PersonaAbout, json=body)
 
-    async def _ask(self, persona: str, request: InferenceRequest, version: int | str | None, answer: type[Answer]) -> Answer:
+    @staticmethod
+    def _body(persona: str, request: InferenceRequest, version: int | str | None) -> dict[str, Any]:
         # Optional fields left at their defaults stay out of the body: a server that predates them
         # (a rolling upgrade) takes the request.
         body = request.model_dump(exclude_defaults=True) | {"persona": persona}
         if version is not None:
             body["version"] = version
-        return await self._predict(f"/predictions/{self.model}", answer, json=body)
+        return body

@@ -3,16 +3,25 @@
 `POST /predictions/fleet` (contract 3):
 Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?, "show_facts": BOOL?}
-Response: {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N,
-           "facts": [FACT, ...] (only when show_facts: the facts retrieved into the prompt)}
+Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
+          previews {"delta": TEXT, "tokens": N}, one per token (the text it adds, "" while a token
+          is not visible text yet; the first also names the "model_version"), then ONE final event {"reply": TEXT, "persona": NAME,
+          "model_version": "N", "tokens": N, "finish_reason": "stop"|"length", "facts": [FACT, ...]
+          (only when show_facts: the facts retrieved into the prompt)} carrying the authoritative
+          whole reply: clients show and store the final event's reply, never the previews glued
+          together. A reply that is done at once is a body of one final event.
 About:    {"persona": NAME, "version": N?, "about": true} (no message, nothing generated) ->
           {"persona": NAME, "model_version": "N", "base": BASE, "trained_at": ISO|null, "facts": N}
+          (a plain JSON body, not a stream)
 Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status: 404
-          `unknown_persona` / `unknown_version`, 503 `adapter_unavailable`, 400/413 for bad bodies.
+          `unknown_persona` / `unknown_version`, 503 `adapter_unavailable`, 400/413 for bad bodies;
+          an error after the stream began is its final event and carries the status it would
+          have had ({"error", "detail", "status"}).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -112,11 +121,23 @@ class InferenceRequest(BaseModel):
 
 
 class InferenceResponse(BaseModel):
+    """The final event of a reply (the whole-reply answer)."""
+
     reply: str
     persona: str
     model_version: str
     tokens: int
+    finish_reason: str = Field("stop", description="stop: the model ended it; length: it hit its token cap")
     facts: list[str] | None = Field(None, description="the facts retrieved into the prompt (asked with show_facts)")
+
+
+class StreamPreview(BaseModel):
+    """An event before the final one: text generated since the previous event. The first preview
+    names the version that answers (a client that stops early still knows it)."""
+
+    delta: str
+    tokens: int
+    model_version: str | None = None
 
 
 class PersonaAbout(BaseModel):
@@ -132,3 +153,28 @@ class PersonaAbout(BaseModel):
 class InferenceError(BaseModel):
     error: str
     detail: str
+    status: int | None = Field(None, description="only in a stream's final event: the HTTP status it stands for")
+
+
+STREAM_CONTENT_TYPE = "application/x-ndjson; charset=utf-8"
+StreamEvent = StreamPreview | InferenceResponse | InferenceError
+
+
+def parse_event(line: str | bytes) -> StreamEvent:
+    """One line of a reply stream; ValueError when it is none of the three events."""
+    payload = json.loads(line)
+    if not isinstance(payload, dict):
+        raise ValueError(f"a stream event is a JSON object, got {type(payload).__name__}")
+    kind = InferenceError if "error" in payload else InferenceResponse if "reply" in payload else StreamPreview
+    return kind.model_validate(payload)
+
+
+def final_event(body: str | bytes) -> InferenceResponse | InferenceError:
+    """The final event of a whole reply body (what a client that does not stream reads)."""
+    lines = [line for line in (body.decode("utf-8") if isinstance(body, bytes) else body).splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("empty reply body")
+    event = parse_event(lines[-1])
+    if isinstance(event, StreamPreview):
+        raise ValueError("the reply stream ended without its final event")
+    return event

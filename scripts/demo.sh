@@ -3,8 +3,8 @@
 # export → dialogue records of two authors → a tiny T5 base and a tiny causal (Llama-style) base →
 # one LoRA adapter per persona, each on its own base → both published into one model store → ONE
 # `persona serve` (a fleet model per base, a front that routes each request to its persona's base)
-# → a chat reply from each persona; and a tiny Whisper trained on espeak-ng speech of the same chat
-# → asr.mar → one synthesised voice line transcribed.
+# → a chat reply from each persona, and one reply streamed event by event; and a tiny Whisper
+# trained on espeak-ng speech of the same chat → asr.mar → one synthesised voice line transcribed.
 # Everything lands in .persona/ (git-ignored); the server keeps running for `persona chat`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,11 @@ for entry in "${PERSONAS[@]}"; do
     echo "you> $MESSAGE"
     printf '%s\n' "$MESSAGE" | $persona chat --persona "$name" | sed "s/^/$name> /"
 done
+
+step "stream: on-call's reply (causal base) as it is generated, through the routing front (one JSON event per decoding step, the whole reply last)"
+read -r URL KEY < <(.venv/bin/python -c 'import json; e = json.load(open(".persona/serve/endpoints.json")); k = json.load(open(".persona/serve/key_file.json")); print(e["inference"], k["inference"]["key"])')
+curl -sSN "$URL/predictions/fleet" -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+    --data-binary "{\"persona\": \"on-call\", \"message\": \"$MESSAGE\", \"generation\": {\"max_new_tokens\": 24}}"
 
 step "listen: one synthesised voice line (espeak-ng → WAV) through the asr model"
 espeak-ng -v ru -w "$WORK/voice.wav" "$VOICE_LINE"

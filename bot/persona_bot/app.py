@@ -15,11 +15,13 @@ from aiogram.methods import (
     GetUpdates,
     SendChatAction,
     SendMessage,
+    SendMessageDraft,
     SetMyCommands,
     SetWebhook,
 )
 from aiogram.methods.base import Response
 
+from persona_bot.drafts import Generations
 from persona_bot.middlewares import (
     ChatSettingsMiddleware,
     OneAtATimePerChat,
@@ -40,7 +42,7 @@ from personafleet.client import InferenceClient
 # the cache warm for the methods the bot calls.
 RESPONSE_TYPES = [
     Response[method.__returning__]
-    for method in (GetMe, GetUpdates, SendMessage, SendChatAction, AnswerCallbackQuery, GetChatMember,
+    for method in (GetMe, GetUpdates, SendMessage, SendMessageDraft, SendChatAction, AnswerCallbackQuery, GetChatMember,
                    SetMyCommands, SetWebhook, DeleteWebhook, GetFile)
 ]
 
@@ -55,8 +57,9 @@ def build_bot(settings: BotSettings) -> Bot:
 def build_dispatcher(
     settings: BotSettings, store: Store, client: InferenceClient, observer: UpdateObserver, asr: AsrClient | None = None
 ) -> Dispatcher:
-    """A dispatcher whose handlers get `settings`, `store`, `client` and `asr` as arguments."""
-    dispatcher = Dispatcher(settings=settings, store=store, client=client, asr=asr)
+    """A dispatcher whose handlers get `settings`, `store`, `client`, `asr` and `generations` (the
+    replies being generated, for the stop button) as arguments."""
+    dispatcher = Dispatcher(settings=settings, store=store, client=client, asr=asr, generations=Generations())
     dispatcher.update.outer_middleware(observer)
     # A chat's messages are handled one after another (each reply must see the previous
     # exchange); the chat's settings are read inside that turn, and a message nobody answered

@@ -23,6 +23,12 @@ MODEL_LATENCY = Histogram(
     ["persona", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+FIRST_DRAFT_LATENCY = Histogram(
+    "persona_bot_first_draft_seconds",
+    "Time from receiving a message to sending the first draft of its reply (private chats).",
+    ["persona"],
+    buckets=LATENCY_BUCKETS,
+)
 UPDATES = Counter(
     "persona_bot_updates_total",
     "Telegram updates processed, by outcome (handled, ignored, error).",
@@ -31,7 +37,7 @@ UPDATES = Counter(
 REPLIES = Counter(
     "persona_bot_replies_total",
     "Messages the persona was asked to answer, by outcome "
-    "(ok, inference_unavailable, inference_rejected, rate_limited).",
+    "(ok, stopped, inference_unavailable, inference_rejected, rate_limited).",
     ["persona", "outcome"],
 )
 FEEDBACK_VOTES = Counter(

@@ -51,6 +51,7 @@ class BotSettings(BaseModel):
     rate_limit_seconds: float = Field(10.0, gt=0, description="the rate limit's window")
     max_reply_chars: int = Field(1000, ge=1, le=4096, description="longer model replies are cut")
     max_reply_tokens: int = Field(128, ge=1, description="generation cap sent with every request")
+    draft_interval_seconds: float = Field(0.5, ge=0.1, description="private chats: at most one draft of a reply per interval")
     database_timeout: float = Field(3.0, gt=0, description="seconds to connect or run one query")
     feedback_export_role: str | None = Field(
         None, pattern=r"^[a-z_][a-z0-9_]{0,62}$",

@@ -40,6 +40,8 @@ class ArchiveOptions(BaseModel):
     max_batch_delay_ms: int = Field(30, ge=1, description="how long TorchServe waits to fill a batch; 0 would mean its default, 100 ms")
     workers: int = Field(1, ge=1, description="worker processes (each holds one base and its resident adapters)")
     response_timeout_s: int = Field(120, ge=1, description="seconds before TorchServe gives up on a batch")
+    continuous_batching: bool = Field(False, description="TorchServe calls the handler once per decoding step; "
+                                      "batch_size is then the most rows decoded together")
 
 
 def _archiver() -> str:
@@ -57,6 +59,7 @@ def archive_model(name: str, version: str, handler: str, staging: Path, options:
         model_config.write_text(yaml.safe_dump({
             "minWorkers": options.workers, "maxWorkers": options.workers, "batchSize": options.batch_size,
             "maxBatchDelay": options.max_batch_delay_ms, "responseTimeout": options.response_timeout_s,
+            "continuousBatching": options.continuous_batching,
         }), encoding="utf-8")
         result = subprocess.run(
             [_archiver(), "--model-name", name, "--version", version, "--handler", handler,
@@ -88,4 +91,6 @@ def build_fleet_archive(
         if config.bundled_base:
             shutil.copytree(config.base, staging / BASE_DIR)
         (staging / SERVING_FILE).write_text(config.model_dump_json(indent=2), encoding="utf-8")
-        return archive_model(name, ARCHIVE_VERSION, HANDLER_FILE, staging, options or ArchiveOptions(), out_dir)
+        # The fleet serves only through step-level scheduling (the handler answers one step per call).
+        options = (options or ArchiveOptions()).model_copy(update={"continuous_batching": True})
+        return archive_model(name, ARCHIVE_VERSION, HANDLER_FILE, staging, options, out_dir)

@@ -1,8 +1,9 @@
 """`persona chat`: talk to a persona of the fleet from a terminal, through the bot's own client.
 
-Interactive on a terminal; with piped input, one message per stdin line and one reply per stdout
-line (an empty line where a message was refused, so lines stay aligned; the reason goes to
-stderr). Either way the conversation is kept, as the bot keeps it.
+Interactive on a terminal, where the reply is printed as it is generated (the stream's previews,
+then what the final event adds); with piped input, one message per stdin line and one whole reply
+per stdout line (an empty line where a message was refused, so lines stay aligned; the reason goes
+to stderr). Either way the conversation keeps the final event's reply, as the bot does.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from persona_serving.server import DEFAULT_WORKDIR, INFERENCE_TOKEN_FILE
 from personafleet.client import ENDPOINTS_FILE, InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.errors import PersonaError
-from personafleet.inference import FLEET_MODEL, InferenceRequest
+from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse
 from personafleet.names import MAX_CONTEXT_TURNS
 from personafleet.prompt import Turn
 
@@ -74,7 +75,10 @@ async def chat(
             continue
         try:
             request = conversation.request(message).model_copy(update={"show_facts": show_facts})
-            response = await client.reply(persona, request, version=version)
+            if interactive:
+                response = await _print_stream(client.stream(persona, request, version=version), f"{persona}> ", out)
+            else:
+                response = await client.reply(persona, request, version=version)
         except (InferenceRejected, ValidationError) as exc:
             refused += 1
             reason = f"{exc.error}): {exc.detail}" if isinstance(exc, InferenceRejected) else f"invalid_request): {exc.errors()[0]['msg']}"
@@ -85,8 +89,8 @@ async def chat(
         except InferenceUnavailable as exc:
             raise PersonaError(str(exc)) from exc
         conversation.record(message, response.reply)
-        # Piped: exactly one line per reply, whatever the model generated.
-        print(f"{persona}> {response.reply}" if interactive else " ".join(response.reply.splitlines()), file=out, flush=True)
+        if not interactive:  # exactly one line per reply, whatever the model generated
+            print(" ".join(response.reply.splitlines()), file=out, flush=True)
         if show_facts:
             print(facts_line(response.facts or []), file=err, flush=True)
     return refused
@@ -95,6 +99,21 @@ async def chat(
 def facts_line(facts: list[str]) -> str:
     """The facts retrieved into a reply's prompt, on one line."""
     return "facts: " + (" | ".join(facts) if facts else "(none retrieved)")
+
+
+async def _print_stream(events: AsyncIterator, prefix: str, out: TextIO) -> InferenceResponse:
+    """Print a reply as it arrives; the final event's reply is the one that counts: what it adds
+    to the previews is printed, and if it is not their continuation it is printed whole."""
+    shown = ""
+    async for event in events:
+        if isinstance(event, InferenceResponse):
+            rest = event.reply[len(shown):] if event.reply.startswith(shown) else f"\n{prefix}{event.reply}"
+            print(("" if shown else prefix) + rest, file=out, flush=True)
+            return event
+        if event.delta:
+            print(("" if shown else prefix) + event.delta, end="", file=out, flush=True)
+            shown += event.delta
+    raise InferenceUnavailable("the reply stream ended without its final event")  # stream() raises first
 
 
 def _prompted(lines: Iterable[str], prompt: str, err: TextIO) -> Iterable[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from personafleet.inference import GenerationLimits
 
@@ -31,6 +31,17 @@ class FleetConfig(BaseModel):
                                     'label; the rest are persona="other" (persona_serving.metrics.persona_label)')
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
+    max_cached_tokens: int = Field(
+        16384, ge=1, description="key/value cache columns a worker's live rows may reserve (prompt + reply cap each, "
+        "padded to the longest); requests over it wait. FRED-T5-large in bf16: ~96 KB per column")
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> FleetConfig:
+        needed = self.max_input_tokens + self.limits.max_new_tokens + 1
+        if self.max_cached_tokens < needed:
+            raise ValueError(f"max_cached_tokens={self.max_cached_tokens} cannot hold one request of "
+                             f"{self.max_input_tokens} prompt + {self.limits.max_new_tokens} reply tokens ({needed})")
+        return self
 
     def store(self) -> Path:
         """Where adapters are loaded from."""

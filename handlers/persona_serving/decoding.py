@@ -24,3 +24,14 @@ def decode_replies(tokenizer: Any, sequences: Iterable[Sequence[int]]) -> list[s
     kept = [[token for token in (ids.tolist() if hasattr(ids, "tolist") else ids) if token not in markers]
             for ids in sequences]
     return [" ".join(text.split()) for text in tokenizer.batch_decode(kept, skip_special_tokens=True)]
+
+
+def unseen(shown: str, text: str) -> str:
+    """What a streaming client has not been shown yet of `text`, the reply decoded so far.
+
+    Held back: a trailing incomplete character (byte-level BPE decodes half a Cyrillic letter
+    as U+FFFD until its second byte arrives) and anything when `text` no longer starts with what
+    was shown (a tokenizer that re-merges across tokens): the final event's whole reply, which
+    clients show in the end, puts such a preview right."""
+    text = text.rstrip("\ufffd")
+    return text[len(shown):] if text.startswith(shown) else ""

@@ -4,7 +4,9 @@ The base is loaded once (bf16 on CUDA, fp32 on CPU) through its family's auto cl
 (`personafleet.family`: seq2seq or causal), which also decides how prompts are encoded and how
 `generate` output is cut to the reply; each published version of a persona
 (`STORE/<persona>/v<N>/`, contract 1) becomes one named PEFT adapter, kept UNMERGED so that one
-padded `generate` can answer rows of different personas (`adapter_names=[...]`, one per row).
+forward pass can answer rows of different personas (`adapter_names=[...]`, one per row). The
+worker decodes through the step runner (persona_serving.runner, fed by `encode`); `generate`, one
+padded whole-reply call, is what the runner is checked against and the benchmark's baseline.
 Anything wrong with a version folder - missing, half-published, corrupt, or an adapter whose
 rank/target modules do not fit this base - is an `AdapterUnavailable` for the requests that
 asked for it; the adapters already loaded are untouched.
@@ -99,8 +101,13 @@ class FleetModel:
         if self.model is not None and entry.adapter_name in self.model.peft_config:
             self.model.delete_adapter(entry.adapter_name)
 
+    def encode(self, prompt: str) -> list[int]:
+        """A prompt's token ids as its family feeds them (cut at the start to `max_input_tokens`)."""
+        return self.family.encode_prompts(self.tokenizer, [prompt], self.max_input_tokens)[0]
+
     def generate(self, prompts: list[str], adapters: list[str], options: dict[str, Any]) -> tuple[list[str], list[int]]:
-        """One padded `generate` whose row i runs adapter `adapters[i]`; (texts, token counts)."""
+        """One padded `generate` whose row i runs adapter `adapters[i]`; (texts, token counts). The
+        whole-reply reference: the worker itself serves through the step runner."""
         if self.model is None:
             raise RuntimeError("no adapter loaded")
         ids = self.family.encode_prompts(self.tokenizer, prompts, self.max_input_tokens)

@@ -5,12 +5,16 @@ tokens (a Kubernetes Secret) are checked here, and each request is forwarded to 
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
 The front also renews that local key before it expires. Requests are admitted on their raw path
 (persona_serving.routes): the management port reads only (TorchServe's model API is off: no model
-is registered after start, from any source).
+is registered after start, from any source). Reply streams pass through as they come: one event
+per chunk, written only as fast as the client reads (a client that reads nothing for
+`STALL_SECONDS`, or goes away, is cut off, which closes the stream to TorchServe and so retires
+its row).
 
 With several bases (issue 22) the front also routes: a `POST /predictions/fleet` goes to the fleet
 of its persona's base (persona_serving.bases), a model of this TorchServe or another base's
-serving Service. Locally (`persona serve` with several bases, no Secrets) the front runs on the
-inference port only and accepts TorchServe's own inference key, so clients see no difference.
+serving Service; its answer, a stream or not, passes through the same relay. Locally (`persona
+serve` with several bases, no Secrets) the front runs on the inference port only and accepts
+TorchServe's own inference key, so clients see no difference.
 """
 
 from __future__ import annotations
@@ -32,14 +36,47 @@ from personafleet.inference import FLEET_MODEL, InferenceError
 logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=5)
+# A streaming client that takes no bytes for this long is dropped (its row is retired); until
+# then aiohttp holds at most its write buffer (64 KiB) for it: no unbounded buffering.
+STALL_SECONDS = 30.0
 # Headers worth passing on; hop-by-hop and auth headers are the front's business.
 FORWARDED_HEADERS = ("content-type", "accept", "x-asr-language")  # the last: the asr model's language override
 FLEET_PATH = f"/predictions/{FLEET_MODEL}"  # what clients ask for: the front picks the base's fleet
 
 
-def _relay(response: httpx.Response) -> web.Response:
-    return web.Response(status=response.status_code, body=response.content,
-                        headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"})
+async def _pass_on(request: web.Request, upstream: httpx.Response, source: str, error: str) -> web.StreamResponse:
+    """`upstream`'s answer (opened with `stream=True`) to the client, then closed: a chunked one (a
+    reply stream) event by event, anything else whole. `source` and `error` name a break before
+    the client got anything."""
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-type"}
+    try:
+        if upstream.headers.get("transfer-encoding", "").lower() != "chunked":
+            return web.Response(status=upstream.status_code, body=await upstream.aread(), headers=headers)
+        return await _relay(request, upstream, headers)
+    except httpx.TransportError as exc:
+        return _error(503, error, f"{source} broke off its answer: {exc.__class__.__name__}")
+    finally:
+        await upstream.aclose()
+
+
+async def _relay(request: web.Request, upstream: httpx.Response, headers: dict[str, str]) -> web.StreamResponse:
+    """A reply stream, one event (line) per chunk, as fast as the client takes it. If the upstream
+    breaks off (a worker restart), the stream ends without its final event: clients know that as
+    an interrupted reply."""
+    relayed = web.StreamResponse(status=upstream.status_code, headers=headers)
+    relayed.enable_chunked_encoding()
+    await relayed.prepare(request)
+    try:
+        async for line in upstream.aiter_lines():
+            if line:
+                await asyncio.wait_for(relayed.write(line.encode("utf-8") + b"\n"), STALL_SECONDS)
+    except (ConnectionResetError, asyncio.TimeoutError) as exc:
+        logger.info("Dropped a reply stream: the client %s", "stalled" if isinstance(exc, asyncio.TimeoutError) else "went away")
+        return relayed
+    except httpx.TransportError as exc:
+        logger.warning("A reply stream broke off upstream: %s", exc.__class__.__name__)
+    await relayed.write_eof()
+    return relayed
 
 
 def _from_torchserve(response: httpx.Response) -> bool:
@@ -108,7 +145,7 @@ class AuthFront:
         app.router.add_route("*", "/{tail:.*}", forward)
         return app
 
-    async def forward(self, listener: Listener, request: web.Request) -> web.Response:
+    async def forward(self, listener: Listener, request: web.Request) -> web.StreamResponse:
         admitted = admit(listener.name, request.method, request.raw_path)
         if admitted.refused is not None:
             return _error(*admitted.refused)
@@ -123,17 +160,19 @@ class AuthFront:
         try:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
+                stream=True,
             )
         except httpx.TimeoutException:
             return _error(504, "backend_timeout", f"TorchServe did not answer within {listener.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
-        return _relay(response)
+        return await _pass_on(request, response, "TorchServe", "backend_unavailable")
 
     async def to_fleet(self, router: BaseRouter, request: web.Request, params: list, body: bytes,
-                       headers: dict[str, str]) -> web.Response:
-        """A prediction, sent to the fleet of its persona's base (here, or another base's Service).
-        That fleet not answering is this request's 503; the other bases keep serving."""
+                       headers: dict[str, str]) -> web.StreamResponse:
+        """A prediction, sent to the fleet of its persona's base (here, or another base's Service)
+        and its answer relayed as it comes. That fleet not answering is this request's 503; the
+        other bases keep serving."""
         forwarded = request.headers.get(FORWARDED_HEADER)
         fleet = router.local(forwarded) if forwarded else router.route(body)
         if fleet is None:
@@ -144,11 +183,12 @@ class AuthFront:
         try:
             if fleet.local:
                 response = await send_authorized(self.inference.http, self.inference.local_key, "POST",
-                                                 f"/predictions/{fleet.model}", params=params, content=body, headers=headers)
+                                                 f"/predictions/{fleet.model}", params=params, content=body,
+                                                 headers=headers, stream=True)
             else:
                 response = await send_authorized(self.inference.http, self.peer_token, "POST", f"{fleet.url}{FLEET_PATH}",
                                                  params=params, content=body,
-                                                 headers=headers | {FORWARDED_HEADER: fleet.base})
+                                                 headers=headers | {FORWARDED_HEADER: fleet.base}, stream=True)
         except httpx.TimeoutException:
             return _error(504, "backend_timeout", f"the fleet of base {fleet.base} did not answer within "
                                                   f"{self.inference.timeout:g} s")
@@ -157,8 +197,9 @@ class AuthFront:
                                                     f"({exc.__class__.__name__})")
         if fleet.local and response.status_code in (404, 503) and _from_torchserve(response):
             # The base's model is not registered or has no worker: the fleet is down, not the request wrong.
+            await response.aclose()
             return _error(503, "fleet_unavailable", f"the fleet of base {fleet.base} is down: {error_detail(response)[1]}")
-        return _relay(response)
+        return await _pass_on(request, response, f"the fleet of base {fleet.base}", "fleet_unavailable")
 
     async def keep_keys_fresh(self) -> None:
         """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is

@@ -1,49 +1,58 @@
-"""The fleet handler: every persona on one base model per worker, adapters hot-loaded (contract 3).
+"""The fleet handler: every persona on one base model per worker, adapters hot-loaded (contract 3),
+replies decoded one step at a time and streamed (TorchServe's continuous batching).
+
+TorchServe 0.12 with `continuousBatching: true` calls `handle` once per decoding step with every
+request still streaming (resent by id, without its body) plus new ones, up to `batchSize`. A
+response marked `ts_stream_next: true` goes to its client as one HTTP chunk and keeps the request
+in the batch; the last one ends the stream. A request that is absent from a call was dropped by
+TorchServe (its client went away): its row is retired at once.
 
 BaseHandler's four steps, each visible: `initialize` loads the base once per worker,
-`preprocess` turns every request of the batch into a routed request or an error value (the
-routing table is re-read here when its file changed), `inference` makes the needed adapters
-resident (LRU) and runs ONE padded `generate` per set of generation options whose rows use their
-own persona's adapter, `postprocess` gives each request its own JSON body, status and content
-type. The logic lives in plain modules (requests, residency, routing_watch, fleet); nothing a
-client sends can raise out of `handle`: one bad request never fails the batch or kills the worker.
+`preprocess` tells continuing requests from new ones and turns every new one into a routed
+request or an error value (the routing table is re-read here when its file changed),
+`inference` submits new requests to the step scheduler (adapter resident, prompt built and
+tokenized) and runs ONE step: a decoder step for the live rows, then the rows the scheduler
+admits join (their first token); `postprocess` gives each request this step's event: a preview
+(the new text), nothing yet (a queued request: an empty chunk, which TorchServe does not send),
+or the final event with the whole reply. The logic lives in plain modules (requests, scheduler,
+runner, residency, routing_watch, fleet); nothing a client sends can raise out of `handle`: one
+bad request never fails the step or kills the worker.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
 
 from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
+from persona_serving.decoding import decode_replies, unseen
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
-    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
-    PERSONAS_PER_BATCH, REQUESTS, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec, observe,
+    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, CACHED_TOKENS, ERRORS, FACTS_PER_PROMPT,
+    GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, REQUESTS,
+    RESIDENT_ADAPTERS, RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
     persona_label, version_label,
 )
-from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
-)
+from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
-from personafleet.inference import InferenceResponse, PersonaAbout
+from persona_serving.runner import Decoding, Row, StepRunner, runner_family
+from persona_serving.scheduler import FinishReason, Limits, Sequence, StepScheduler
+from persona_serving.streams import Continuing, Event, New, Stream, event_line
+from personafleet.inference import STREAM_CONTENT_TYPE, InferenceError, InferenceResponse, PersonaAbout, StreamPreview
 
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-Key = tuple[str, int]
-Outcome = InferenceResponse | PersonaAbout | Rejected
 
 
 class FleetHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
-        """Load the base model once; adapters come from the model store when first asked for."""
+        """Load the base once; adapters come from the model store when first asked for."""
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.config = FleetConfig.model_validate_json((model_dir / SERVING_FILE).read_text(encoding="utf-8"))
@@ -58,10 +67,24 @@ class FleetHandler(BaseHandler):
         )
         self.routing = RoutingWatch(self.store)
         self._reported: set[tuple[Key, str]] = set()
+        self._start_stepping(int(properties.get("batch_size") or 1))
         self._refresh_routing()
         self.initialized = True
-        logger.info("Fleet worker ready on %s (%s, base %s, store %s, at most %d adapters)",
-                    device, dtype, base, self.store, self.config.max_resident_adapters)
+        logger.info("Fleet worker ready on %s (%s, base %s, store %s, at most %d adapters, %d live rows, %d cached tokens)",
+                    device, dtype, base, self.store, self.config.max_resident_adapters, self.scheduler.limits.max_live_rows,
+                    self.config.max_cached_tokens)
+
+    def _start_stepping(self, max_live_rows: int) -> None:
+        """The scheduler and the runner of this worker's live batch."""
+        eos = self.fleet.base.generation_config.eos_token_id  # what `generate` stops at (None: caps only)
+        limits = Limits(max_live_rows, self.config.max_cached_tokens, self.config.max_resident_adapters)
+        self.scheduler = StepScheduler(limits, [] if eos is None else eos if isinstance(eos, list) else [eos])
+        # Until the slot layer (issue 20) lands, rows name their PEFT adapter for every forward pass.
+        family = runner_family(self.fleet.base, self.fleet.family, self.fleet.tokenizer.pad_token_id)
+        self.runner = StepRunner(self.fleet.base, family, lambda adapters: {"adapter_names": list(adapters)})
+        self.streams: dict[str, Stream] = {}
+        self._last_step: float | None = None
+        self._gauges: dict[str, float] = {}
 
     # Every request is a prediction. BaseHandler would send the whole batch down the explain or
     # describe path when only its FIRST request asks for it, failing everyone else's request.
@@ -71,33 +94,186 @@ class FleetHandler(BaseHandler):
     def _is_describe(self) -> bool:
         return False
 
-    def preprocess(self, data: list[Any]) -> list[Routed | Rejected]:
-        self._observe(BATCH_SIZE, len(data))
-        self._refresh_routing()
-        table = self.routing.table
-        parsed = [parse(item) for item in data]
-        routed = [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
-        for item in routed:
-            if isinstance(item, Routed):
-                self._observe(REQUESTS, 1, *self._persona_dimensions(item.persona, item.version))
-        return routed
+    def preprocess(self, data: list[Any]) -> list[Continuing | New | Rejected]:
+        ids = [self.context.get_request_id(i) for i in range(len(data))]
+        self._drop_gone(set(ids))
+        fresh = [i for i, request_id in enumerate(ids) if request_id not in self.streams]
+        if fresh:
+            self._refresh_routing()
+        items: list[Continuing | New | Rejected] = []
+        for request_id, item in zip(ids, data):
+            if request_id in self.streams:
+                items.append(Continuing(request_id))
+                continue
+            parsed = parse(item)
+            routed = parsed if isinstance(parsed, Rejected) else route(parsed, self.routing.table)
+            if isinstance(routed, Routed):
+                self._observe(REQUESTS, 1, *self._persona_dimensions(routed.persona, routed.version))
+            items.append(routed if isinstance(routed, Rejected) else New(request_id, routed))
+        return items
 
-    def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
-        """Errors pass through and `about` requests are answered from the store; per chunk of at
-        most `max_resident_adapters` versions, the adapters are made resident and each group of
-        equal options is one mixed-adapter `generate`."""
-        data = [describe(item, self.store) if isinstance(item, Routed) and item.request.about else item for item in data]
-        outcomes: list[Any] = list(data)
-        self._observe(PERSONAS_PER_BATCH, len({item.persona for item in data if isinstance(item, Routed)}))
-        for chunk in key_chunks(data, self.adapters.capacity):
-            entries = {key: self._resident(key) for key in dict.fromkeys(data[i].key for i in chunk)}  # type: ignore[union-attr]
-            for i in chunk:
-                entry = entries[data[i].key]  # type: ignore[union-attr]
-                outcomes[i] = entry if isinstance(entry, Rejected) else self._prepare(data[i], entry)  # type: ignore[arg-type]
-            for indices in option_groups(outcomes).values():
-                for index, reply in zip(indices, self._generate([outcomes[i] for i in indices])):
-                    outcomes[index] = reply
+    def inference(self, data: list[Continuing | New | Rejected], *args: Any, **kwargs: Any) -> list[Event | PersonaAbout | Rejected]:
+        """New requests join the scheduler (or are refused alone); then one step for everyone."""
+        refused = {i: self._submit(item) for i, item in enumerate(data) if isinstance(item, New)}  # or answered
+        events = self._step()
+        outcomes: list[Event | PersonaAbout | Rejected] = []
+        for i, item in enumerate(data):
+            if isinstance(item, Rejected) or refused.get(i) is not None:
+                outcomes.append(item if isinstance(item, Rejected) else refused[i])  # type: ignore[arg-type]
+            else:
+                outcomes.append(events.get(item.request_id, Event("", done=False)))  # type: ignore[union-attr]
         return outcomes
+
+    def postprocess(self, data: list[Event | PersonaAbout | Rejected]) -> list[str]:
+        """One body per request with its status; `ts_stream_next` says whether its stream goes on.
+        A request answered in full at once (refused, or done in one step) is a plain response."""
+        bodies, more = [], []
+        for index, outcome in enumerate(data):
+            request_id = self.context.get_request_id(index)
+            stream = self.streams.get(request_id)
+            if isinstance(outcome, Rejected):
+                self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
+                self.context.set_response_status(outcome.status, outcome.error, index)
+                self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
+                bodies.append(outcome.body())
+                more.append(None)
+                continue
+            if isinstance(outcome, PersonaAbout):
+                self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
+                bodies.append(outcome.model_dump_json())
+                more.append(None)
+                continue
+            assert stream is not None
+            self.context.set_response_content_type(index, STREAM_CONTENT_TYPE)
+            if outcome.done and not stream.answered:  # not streamed after all: a plain answer, its status
+                self.context.set_response_status(outcome.status, outcome.reason, index)
+                more.append(None)
+            else:
+                more.append(not outcome.done)
+            stream.answered = True
+            if outcome.done:
+                del self.streams[request_id]
+            bodies.append(outcome.body)
+        # TorchServe reads each row's stop decision from these (None: no stream header at all).
+        self.context.stopping_criteria = [lambda _, go_on=go_on: None if go_on is None else not go_on for go_on in more]
+        return bodies
+
+    # --- the step ------------------------------------------------------------------------
+    def _submit(self, item: New) -> PersonaAbout | Rejected | None:
+        """Make the version's adapter resident, build and tokenize the prompt, queue the request;
+        an `about` request is answered at once from the store (nothing to generate)."""
+        routed = item.routed
+        if routed.request.about:
+            return describe(routed, self.store)
+        entry = self._resident(routed.key)
+        if isinstance(entry, Rejected):
+            return entry
+        prompt = self._prepare(routed, entry)
+        input_ids = self.fleet.encode(prompt.prompt)
+        self.streams[item.request_id] = Stream(item.request_id, entry, prompt, input_ids)
+        self.scheduler.submit(item.request_id, len(input_ids), prompt.options["max_new_tokens"], routed.key)
+        return None
+
+    def _step(self) -> dict[str, Event]:
+        """One decoder step for the live rows, then the admitted rows' first tokens; retire who is done."""
+        started = time.perf_counter()
+        if self.runner.ids and self._last_step is not None:
+            self._observe(INTER_TOKEN_SECONDS, started - self._last_step)
+        tokens, failed = self._run(self.runner.step, list(self.scheduler.running))
+        joining = self._join(self.scheduler.admit(), failed)
+        first, failed_joining = self._run(lambda: self.runner.admit(joining), [row.id for row in joining])
+        failed |= failed_joining
+        for request_id in first:
+            stream = self.streams[request_id]
+            self._observe(TIME_TO_FIRST_TOKEN, time.perf_counter() - stream.arrived,
+                          *self._persona_dimensions(stream.entry.persona, stream.entry.version))
+        finished = self.scheduler.record(tokens | first)
+        finished += [self.scheduler.cancel(request_id, FinishReason.ERROR) for request_id in failed]
+        self.runner.retire({sequence.id for sequence in finished if sequence is not None})
+        self._last_step = time.perf_counter() if self.runner.ids else None
+        events = self._previews(tokens | first)
+        for sequence in finished:
+            if sequence is not None:
+                events[sequence.id] = self._final(sequence, failed.get(sequence.id))
+        self._observe_batch()
+        return events
+
+    def _run(self, forward: Any, rows: list[str]) -> tuple[dict[str, int], dict[str, Rejected]]:
+        """A forward pass's tokens; if it raised (e.g. CUDA out of memory), its rows fail alone."""
+        try:
+            return forward(), {}
+        except Exception as exc:  # noqa: BLE001 - the rows of this pass fail, the worker keeps serving
+            logger.exception("A decoding step failed for %d rows", len(rows))
+            detail = f"{exc.__class__.__name__}: {exc}"
+            return {}, {request_id: Rejected(503, "generation_failed", detail) for request_id in rows}
+
+    def _join(self, admitted: list[Sequence], failed: dict[str, Rejected]) -> list[Row]:
+        """Rows for the admitted requests; one whose adapter was evicted meanwhile is loaded again."""
+        rows = []
+        for sequence in admitted:
+            stream = self.streams[sequence.id]
+            entry = self._resident((stream.entry.persona, stream.entry.version))
+            if isinstance(entry, Rejected):
+                failed[sequence.id] = entry
+                continue
+            rows.append(Row(sequence.id, stream.input_ids, Decoding.from_options(stream.prompt.options), entry.adapter_name))
+        return rows
+
+    def _previews(self, tokens: dict[str, int]) -> dict[str, Event]:
+        """One preview per new token: the text it adds (empty while it is not visible text yet), so
+        a client sees every step, its first token included."""
+        ids = [request_id for request_id in tokens if request_id in self.scheduler.running]
+        texts = decode_replies(self.fleet.tokenizer, [self.scheduler.running[i].generated for i in ids])
+        events = {}
+        for request_id, text in zip(ids, texts):
+            stream, delta = self.streams[request_id], unseen(self.streams[request_id].shown, text)
+            preview = StreamPreview(delta=delta, tokens=len(self.scheduler.running[request_id].generated),
+                                    model_version=None if stream.shown else str(stream.entry.version))
+            stream.shown += delta
+            events[request_id] = Event(event_line(preview.model_dump(exclude_none=True)), done=False)
+        return events
+
+    def _final(self, sequence: Sequence, error: Rejected | None) -> Event:
+        """The last event: the whole reply (authoritative), or the error that ended the row."""
+        stream = self.streams[sequence.id]
+        dimensions = self._persona_dimensions(stream.entry.persona, stream.entry.version)
+        self._observe(RETIRED_ROWS, 1, sequence.finish_reason.value)  # type: ignore[union-attr]
+        if error is not None:
+            self._observe(ERRORS, 1, *dimensions, error.error)
+            body = InferenceError(error=error.error, detail=error.detail, status=error.status)
+            return Event(event_line(body.model_dump()), done=True, status=error.status, reason=error.error)
+        tokens = [t for t in sequence.generated if t != self.fleet.tokenizer.pad_token_id]
+        self._observe(TOKENS_GENERATED, len(tokens), *dimensions)
+        self._observe(GENERATION_SECONDS, time.perf_counter() - stream.arrived, *dimensions)
+        reply = InferenceResponse(
+            reply=decode_replies(self.fleet.tokenizer, [sequence.generated])[0], persona=stream.entry.persona,
+            model_version=str(stream.entry.version), tokens=len(tokens), finish_reason=sequence.finish_reason.value,  # type: ignore[union-attr]
+            facts=list(stream.prompt.facts) if stream.prompt.show_facts else None,
+        )
+        return Event(event_line(reply.model_dump(exclude_none=True)), done=True)  # facts only when asked for
+
+    def _drop_gone(self, present: set[str]) -> None:
+        """Requests TorchServe no longer sends lost their client: their rows leave at once."""
+        gone = [request_id for request_id in self.streams if request_id not in present]
+        for request_id in gone:
+            self.scheduler.cancel(request_id)
+            del self.streams[request_id]
+            self._observe(RETIRED_ROWS, 1, FinishReason.CANCELLED.value)
+        if gone:
+            self.runner.retire(set(gone))
+            logger.info("Retired %d row(s) whose client went away", len(gone))
+
+    def _observe_batch(self) -> None:
+        """The live batch's gauges, recorded when they change (each record is a log line)."""
+        live = self.scheduler.running.values()
+        if live:
+            self._observe(BATCH_SIZE, len(live))
+            self._observe(PERSONAS_PER_BATCH, len({sequence.adapter[0] for sequence in live}))  # type: ignore[index]
+        for spec, value in ((LIVE_ROWS, len(live)), (QUEUED_REQUESTS, len(self.scheduler.waiting)),
+                            (CACHED_TOKENS, self.runner.cached_tokens)):
+            if self._gauges.get(spec.name) != value:
+                self._gauges[spec.name] = value
+                self._observe(spec, value)
 
     def _prepare(self, routed: Routed, entry: PersonaVersion) -> Prepared:
         """The request's prompt, with its version's facts; retrieval is measured where there are facts."""
@@ -107,49 +283,11 @@ class FleetHandler(BaseHandler):
             self._observe(FACTS_PER_PROMPT, len(prepared.facts))
         return prepared
 
-    def _generate(self, group: list[Prepared]) -> list[Outcome]:
-        """One padded `generate` for requests that share generation options, each row its adapter."""
-        started = time.perf_counter()
-        try:
-            texts, counts = self.fleet.generate(
-                [item.prompt for item in group], [item.entry.adapter_name for item in group], group[0].options
-            )
-        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
-            logger.exception("generate() failed for %d requests", len(group))
-            detail = f"{exc.__class__.__name__}: {exc}"
-            return [Rejected(503, "generation_failed", detail, item.entry.persona, item.entry.version) for item in group]
-        elapsed = time.perf_counter() - started
-        tokens: Counter[tuple[str, ...]] = Counter()
-        for item, count in zip(group, counts):
-            dimensions = self._persona_dimensions(item.entry.persona, item.entry.version)
-            self._observe(GENERATION_SECONDS, elapsed, *dimensions)
-            tokens[dimensions] += count
-        for dimensions, count in tokens.items():
-            self._observe(TOKENS_GENERATED, count, *dimensions)
-        return [
-            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count,
-                              facts=list(item.facts) if item.show_facts else None)
-            for item, text, count in zip(group, texts, counts)
-        ]
-
-    def postprocess(self, data: list[Outcome]) -> list[str]:
-        """One JSON string per request (ensure_ascii off: Cyrillic stays readable), with its status."""
-        bodies = []
-        for index, outcome in enumerate(data):
-            self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
-            if isinstance(outcome, Rejected):
-                self.context.set_response_status(outcome.status, outcome.error, index)
-                self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
-                bodies.append(outcome.body())
-            else:  # optional fields a request did not ask for (facts) are left out
-                bodies.append(json.dumps(outcome.model_dump(mode="json", exclude_none=True), ensure_ascii=False))
-        return bodies
-
     # --- adapters and routing ------------------------------------------------------------
     def _resident(self, key: Key) -> PersonaVersion | Rejected:
         """The version's entry, loading its adapter if needed; a 503 value when it cannot be."""
         try:
-            entry, _ = self.adapters.get(key)
+            entry, _ = self.adapters.get(key, busy=self.scheduler.live_adapters())
         except AdapterUnavailable as exc:
             if (key, str(exc)) not in self._reported:  # logged once per version and reason
                 self._reported.add((key, str(exc)))
@@ -162,6 +300,7 @@ class FleetHandler(BaseHandler):
     def _load_adapter(self, key: Key) -> PersonaVersion:
         started = time.perf_counter()
         entry = self.fleet.load(self.store, *key)
+        self.runner.model = self.fleet.model  # PEFT wraps the base when the first adapter arrives
         self._observe(ADAPTER_LOAD_SECONDS, time.perf_counter() - started)
         self._observe(ADAPTER_LOADS, 1)
         logger.info("Loaded %s v%d in %.2f s", key[0], key[1], time.perf_counter() - started)
@@ -191,3 +330,4 @@ class FleetHandler(BaseHandler):
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
         observe(self.context, spec, value, [self.model_name, self.version, *extra_dimensions])
+

@@ -52,7 +52,7 @@ REQUESTS = MetricSpec(
 )
 GENERATION_SECONDS = MetricSpec(
     "persona_handler_generation_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
-    "model.generate() time of each request's batch group (what a request waits on the GPU/CPU)",
+    "a reply's time in the worker, from reaching it to its final event (queueing and every decoding step)",
 )
 TOKENS_GENERATED = MetricSpec(
     "persona_handler_generated_tokens_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
@@ -95,6 +95,30 @@ PERSONAS_PER_BATCH = MetricSpec(
     "persona_handler_personas_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
     "distinct personas in one handler call (mixed-persona batching at work)",
 )
+TIME_TO_FIRST_TOKEN = MetricSpec(
+    "persona_handler_time_to_first_token_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
+    "from a request reaching the worker to its first reply token (queueing in the worker included)",
+)
+INTER_TOKEN_SECONDS = MetricSpec(
+    "persona_handler_inter_token_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "time between two decoding steps of the live rows (each row gets one token per step)",
+)
+LIVE_ROWS = MetricSpec(
+    "persona_handler_live_rows", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "rows a worker decodes together right now (at most the fleet's batch size)",
+)
+QUEUED_REQUESTS = MetricSpec(
+    "persona_handler_queued_requests", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "requests a worker holds back because the live rows' cache or adapter budget is full",
+)
+CACHED_TOKENS = MetricSpec(
+    "persona_handler_cached_tokens", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "key/value cache columns the live rows hold (padding included; at most maxCachedTokens)",
+)
+RETIRED_ROWS = MetricSpec(
+    "persona_handler_retired_rows_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
+    "rows that left the live batch, by reason: stop (end of reply), length (token cap), cancelled (client gone), error",
+)
 ASR_SECONDS = MetricSpec(
     "persona_asr_transcription_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
     "ASR model.generate() time of each request's batch (decoding excluded)",
@@ -109,6 +133,7 @@ ASR_ERRORS = MetricSpec(
 )
 HANDLER_METRICS = (REQUESTS, GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
                    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, FACTS_PER_PROMPT,
+                   TIME_TO_FIRST_TOKEN, INTER_TOKEN_SECONDS, LIVE_ROWS, QUEUED_REQUESTS, CACHED_TOKENS, RETIRED_ROWS,
                    ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
 
 

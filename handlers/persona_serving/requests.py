@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +29,9 @@ from personafleet.routing import RoutingTable, version_dir
 from personafleet.store import read_version_info
 
 RUN_REPORT = Path("run") / "report.json"  # written as a training run ends (contract 1's run/, contract 4)
+
+
+Key = tuple[str, int]  # (persona, version)
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,6 @@ class Prepared:
     facts: tuple[str, ...] = ()
     retrieval_seconds: float = 0.0
     show_facts: bool = False
-
-    def options_key(self) -> tuple:
-        return tuple(sorted(self.options.items()))
 
 
 @dataclass(frozen=True)
@@ -177,23 +175,3 @@ def describe(routed: Routed, store: Path) -> PersonaAbout | Rejected:
     return PersonaAbout(persona=routed.persona, model_version=str(routed.version), base=info.base,
                         trained_at=trained_at, facts=facts)
 
-
-def option_groups(items: Sequence[object]) -> dict[tuple, list[int]]:
-    """Indices of the prepared requests, grouped by identical generation options: each group is
-    one padded `generate` call (options are per call, not per row; adapters are per row)."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, item in enumerate(items):
-        if isinstance(item, Prepared):
-            groups[item.options_key()].append(index)
-    return dict(groups)
-
-
-def key_chunks(items: Sequence[object], most: int) -> list[list[int]]:
-    """Indices of the routed requests, in chunks that need at most `most` distinct versions (the
-    worker's LRU size): every adapter of a chunk stays resident while the chunk generates."""
-    by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for index, item in enumerate(items):
-        if isinstance(item, Routed):
-            by_key[item.key].append(index)
-    keys = list(by_key)
-    return [sorted(i for key in keys[start:start + most] for i in by_key[key]) for start in range(0, len(keys), most)]

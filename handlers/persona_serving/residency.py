@@ -2,15 +2,17 @@
 
 Plain code (no torch, no TorchServe) so eviction order is tested directly. `load` and `unload`
 are the worker's: load reads an adapter from the store onto the device, unload frees it
-(`delete_adapter`). A batch asks for each adapter it needs once and holds at most `capacity`
-distinct ones (the handler splits larger mixes), so an adapter in use is never the one evicted:
-each `get` makes its key the newest.
+(`delete_adapter`). An adapter in use is never the one evicted: the caller names the keys its
+live rows use (`busy`), and eviction skips them. The step scheduler admits at most `capacity`
+distinct versions into the live batch, so there is always room once a row of an old version
+leaves; until then a request arriving for yet another version may hold its adapter beyond
+`capacity` (its rows wait for a place in the batch).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,17 +37,17 @@ class AdapterLRU(Generic[K, V]):
         """Oldest first."""
         return list(self._entries)
 
-    def get(self, key: K) -> tuple[V, list[K]]:
-        """The entry for `key`, loading it on a miss; returns it with the keys evicted to make room.
-        The new entry is loaded BEFORE the oldest is evicted: a failed load evicts nothing."""
+    def get(self, key: K, busy: Collection[K] = ()) -> tuple[V, list[K]]:
+        """The entry for `key`, loading it on a miss; returns it with the keys evicted to make room
+        (the oldest first, never one in `busy`). The new entry is loaded BEFORE anything is
+        evicted: a failed load evicts nothing."""
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key], []
         value = self._load(key)
         self._entries[key] = value
-        evicted = []
-        while len(self._entries) > self.capacity:
-            old, old_value = self._entries.popitem(last=False)
-            self._unload(old, old_value)
-            evicted.append(old)
+        idle = [old for old in self._entries if old not in busy and old != key]
+        evicted = idle[: max(0, len(self._entries) - self.capacity)]
+        for old in evicted:
+            self._unload(old, self._entries.pop(old))
         return value, evicted

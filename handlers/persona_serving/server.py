@@ -80,6 +80,7 @@ class ServeOptions(BaseModel):
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
     max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
+    max_cached_tokens: int = Field(16384, ge=1, description="key/value cache columns a worker's live rows may reserve")
     max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description='personas with their own metrics label (the rest: persona="other")')
     archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
@@ -344,7 +345,7 @@ def fleet_config(options: ServeOptions, base: str) -> FleetConfig:
     return FleetConfig(
         base=base_reference(base), bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
         max_resident_adapters=options.max_resident_adapters, max_persona_labels=options.max_persona_labels,
-        limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
+        limits=GenerationLimits(max_new_tokens=options.max_new_tokens), max_cached_tokens=options.max_cached_tokens,
     )
 
 

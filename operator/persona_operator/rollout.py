@@ -27,6 +27,7 @@ import httpx
 
 from personafleet.client import TokenSource, error_detail, send_authorized
 from personafleet.errors import PersonaError
+from personafleet.inference import InferenceError, final_event
 from personafleet.names import parse_version
 from personafleet.routing import RoutingTable, read_routing, update_routing
 from personafleet.store import published_version
@@ -236,9 +237,11 @@ class Rollout:
             error, detail = error_detail(response)
             raise ReplicaFailure(replica.pod, f"HTTP {response.status_code} {error}: {detail}")
         try:
-            answer = response.json()
-            answered_persona, answered = answer["persona"], parse_version(answer["model_version"])
-        except (ValueError, KeyError, TypeError, PersonaError) as exc:
+            answer = final_event(response.content)  # the reply streams: its final event says who answered
+            if isinstance(answer, InferenceError):
+                raise ReplicaFailure(replica.pod, f"{answer.error}: {answer.detail}")
+            answered_persona, answered = answer.persona, parse_version(answer.model_version)
+        except (ValueError, PersonaError) as exc:
             raise ReplicaFailure(replica.pod, f"not a contract 3 answer ({exc}): {response.text[:200]}") from exc
         if answered_persona != persona:
             raise ReplicaFailure(replica.pod, f"answered as persona {answered_persona!r}, not {persona!r}")

@@ -51,6 +51,8 @@ class FakeTelegram:
         self.admins: dict[int, set[int]] = {}  # chat id -> user ids
         self.delivered_at: dict[int, float] = {}  # update id -> when getUpdates handed it out
         self.sent_at: list[float] = []  # parallel to `sent`
+        self.drafts: list[dict[str, Any]] = []  # sendMessageDraft calls that were accepted
+        self.draft_at: list[float] = []  # parallel to `drafts`
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self.downloads: list[str] = []  # file paths the bot downloaded
         self.missing_files: set[str] = set()  # file ids getFile answers 404 (Telegram lost the file)
@@ -154,6 +156,13 @@ class FakeTelegram:
             }
         })
 
+    def stop_generation(self, chat_id: int, draft_id: int) -> dict[str, Any]:
+        """Queue what Telegram sends when the user presses a draft's stop button."""
+        return self._queue({
+            "update_id": next(self._update_ids),
+            "stopped_message_generation": {"chat": {"id": chat_id, "type": "private"}, "draft_id": draft_id},
+        })
+
     def _queue(self, update: dict[str, Any]) -> dict[str, Any]:
         self._pending.append(update)
         asyncio.get_running_loop().create_task(self._notify())
@@ -235,6 +244,21 @@ class FakeTelegram:
         self.sent.append(message)
         self.sent_at.append(time.perf_counter())
         return message
+
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        """As the Bot API documents it (aiogram's SendMessageDraft quotes it): private chats only,
+        a non-zero draft_id, 0-4096 characters of text (empty: a 'Thinking...' placeholder)."""
+        chat_id, draft_id = int(params["chat_id"]), int(params.get("draft_id", 0))
+        if chat_id <= 0:
+            raise BadRequest("message drafts can be sent only to private chats")
+        if draft_id == 0:
+            raise BadRequest("draft_id must be non-zero")
+        if len(params.get("text", "")) > 4096:
+            raise BadRequest("message is too long")
+        self.drafts.append({"chat_id": chat_id, "draft_id": draft_id, "text": params.get("text", ""),
+                            "can_stop": params.get("can_stop") == "true"})
+        self.draft_at.append(time.perf_counter())
+        return True
 
     async def _api_getChatMember(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = int(params["user_id"])

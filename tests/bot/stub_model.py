@@ -1,15 +1,17 @@
 """A stand-in for TorchServe speaking the inference contract (contract 3: `POST /predictions/fleet`,
-the persona in the body, bearer token), whose speed and availability the tests control."""
+the persona in the body, bearer token), whose speed and availability the tests control. Replies
+stream as the fleet's do: a preview per word, then the final event."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from personafleet.inference import FLEET_MODEL, InferenceRequest
+from personafleet.inference import FLEET_MODEL, STREAM_CONTENT_TYPE, InferenceRequest
 
 STUB_TOKEN = "stub-inference-token"
 STUB_BASE = "ai-forever/FRED-T5-large"
@@ -19,7 +21,11 @@ STUB_FACTS = ["Работаю DevOps-инженером"]  # "retrieved" for eve
 class StubModel:
     def __init__(self, *, token: str = STUB_TOKEN, delay: float = 0.0):
         self.token = token
-        self.delay = delay  # seconds each answer takes
+        self.delay = delay  # seconds before an answer's first word
+        self.word_delay = 0.0  # seconds between two words of a streamed answer
+        self.words = 0  # > 0: replies of this many words instead of the echo
+        self.break_streams = 0  # the next N streams break off after two words (a worker restart)
+        self.cancelled = 0  # streams whose client went away before the end
         self.failing = False  # answer 503 (a model that is down)
         self.requests: list[tuple[str, InferenceRequest]] = []
         # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503;
@@ -73,10 +79,27 @@ class StubModel:
         self.requests.append((persona, body))
         if self.delay:
             await asyncio.sleep(self.delay)
-        reply = f"[{persona}] re: {body.message}"
-        self.busy_seconds.append(time.perf_counter() - started)
-        answer = {"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())}
-        return web.json_response(answer | ({"facts": STUB_FACTS} if body.show_facts else {}))
+        reply = " ".join(f"word{i}" for i in range(self.words)) if self.words else f"[{persona}] re: {body.message}"
+        words = reply.split()
+        stream = web.StreamResponse(headers={"Content-Type": STREAM_CONTENT_TYPE})
+        await stream.prepare(request)
+        try:
+            for i, word in enumerate(words[:-1]):
+                if self.break_streams and i == 2:
+                    self.break_streams -= 1
+                    request.transport.close()  # as when TorchServe's worker dies mid-stream
+                    return stream
+                preview = {"delta": (" " if i else "") + word, "tokens": i + 1} | ({} if i else {"model_version": "1"})
+                await stream.write(json.dumps(preview).encode() + b"\n")
+                await asyncio.sleep(self.word_delay)
+            self.busy_seconds.append(time.perf_counter() - started)
+            final = {"reply": reply, "persona": persona, "model_version": "1", "tokens": len(words), "finish_reason": "stop"}
+            final |= {"facts": STUB_FACTS} if body.show_facts else {}
+            await stream.write(json.dumps(final, ensure_ascii=False).encode() + b"\n")
+            await stream.write_eof()
+        except ConnectionResetError:
+            self.cancelled += 1
+        return stream
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 GRAFANA = {"$__rate_interval": "1m", "$persona": ".*", "$model": ".*"}
 # Rows whose every query must return data after the load (the operator's and the GPU's stay
 # empty here: no training runs, no DCGM exporter).
-ROWS_WITH_DATA = ("Serving", "Fleet adapters", "Personas", "Telegram bot")
+ROWS_WITH_DATA = ("Serving", "Fleet adapters", "Personas", "Telegram bot", "Streaming")
 # What a healthy short load cannot show: a failed Telegram update; a voice message (the fixture
 # serves no speech model).
 MAY_STAY_EMPTY = ('persona_bot_updates_total{outcome="error"}', "persona_asr_", "persona_bot_asr_", "persona_bot_voice_")

@@ -260,10 +260,12 @@ def test_the_fleet_serving_settings_come_from_the_chart_and_let_every_persona_ca
     from personafleet.names import MAX_NEW_TOKENS
 
     params = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
-    assert params["max_new_tokens"] == MAX_NEW_TOKENS
-    custom = {"workers": 2, "batchSize": 4, "maxBatchDelayMs": 50, "responseTimeoutSeconds": 90, "maxNewTokens": 200}
+    assert params["max_new_tokens"] == MAX_NEW_TOKENS and params["max_cached_tokens"] == 16384
+    custom = {"workers": 2, "batchSize": 4, "maxBatchDelayMs": 50, "responseTimeoutSeconds": 90, "maxNewTokens": 200,
+              "maxCachedTokens": 4096}
     params = parse_cli(container(find(render({"serving": custom}), "Deployment", "-serving"))["args"])
-    assert [params[k] for k in ("workers", "batch_size", "max_batch_delay_ms", "response_timeout", "max_new_tokens")] == [2, 4, 50, 90, 200]
+    assert [params[k] for k in ("workers", "batch_size", "max_batch_delay_ms", "response_timeout", "max_new_tokens",
+                                "max_cached_tokens")] == [2, 4, 50, 90, 200, 4096]
 
 
 def test_gpu_mode_schedules_on_the_gpu_pool_and_cpu_mode_does_not(render):

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from persona_serving.bases import Fleet, fleet_names
+from personafleet.inference import final_event
 from personafleet.routing import read_routing
 from tests.fixtures.causal_model import CAUSAL_PERSONA
 from tests.fixtures.torchserve import free_port
@@ -66,7 +67,7 @@ async def test_a_causal_persona_rolls_out_beside_a_t5_one_each_to_its_bases_flee
                 for persona in ("t5-dude", CAUSAL_PERSONA):
                     response = await http.post("/predictions/fleet", json={"persona": persona, "message": "привет"},
                                                headers={"Authorization": f"Bearer {token}"})
-                    assert response.status_code == 200 and response.json()["persona"] == persona
+                    assert response.status_code == 200 and final_event(response.content).persona == persona  # a stream
 
             # A base no fleet serves: refused before any Job, with an Event.
             cluster.apply(persona_model("fred-dude", baseModel="ai-forever/FRED-T5-large"))

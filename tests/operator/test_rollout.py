@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from personafleet.inference import final_event
 from personafleet.routing import RoutingTable, read_routing, update_routing, write_routing
 from tests.operator.harness import (
     Operator,
@@ -78,7 +79,7 @@ async def ask(replica, persona: str, version: int | None = None) -> tuple[int, d
     async with httpx.AsyncClient(base_url=replica.inference_url) as http:
         response = await http.post(f"/predictions/{replica.model}", json=body,
                                    headers={"Authorization": f"Bearer {replica.token_file.read_text().strip()}"})
-    return response.status_code, response.json()
+    return response.status_code, final_event(response.content).model_dump()
 
 
 async def answers_as(replica, persona: str, version: int | None = None) -> str:

@@ -19,7 +19,7 @@ from persona_serving.bases import Fleet, fleet_names
 from persona_serving.management import ManagementClient
 from persona_serving.server import FRONT_PID_FILE, ServeOptions, serve_background, stop, with_bases
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
-from personafleet.inference import InferenceRequest
+from personafleet.inference import InferenceRequest, InferenceResponse, StreamPreview
 from personafleet.routing import read_routing, update_routing
 from tests.fixtures.causal_model import CAUSAL_PERSONA
 from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA, free_port, publish, serve_options
@@ -74,6 +74,20 @@ async def test_one_endpoint_answers_each_persona_from_the_fleet_of_its_base(two_
     assert [(a.persona, a.model_version) for a in answers] == [
         (PERSONA, "1"), (CAUSAL_PERSONA, "2"), (OTHER_PERSONA, "1"), (CAUSAL_PERSONA, "1")] * 2
     assert all(a.tokens > 0 for a in answers)
+
+
+async def test_replies_of_both_bases_stream_through_the_one_endpoint(two_bases: ServeOptions):
+    """Each fleet decodes step by step (the T5 one and the causal one alike) and the routing front
+    relays its events as they come: previews, then the whole reply, which `reply()` returns too."""
+    greedy = InferenceRequest(message="что там с деплоем?", generation={"max_new_tokens": 6, "do_sample": False})
+    async with InferenceClient(two_bases.inference_url, token_file=two_bases.inference_token_file, retries=0) as client:
+        for persona in (PERSONA, CAUSAL_PERSONA):
+            *previews, final = [event async for event in client.stream(persona, greedy)]
+            assert previews and all(isinstance(p, StreamPreview) for p in previews), persona
+            assert [p.tokens for p in previews] == list(range(1, len(previews) + 1))
+            assert isinstance(final, InferenceResponse) and final.persona == persona and final.tokens == len(previews) + 1
+            assert final.reply.startswith("".join(p.delta for p in previews))
+            assert (await client.reply(persona, greedy)).reply == final.reply
 
 
 async def test_a_version_published_for_a_base_no_fleet_serves_is_a_clear_503(two_bases: ServeOptions):
@@ -156,6 +170,9 @@ async def test_in_a_cluster_a_front_forwards_another_bases_persona_to_that_bases
         async with InferenceClient(urls["t5"], token="cluster-secret", retries=0) as client:
             answers = await asyncio.gather(client.reply(PERSONA, REQUEST), client.reply(CAUSAL_PERSONA, REQUEST))
             assert [a.persona for a in answers] == [PERSONA, CAUSAL_PERSONA]
+            forwarded = [event async for event in client.stream(CAUSAL_PERSONA, REQUEST)]  # through both fronts
+            assert len(forwarded) >= 2 and isinstance(forwarded[-1], InferenceResponse)
+            assert all(isinstance(event, StreamPreview) for event in forwarded[:-1])
             stopping["causal"].set()
             await running["causal"]
             with pytest.raises(InferenceUnavailable, match=f"fleet_unavailable.*base {causal_base} is not answering"):

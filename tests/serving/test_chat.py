@@ -32,6 +32,32 @@ def test_conversation_carries_earlier_turns():
     assert request.message == "как дела?"
 
 
+async def test_interactive_chat_prints_the_reply_as_it_is_generated(torchserve):
+    """On a terminal the reply appears piece by piece; what ends up printed is the final reply."""
+    import io
+
+    from persona_serving.chat import chat
+    from personafleet.client import InferenceClient
+
+    class Recording(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pieces: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.pieces.append(text)
+            return super().write(text)
+
+    out, err = Recording(), io.StringIO()
+    async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+        refused = await chat(torchserve.persona, client, ["как там деплой?"], out, err, interactive=True)
+    assert refused == 0, err.getvalue()
+    printed = out.getvalue()
+    assert printed.startswith(f"{torchserve.persona}> ") and printed.endswith("\n")
+    assert len([p for p in out.pieces if p.strip()]) >= 3, out.pieces  # prefix, previews, the rest
+    assert printed.count("\n") == 1
+
+
 def test_facts_and_about_through_the_real_fleet(torchserve, tiny_base):
     """Issue 26: `show_facts` returns the facts retrieved into the prompt (here none: the version
     has no knowledge), only when asked; `about` describes the serving version without generating."""

@@ -35,3 +35,14 @@ def test_the_fred_tokenizer_alone_would_leave_the_sentinel_in(fred_base: Path):
     sequence = [tokenizer.convert_tokens_to_ids("<extra_id_0>"), *tokenizer("да").input_ids]
     assert "<extra_id_0>" in tokenizer.batch_decode([sequence], skip_special_tokens=True)[0]
     assert decode_replies(tokenizer, [sequence]) == ["да"]
+
+
+def test_a_stream_shows_each_new_piece_once_and_holds_back_what_is_not_final():
+    from persona_serving.decoding import unseen
+
+    assert unseen("", "привет") == "привет"
+    assert unseen("привет", "привет, мир") == ", мир"
+    assert unseen("привет", "привет") == ""
+    assert unseen("при", "приве\ufffd") == "ве"  # half a letter waits for its second byte
+    assert unseen("hello wor", "hello world") == "ld"
+    assert unseen("hello  x", "hello x y") == ""  # not a continuation: the final event corrects it

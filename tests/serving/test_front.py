@@ -16,12 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from persona_serving.archive import build_fleet_archive
 from persona_serving.config import FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from personafleet.client import InferenceClient, InferenceRejected, TokenSource
-from personafleet.inference import InferenceRequest
+from personafleet.inference import InferenceRequest, InferenceResponse, StreamPreview, parse_event
 from personafleet.routing import update_routing
 from tests.fixtures.torchserve import PERSONA, free_port, hostile_model, publish
 
@@ -99,6 +100,21 @@ async def test_front_survives_torchserve_key_expiry(pod):
         await asyncio.sleep(KEY_LIFETIME_S + 1)  # TorchServe's own keys have expired by now
         second = await client.reply(PERSONA, REQUEST)
     assert first.model_version == second.model_version == "1"
+
+
+async def test_a_reply_streams_through_the_front_one_event_per_chunk(pod):
+    body = {"persona": PERSONA, "message": "как дела?", "generation": {"max_new_tokens": 10, "do_sample": False}}
+    chunks: list[bytes] = []
+    async with httpx.AsyncClient(base_url=pod["inference"], timeout=60) as http:
+        async with http.stream("POST", "/predictions/fleet", json=body,
+                               headers={"Authorization": "Bearer inference-secret"}) as response:
+            assert response.status_code == 200 and response.headers["transfer-encoding"] == "chunked"
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+    events = [parse_event(line) for line in b"".join(chunks).decode().splitlines()]
+    assert len(events) >= 2 and isinstance(events[-1], InferenceResponse)
+    assert all(isinstance(event, StreamPreview) for event in events[:-1])
 
 
 async def test_a_routing_switch_reaches_the_pod_and_the_operators_token_passes_inference(pod):
@@ -211,37 +227,52 @@ def test_sigterm_stops_torchserve_and_exits_cleanly(pod):
     assert not (pod["workdir"] / "key_file.json").exists()
 
 
+async def stand_in(handle) -> tuple[web.AppRunner, int]:
+    """A server standing in for what the front forwards to (TorchServe, another base's front):
+    every path answered by `handle`; (its runner, to clean up, and its port)."""
+    runner = web.AppRunner(web.Application(), handle_signals=False, shutdown_timeout=0.1)
+    runner.app.router.add_route("*", "/{tail:.*}", handle)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+def front_keys(tmp_path: Path, client_token: str) -> dict[str, Path]:
+    """The token file clients present and TorchServe's key file (`local-<kind>` keys), for AuthFront."""
+    (tmp_path / "inference-token").write_text(client_token)
+    (tmp_path / "key_file.json").write_text(json.dumps({key: {"key": f"local-{key}"} for key in ("inference", "management", "API")}))
+    return {"inference_token_file": tmp_path / "inference-token", "key_file": tmp_path / "key_file.json"}
+
+
+async def until_listening(port: int) -> None:
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+
+
 async def test_a_stuck_torchserve_gets_a_504_with_a_reason_not_a_connection_held_forever(tmp_path):
     """The front's calls to TorchServe are bounded (above TorchServe's own response timeout): a
     backend that accepts the request and never answers costs the client a 504, not its connection."""
-    from aiohttp import web
-
     from persona_serving.front import AuthFront
 
     async def never(request: web.Request) -> web.Response:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    stuck = web.AppRunner(web.Application(handler_args=None), handle_signals=False, shutdown_timeout=0.1)
-    stuck.app.router.add_route("*", "/{tail:.*}", never)
-    await stuck.setup()
-    backend_port, front_port = free_port(), free_port()
-    await web.TCPSite(stuck, "127.0.0.1", backend_port).start()
-    (tmp_path / "inference-token").write_text("bot-token")
-    (tmp_path / "key_file.json").write_text(json.dumps({key: {"key": f"local-{key}"} for key in ("inference", "management", "API")}))
-    front = AuthFront(inference_token_file=tmp_path / "inference-token", management_token_file=None,
-                      key_file=tmp_path / "key_file.json", inference_backend=f"http://127.0.0.1:{backend_port}",
+    stuck, backend_port = await stand_in(never)
+    front_port = free_port()
+    front = AuthFront(**front_keys(tmp_path, "bot-token"), management_token_file=None,
+                      inference_backend=f"http://127.0.0.1:{backend_port}",
                       management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=1)
     stopping = asyncio.Event()
     serving = asyncio.create_task(front.serve("127.0.0.1", front_port, free_port(), stopping))
     try:
-        for _ in range(100):  # until the front listens
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", front_port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await until_listening(front_port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}") as http:
             started = time.monotonic()
             response = await asyncio.wait_for(http.post(
@@ -253,3 +284,64 @@ async def test_a_stuck_torchserve_gets_a_504_with_a_reason_not_a_connection_held
         await stuck.cleanup()
     assert response.status_code == 504 and response.json()["error"] == "backend_timeout"
     assert "1 s" in response.json()["detail"] and time.monotonic() - started < 10
+
+
+async def test_replies_stream_through_every_path_of_the_routing_front_and_a_client_leaving_closes_them(tmp_path):
+    """With several bases the front sends a prediction to this TorchServe's model of the persona's
+    base or to another base's Service; either answer is relayed event by event as it comes, and a
+    client that leaves mid-reply closes the stream upstream (which retires the row there)."""
+    from persona_serving.bases import FORWARDED_HEADER, BaseRouter, Fleet
+    from persona_serving.front import AuthFront
+
+    events, closed, seen = 400, {}, {}
+
+    async def fleet(request: web.Request) -> web.StreamResponse:
+        """A fleet streaming a long reply, an event every 10 ms, as TorchServe and a front do."""
+        where = request.path
+        seen[where] = (request.headers.get("Authorization"), request.headers.get(FORWARDED_HEADER))
+        closed[where] = asyncio.Event()
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for token in range(1, events + 1):
+                await response.write(json.dumps({"delta": "да ", "tokens": token}).encode() + b"\n")
+                await asyncio.sleep(0.01)
+            final = {"reply": "да " * events, "persona": "x", "model_version": "1", "tokens": events}
+            await response.write(json.dumps(final).encode() + b"\n")
+            await response.write_eof()
+        except ConnectionError:
+            closed[where].set()  # its client (the front) went away
+        return response
+
+    upstream, upstream_port = await stand_in(fleet)
+    front_port = free_port()
+    store = tmp_path / "store"
+    store.mkdir()
+    update_routing(store, lambda table: (table.add("near", 1, serve=True, base="/bases/t5"),
+                                         table.add("far", 1, serve=True, base="/bases/causal")))
+    router = BaseRouter(store, [Fleet("/bases/t5", "fleet-t5"), Fleet("/bases/causal", url=f"http://127.0.0.1:{upstream_port}")])
+    front = AuthFront(**front_keys(tmp_path, "cluster-secret"), management_token_file=None,
+                      inference_backend=f"http://127.0.0.1:{upstream_port}",
+                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=30, router=router)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, None, stopping))
+    paths = {"near": "/predictions/fleet-t5", "far": "/predictions/fleet"}  # this TorchServe's model; the other Service
+    try:
+        await until_listening(front_port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}", timeout=30) as http:
+            for persona, path in paths.items():
+                async with http.stream("POST", "/predictions/fleet", json={"persona": persona, "message": "hi"},
+                                       headers={"Authorization": "Bearer cluster-secret"}) as response:
+                    assert response.status_code == 200 and response.headers["transfer-encoding"] == "chunked"
+                    assert response.headers["content-type"].startswith("application/x-ndjson")
+                    lines = response.aiter_lines()
+                    first = [parse_event(await anext(lines)) for _ in range(3)]  # long before the reply is done
+                assert [event.tokens for event in first] == [1, 2, 3], persona
+                await asyncio.wait_for(closed[path].wait(), 5)  # the client left: so did the front, upstream
+            assert seen["/predictions/fleet-t5"] == ("Bearer local-inference", None)
+            assert seen["/predictions/fleet"] == ("Bearer cluster-secret", "/bases/causal")  # served there, not forwarded again
+    finally:
+        stopping.set()
+        await serving
+        await upstream.cleanup()

@@ -5,7 +5,6 @@ the declared dimensions)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -75,35 +74,21 @@ def recorded(caplog, name: str) -> list[tuple[dict[str, str], float]]:
 def test_the_handler_labels_every_request_with_its_bounded_persona_and_version(fleet_store, tiny_base, tmp_path, caplog):
     """Cap 1 over a table of devops-dude then pm-life: pm-life counts as "other"; refusals before
     routing have version "none"; a made-up persona is "other"."""
-    from ts.context import Context, RequestProcessor
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-
-    from persona_serving.config import SERVING_FILE, FleetConfig
-    from persona_serving.handler import FleetHandler
-    from persona_serving.metrics import write_metrics_config
+    from tests.serving.worker import start_worker
 
     assert list(read_routing(fleet_store).personas) == ["devops-dude", "pm-life"]
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    config = FleetConfig(base=str(tiny_base), model_store=str(fleet_store), max_persona_labels=1)
-    (model_dir / SERVING_FILE).write_text(config.model_dump_json())
-    metrics = MetricsCacheYamlImpl(str(write_metrics_config(Path(tmp_path / "metrics.yaml"))))
-    metrics.initialize_cache()
-    context = Context("fleet", str(model_dir), {"model": {"modelVersion": "4"}}, 8, None, "0.12", metrics=metrics)
-    handler = FleetHandler()
-    handler.initialize(context)
     greedy = {"max_new_tokens": 3, "do_sample": False}
-    batch = [
-        {"body": {"persona": "devops-dude", "message": "привет", "generation": greedy}},
-        {"body": {"persona": "pm-life", "message": "привет", "generation": greedy}},
-        {"body": {"persona": "devops-dude", "message": "а ты?", "generation": greedy, "version": 2}},
-        {"body": {"persona": "someone-else", "message": "hi"}},
-        {"body": {"persona": "devops-dude", "message": "hi", "version": 7}},
-        {"body": b"{not json"},
+    bodies = [
+        {"persona": "devops-dude", "message": "привет", "generation": greedy},
+        {"persona": "pm-life", "message": "привет", "generation": greedy},
+        {"persona": "devops-dude", "message": "а ты?", "generation": greedy, "version": 2},
+        {"persona": "someone-else", "message": "hi"},
+        {"persona": "devops-dude", "message": "hi", "version": 7},
+        b"{not json",
     ]
-    context.request_processor = [RequestProcessor({}) for _ in batch]
+    worker = start_worker(tmp_path, tiny_base, fleet_store, max_new_tokens=3, model_version="4", max_persona_labels=1)
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
-        handler.handle(batch, context)
+        worker.run([{str(i): body for i, body in enumerate(bodies)}])
 
     def labels(name: str) -> list[tuple]:
         return sorted((d["persona"], d["version"], d.get("reason", "")) for d, _ in recorded(caplog, name))

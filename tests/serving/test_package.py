@@ -92,7 +92,8 @@ def test_the_fleet_archive_carries_handler_settings_and_batching_but_no_persona(
         model_config = yaml.safe_load(archive.read("model-config.yaml"))
     assert manifest["model"]["handler"] == "handler.py" and manifest["model"]["modelName"] == "fleet"
     assert serving == config
-    assert model_config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 120}
+    assert model_config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 120,
+                            "continuousBatching": True}  # the fleet serves one decoding step per call
     assert not any(n.startswith(("adapter/", "base/")) or n == "persona.json" for n in names)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
+    PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route,
 )
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
@@ -76,26 +76,6 @@ def test_bad_input_is_a_value_not_an_exception(body, status, error):
 def test_invalid_utf8_is_refused():
     rejected = parse({"body": b"\xff\xfe{"})
     assert isinstance(rejected, Rejected) and rejected.error == "invalid_json"
-
-
-def test_requests_with_equal_options_share_one_generate_call_whatever_their_persona():
-    greedy = {"max_new_tokens": 8, "do_sample": False}
-    items = [
-        Prepared("a", greedy, entry()),
-        Rejected(400, "invalid_json", "x"),
-        Prepared("b", {"max_new_tokens": 4}, entry()),
-        Prepared("c", dict(greedy), entry("pm-life", 4)),
-    ]
-    assert sorted(option_groups(items).values()) == [[0, 3], [2]]
-
-
-def test_a_batch_needing_more_adapters_than_fit_is_split_by_version():
-    request = InferenceRequest(persona="x", message="hi")
-    keys = [("a", 1), ("b", 1), ("a", 1), ("c", 1), ("b", 1), ("a", 2)]
-    items: list = [Routed(request, *key) for key in keys]
-    items.insert(2, Rejected(404, "unknown_persona", "x"))
-    assert key_chunks(items, 2) == [[0, 1, 3, 5], [4, 6]]
-    assert key_chunks(items, 10) == [[0, 1, 3, 4, 5, 6]]
 
 
 def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_path):

@@ -46,3 +46,14 @@ def test_a_failed_load_evicts_nothing():
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError):
         AdapterLRU(0, str, lambda k, v: None)
+
+
+def test_an_adapter_in_use_is_never_evicted_and_the_lru_shrinks_back_once_free():
+    loads = Loads()
+    lru = AdapterLRU(2, loads.load, loads.unload)
+    lru.get("a"), lru.get("b")
+    assert lru.get("c", busy={"a"}) == ("C", ["b"])  # b is the oldest not in use
+    assert lru.get("d", busy={"a", "c"}) == ("D", [])  # all in use: held beyond capacity for now
+    assert lru.keys() == ["a", "c", "d"]
+    assert lru.get("e", busy={"d"}) == ("E", ["a", "c"])  # back to capacity as soon as they are free
+    assert lru.keys() == ["d", "e"]

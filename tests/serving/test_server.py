@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from personafleet.client import InferenceClient, InferenceRejected, TokenSource
-from personafleet.inference import GenerationOptions, InferenceRequest, InferenceResponse
+from personafleet.inference import GenerationOptions, InferenceRequest, InferenceResponse, final_event
 from tests.fixtures.torchserve import hostile_model
 
 pytestmark = pytest.mark.slow
@@ -47,11 +47,13 @@ async def test_a_batch_of_valid_and_invalid_requests_answers_each_on_its_own(tor
         responses = await asyncio.gather(*(http.post("/predictions/fleet", content=body, headers=headers) for body in bodies))
     statuses = [r.status_code for r in responses]
     assert statuses == [200, 400, 400, 200, 413, 404, 404, 400]
-    errors = [r.json().get("error") for r in responses]
+    errors = [final_event(r.text).error if r.status_code != 200 else None for r in responses]  # type: ignore[union-attr]
     assert errors[1:3] == ["invalid_json", "missing_field"]
     assert errors[4:] == ["too_large", "unknown_persona", "unknown_version", "missing_field"]
-    assert all(r.headers["content-type"].startswith("application/json") for r in responses)
-    assert responses[3].json()["tokens"] <= 6
+    refused, answered = [r for r in responses if r.status_code != 200], [responses[0], responses[3]]
+    assert all(r.headers["content-type"].startswith("application/json") for r in refused)
+    assert all(r.headers["content-type"].startswith("application/x-ndjson") for r in answered)
+    assert final_event(responses[3].text).tokens <= 6  # type: ignore[union-attr]
     # Cyrillic in replies is sent as UTF-8, not as \\u escapes.
     assert "\\u" not in responses[0].text
 
@@ -75,7 +77,7 @@ async def test_hostile_requests_in_a_batch_fail_alone_and_rotate_no_key(torchser
             http.post("/predictions/fleet", json=valid, headers=headers),
         )
     assert [r.status_code for r in responses] == [200, 400, 200, 200]
-    assert responses[1].json()["error"] == "invalid_json"
+    assert final_event(responses[1].text).error == "invalid_json"  # type: ignore[union-attr]
     async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
         with pytest.raises(InferenceRejected) as rejected:
             await client.reply("Token Authorization failed", InferenceRequest(message="hi"))

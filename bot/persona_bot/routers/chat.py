@@ -1,5 +1,12 @@
 """The conversation itself: stored history + the new message -> the model -> a reply with
-vote buttons -> the exchange stored. Faults degrade the answer, never the bot."""
+vote buttons -> the exchange stored. Faults degrade the answer, never the bot.
+
+In private chats the reply is shown while it is generated (drafts, `persona_bot.drafts`) and the
+user may stop it: what was shown is then the reply. In groups it arrives as one message:
+`sendMessageDraft` exists for private chats only, and editing a sent message a few times a second
+would notify and re-render for every member (and count against the group's edit limits), so
+everyone waits for the whole reply there. Only the final reply is sent as a message and stored.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,16 @@ import time
 
 from aiogram import Bot, Router
 from aiogram.enums import ChatType
-from aiogram.types import Message, ReplyParameters
+from aiogram.types import Message, MessageGenerationStopped, ReplyParameters
 from aiogram.utils.chat_action import ChatActionSender
 
 from persona_bot import metrics
+from persona_bot.drafts import TELEGRAM_MAX_CHARS, Drafted, Generations, drafted_reply
 from persona_bot.filters import AddressedToBot, author_of
 from persona_bot.routers.feedback import VOTE_KEYBOARD
 from persona_bot.settings import BotSettings
 from persona_bot.store import Exchange, Store, StoreUnavailable
-from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
+from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable, StreamInterrupted
 from personafleet.inference import GenerationOptions, InferenceRequest
 from personafleet.prompt import TimedTurn, conversation, fit_context
 
@@ -28,7 +36,7 @@ NO_MEMORY = "(My memory is offline for a moment, so I'm answering without our ea
 # "typing…" only once the model takes noticeably long: the Bot API recommends chat actions just
 # for responses that take a noticeable time, and a quick reply would hide it at once anyway.
 TYPING_AFTER_SECONDS = 0.3
-TELEGRAM_MAX_CHARS = 4096  # sendMessage's limit
+STREAM_ATTEMPTS = 2  # a reply stream that breaks off (a worker restart) is asked for once more
 
 
 def cap(text: str, limit: int) -> str:
@@ -46,6 +54,7 @@ async def answer(
     client: InferenceClient,
     settings: BotSettings,
     received_at: float,
+    generations: Generations,
     voice: bool = False,
 ) -> None:
     """Answer one message; `text` is what the model should see (see `AddressedToBot`), `voice`
@@ -73,7 +82,10 @@ async def answer(
         async with ChatActionSender.typing(
             bot=bot, chat_id=chat_id, message_thread_id=message.message_thread_id, initial_sleep=TYPING_AFTER_SECONDS
         ):
-            response = await client.reply(persona, request)
+            if message.chat.type == ChatType.PRIVATE:
+                drafted = await _drafted(message, bot, persona, request, client, settings, received_at, generations)
+            else:
+                drafted = Drafted(await client.reply(persona, request), "")
     except (InferenceUnavailable, InferenceRejected) as exc:
         outcome = "inference_unavailable" if isinstance(exc, InferenceUnavailable) else "inference_rejected"
         metrics.MODEL_LATENCY.labels(persona, outcome).observe(time.perf_counter() - started)
@@ -81,10 +93,16 @@ async def answer(
         logger.warning("No reply from %s: %s", persona, exc)
         await message.reply(MODEL_DOWN if outcome == "inference_unavailable" else MODEL_REFUSED)
         return
-    metrics.MODEL_LATENCY.labels(persona, "ok").observe(time.perf_counter() - started)
+    outcome = "stopped" if drafted.stopped else "ok"
+    metrics.MODEL_LATENCY.labels(persona, outcome).observe(time.perf_counter() - started)
+    if drafted.stopped and not drafted.shown.strip():
+        metrics.REPLIES.labels(persona, outcome).inc()
+        return  # stopped before a word was shown: nothing to keep
+    text = drafted.shown if drafted.final is None else drafted.final.reply
+    model_version = drafted.final.model_version if drafted.final is not None else drafted.version
 
     note = NO_MEMORY if store.outage_notice_due(chat_id) else ""
-    reply = cap(response.reply, min(settings.max_reply_chars, TELEGRAM_MAX_CHARS - len(note)))
+    reply = cap(text, min(settings.max_reply_chars, TELEGRAM_MAX_CHARS - len(note)))
     # In groups the reply quotes the message it answers, so people see who it is for.
     quote = None
     if message.chat.type != ChatType.PRIVATE:
@@ -96,10 +114,10 @@ async def answer(
         message_thread_id=message.message_thread_id,
         reply_markup=VOTE_KEYBOARD,
     )
-    metrics.REPLIES.labels(persona, "ok").inc()
+    metrics.REPLIES.labels(persona, outcome).inc()
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
     exchange = Exchange(
-        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, sent.date.timestamp(), voice
+        chat_id, sent.message_id, persona, model_version, context, newest.text, reply, sent.date.timestamp(), voice
     )
     try:
         await store.record(exchange, update_history=remembered)
@@ -107,7 +125,37 @@ async def answer(
         logger.warning("Reply in chat not stored: database unavailable")
 
 
+async def _drafted(
+    message: Message, bot: Bot, persona: str, request: InferenceRequest, client: InferenceClient,
+    settings: BotSettings, received_at: float, generations: Generations,
+) -> Drafted:
+    """The reply streamed into drafts (one draft id per reply: the message it answers); a stream
+    that breaks off is asked for once more under the same draft, which the new text replaces."""
+    chat_id, draft_id = message.chat.id, message.message_id
+    stop = generations.start(chat_id, draft_id)
+    try:
+        for attempt in range(STREAM_ATTEMPTS):
+            try:
+                return await drafted_reply(bot, client, persona, request, chat_id=chat_id, draft_id=draft_id,
+                                           thread_id=message.message_thread_id, interval=settings.draft_interval_seconds,
+                                           stop=stop, received_at=received_at)
+            except StreamInterrupted as exc:
+                if attempt + 1 == STREAM_ATTEMPTS:
+                    raise
+                logger.warning("Reply stream in chat %s broke off (%s); asking once more", chat_id, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        generations.end(chat_id, draft_id)
+
+
+async def stop_generation(event: MessageGenerationStopped, generations: Generations) -> None:
+    """The user pressed a draft's stop button: end that reply where it is."""
+    if not generations.stop(event.chat.id, event.draft_id):
+        logger.info("Stop for draft %s in chat %s: no reply is being generated there", event.draft_id, event.chat.id)
+
+
 def create_router() -> Router:
     router = Router(name="chat")
     router.message.register(answer, AddressedToBot())
+    router.stopped_message_generation.register(stop_generation)
     return router

@@ -23,6 +23,7 @@ from aiogram.utils.chat_action import ChatActionSender
 
 from persona_bot import metrics
 from persona_bot.filters import VoiceForBot
+from persona_bot.drafts import Generations
 from persona_bot.routers.chat import answer
 from persona_bot.settings import BotSettings
 from persona_bot.store import Store
@@ -99,6 +100,7 @@ async def listen(
     asr: AsrClient,
     settings: BotSettings,
     received_at: float,
+    generations: Generations,
 ) -> None:
     """Turn the recording into text and answer it; every way it can fail gets its own reply."""
     limit = settings.voice_max_seconds
@@ -137,7 +139,7 @@ async def listen(
     if not text:
         return await refuse(message, "empty", COULD_NOT_HEAR)
     metrics.VOICE_MESSAGES.labels("transcribed").inc()
-    await answer(message, bot, text, persona, store, client, settings, received_at, voice=True)
+    await answer(message, bot, text, persona, store, client, settings, received_at, generations, voice=True)
 
 
 async def refuse(message: Message, outcome: str, reply: str) -> None:
