@@ -11,6 +11,7 @@ all read it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +22,10 @@ from personafleet.names import PERSONA_NAME_PATTERN
 
 VERSION_FILE = "version.json"
 ADAPTER_DIR = "adapter"
+RUN_DIR = "run"
+# Written by `persona eval` into the run: per held-out prompt the person's real reply ("real") and
+# the generated ones. Serving reads the real replies to warn about a reply filter that blocks them.
+FIDELITY_SAMPLES_FILE = "fidelity_samples.jsonl"
 
 
 class VersionInfo(BaseModel):
@@ -61,3 +66,13 @@ def published_versions(store: Path) -> dict[str, list[int]]:
         if record.parent.name == f"v{info.version}" and record.parent.parent.name == info.persona:
             found.setdefault(info.persona, []).append(info.version)
     return {persona: sorted(versions) for persona, versions in found.items()}
+
+
+def held_out_replies(folder: Path) -> list[str]:
+    """The person's real held-out replies a published version was judged on (`run/` of the version
+    folder); [] for a version trained before `persona eval` existed, or an unreadable file."""
+    path = folder / RUN_DIR / FIDELITY_SAMPLES_FILE
+    try:
+        return [json.loads(line)["real"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

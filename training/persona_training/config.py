@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from personafleet.errors import PersonaError, first_error
 from personafleet.knowledge import KnowledgeSource
 from personafleet.persona import PersonaSpec
+from persona_training.fidelity import MIN_PROMPTS
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -61,11 +62,19 @@ class TrainConfig(BaseModel):
     # bookkeeping
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    fidelity_prompts: int = Field(200, ge=0, description="most held-out prompts the fidelity evaluation judges at the end (0: none)")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        return self
+
+    @model_validator(mode="after")
+    def _fidelity_can_judge(self) -> TrainConfig:
+        if 0 < self.fidelity_prompts < MIN_PROMPTS:
+            raise ValueError(f"fidelity_prompts ({self.fidelity_prompts}) is below the {MIN_PROMPTS} prompts "
+                             f"a fidelity figure needs (0 turns the evaluation off)")
         return self
 
     def with_knowledge_files(self, files: list[Path]) -> TrainConfig:

@@ -27,14 +27,13 @@ from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
 from personafleet.names import PERSONA_NAME_PATTERN, parse_version
 from personafleet.persona import PERSONA_FILE, PersonaSpec
-from personafleet.store import ADAPTER_DIR, VERSION_FILE, VersionInfo, read_version_info, write_version_info
+from personafleet.store import ADAPTER_DIR, RUN_DIR, VERSION_FILE, VersionInfo, read_version_info, write_version_info
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter_config.json"
 ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.*", "tokenizer*", "special_tokens_map.json",
                     "added_tokens.json", "spiece.model", "vocab*", "merges.txt")
-RUN_DIR = "run"
 # A merged full model is a base-sized copy: the fleet never loads it, so it stays out of the store.
 RUN_EXCLUDES = ("merged",)
 
