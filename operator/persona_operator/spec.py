@@ -97,6 +97,10 @@ class ServingSection(_Camel):
 class RolloutSection(_Camel):
     keep_versions: int = Field(2, ge=1)
     max_eval_loss_increase: float = Field(0.05, ge=0)
+    # Fidelity (issue 24, report.json `fidelity`): unset rules are not checked; maxLeaks always is.
+    min_fidelity: float | None = Field(None, ge=0, le=1)
+    max_fidelity_drop: float | None = Field(None, ge=0, le=1)
+    max_leaks: int = Field(0, ge=0)
     smoke_test: bool = True
     retry_limit: int = Field(3, ge=0)
 
