@@ -23,6 +23,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 MODEL_NAME, MODEL_VERSION, REASON = "model_name", "model_version", "reason"
+PERSONA, RULE = "persona", "rule"
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,13 @@ ASR_ERRORS = MetricSpec(
     "persona_asr_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
 )
+FILTERED_REPLIES = MetricSpec(
+    "persona_handler_filtered_replies_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, RULE),
+    "replies the reply filter replaced by the fallback, by persona and the rule that matched (issue 24)",
+)
 HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
                    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, FACTS_PER_PROMPT,
-                   ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+                   ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS, FILTERED_REPLIES)
 
 
 def observe(context: Any, spec: MetricSpec, value: float, dimensions: list[str]) -> None:

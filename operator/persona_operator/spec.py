@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.names import MAX_NEW_TOKENS
+from personafleet.reply_rules import ReplyFilterRules
 
 SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
 
@@ -88,10 +89,11 @@ class GenerationSection(_Camel):
 
 
 class ServingSection(_Camel):
-    """What a persona says about its serving: only its generation defaults. Batching, workers and
-    timeouts belong to the fleet model every persona shares (the chart's serving values)."""
+    """What a persona says about its serving: its generation defaults and its reply filter. Batching,
+    workers and timeouts belong to the fleet model every persona shares (the chart's serving values)."""
 
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    reply_filter: ReplyFilterRules | None = None  # validated here: a bad pattern is InvalidSpec, never a failed Job
 
 
 class RolloutSection(_Camel):
