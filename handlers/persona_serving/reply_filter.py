@@ -55,9 +55,11 @@ class ReplyFilter:
 
     def __init__(self, *rules: ReplyFilterRules | None):
         given = [r for r in rules if r is not None]
-        words = sorted({word.strip() for r in given for word in r.blocklist}, key=len, reverse=True)
-        self._blocklist = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
-                           if words else None)
+        # Longest first, words of a phrase separated by any whitespace.
+        phrases = sorted({r"\s+".join(map(re.escape, word.split())) for r in given for word in r.blocklist},
+                         key=len, reverse=True)
+        self._blocklist = (re.compile(r"(?<!\w)(?:" + "|".join(phrases) + r")(?!\w)", re.IGNORECASE)
+                           if phrases else None)
         self._patterns = [(p.name, regex.compile(p.regex, PATTERN_FLAGS)) for r in given for p in r.patterns]
         self._pii = tuple(dict.fromkeys(kind for r in given for kind in r.pii))
         # The most specific fallback wins: the persona's (given last) over the fleet's.
