@@ -1,9 +1,16 @@
-"""The rollout gate reads the fidelity block of a version's report (issue 24): kopf against the fake
-API server, the version published by the real `persona package` code; a refused version never
-reaches the routing table, so no serving replica is needed."""
+"""Issue 24 in the operator: the rollout gate reads the fidelity block of a version's report (kopf
+against the fake API server, the version published by the real `persona package` code; a refused
+version never reaches the routing table, so no serving replica is needed), and a persona's reply
+filter travels from the spec into the Job's train.yaml, or is refused as an invalid spec."""
 
 from __future__ import annotations
 
+import pytest
+
+from persona_operator.jobs import training_config
+from persona_operator.spec import PersonaModelSpec
+from persona_training.config import TrainConfig
+from personafleet.errors import PersonaError
 from personafleet.routing import read_routing
 from tests.operator.harness import eventually, persona_model, place_version
 
@@ -43,3 +50,14 @@ async def test_a_required_fidelity_that_was_never_measured_refuses_the_version(c
     rolled_out = next(c for c in status["conditions"] if c["type"] == "RolledOut")
     assert rolled_out["reason"] == "GateRejected" and "fidelity is required" in rolled_out["message"]
     assert "only 12 held-out replies" in rolled_out["message"] and "fidelity" not in status["lastTraining"]
+
+
+def test_a_persona_reply_filter_reaches_train_yaml_and_a_bad_pattern_is_an_invalid_spec():
+    reply_filter = {"blocklist": ["дурак"], "patterns": [{"name": "money", "regex": r"\d+ ?руб"}], "pii": ["phone"],
+                    "fallback": "Не скажу."}
+    spec = PersonaModelSpec.parse(persona_model("pm-filter", serving={"replyFilter": reply_filter})["spec"])
+    config = TrainConfig.model_validate(training_config("pm-filter", spec))  # what `persona train --config` reads
+    assert config.persona.reply_filter.model_dump(exclude_none=True) == reply_filter
+    broken = persona_model("pm-filter", serving={"replyFilter": {"patterns": [{"name": "money", "regex": "(руб"}]}})
+    with pytest.raises(PersonaError, match="spec.serving.replyFilter.patterns.0: .*rule 'money': invalid regular expression"):
+        PersonaModelSpec.parse(broken["spec"])
