@@ -119,23 +119,11 @@ def test_serve_warns_at_start_up_about_a_filter_that_blocks_the_held_out_replies
 
 
 def test_the_handler_sends_the_fallback_counts_the_rule_and_never_logs_the_text(blocking_store, tiny_base, tmp_path, caplog):
-    from ts.context import Context
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+    from persona_serving.config import FleetConfig
+    from tests.fixtures.handler import in_process_handler
 
-    from persona_serving.config import SERVING_FILE, FleetConfig
-    from persona_serving.handler import FleetHandler
-    from persona_serving.metrics import write_metrics_config
-
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
     config = FleetConfig(base=str(tiny_base), model_store=str(blocking_store), reply_filter=rules(blocklist=["дурак"]))
-    (model_dir / SERVING_FILE).write_text(config.model_dump_json())
-    metrics = MetricsCacheYamlImpl(str(write_metrics_config(tmp_path / "metrics.yaml")))
-    metrics.initialize_cache()
-    context = Context("fleet", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12", metrics=metrics)
-    handler = FleetHandler()
-    handler.initialize(context)
-    handler.context = context
+    handler = in_process_handler(tmp_path, config)
     greedy = {"max_new_tokens": 6, "do_sample": False}
     with caplog.at_level(logging.DEBUG):
         routed = handler.preprocess([{"body": {"persona": "devops-dude", "message": "что с деплоем?", "generation": greedy}}])

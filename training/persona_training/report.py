@@ -1,12 +1,16 @@
-"""What a training run leaves for people and machines: report.json, the loss curve, a model card.
+"""What a training run leaves for people and machines: report.json, the loss curve, the reply
+length histogram, a model card.
 
-`report.json` is read by the operator's rollout gate (`eval.after.loss`) and by packaging; the
-PNG and the README are for the person deciding whether this version is any good.
+`report.json` is read by the operator's rollout gate (`eval.after.loss`, `fidelity.score`,
+`fidelity.leaks.count`) and by packaging; the PNGs and the README are for the person deciding
+whether this version is any good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +27,51 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
     return write_text_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
-def _pyplot():
+@contextlib.contextmanager
+def _figure(path: Path, xlabel: str, ylabel: str, title: str) -> Iterator[Any]:
+    """The axes of one 8x4.5 in PNG chart; labelled, gridded and saved to `path` on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        yield axes
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
 
 
 def plot_loss_curve(path: Path, losses: list[tuple[int, float]], evals: list[tuple[int, float]],
                     before: float) -> Path:
     """Training loss per step (and its moving average) against validation loss."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
-    steps = [step for step, _ in losses]
-    values = [value for _, value in losses]
-    axes.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
-    window = max(1, len(values) // 20)
-    if len(values) >= window > 1:
-        smooth = [sum(values[i - window + 1:i + 1]) / window for i in range(window - 1, len(values))]
-        axes.plot(steps[window - 1:], smooth, color="tab:blue", label=f"train (mean of {window})")
-    axes.plot([0] + [step for step, _ in evals], [before] + [value for _, value in evals],
-              "o-", color="tab:orange", label="validation")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss (nats per target token)")
-    axes.set_title("persona train: loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with _figure(path, "optimizer step", "loss (nats per target token)", "persona train: loss") as axes:
+        steps = [step for step, _ in losses]
+        values = [value for _, value in losses]
+        axes.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
+        window = max(1, len(values) // 20)
+        if len(values) >= window > 1:
+            smooth = [sum(values[i - window + 1:i + 1]) / window for i in range(window - 1, len(values))]
+            axes.plot(steps[window - 1:], smooth, color="tab:blue", label=f"train (mean of {window})")
+        axes.plot([0] + [step for step, _ in evals], [before] + [value for _, value in evals],
+                  "o-", color="tab:orange", label="validation")
     return path
 
 
 def plot_reply_lengths(path: Path, lengths: dict[str, list[int]]) -> Path:
     """Histograms of reply length in characters: the real held-out replies against the generated ones."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
-    longest = max((max(values) for values in lengths.values() if values), default=1)
-    bins = list(range(0, longest + 11, max(1, (longest + 10) // 30)))
-    for label, values in lengths.items():
-        axes.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{label} (n={len(values)})")
-    axes.set_xlabel("reply length (characters)")
-    axes.set_ylabel("replies")
-    axes.set_title("persona eval: reply lengths, real vs generated")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with _figure(path, "reply length (characters)", "replies", "persona eval: reply lengths, real vs generated") as axes:
+        longest = max((max(values) for values in lengths.values() if values), default=1)
+        bins = list(range(0, longest + 11, max(1, (longest + 10) // 30)))
+        for label, values in lengths.items():
+            axes.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{label} (n={len(values)})")
     return path
 
 
