@@ -87,7 +87,8 @@ def generate(model, tokenizer, prompts: Sequence[str], options: dict[str, Any], 
             encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
                                 max_length=max_source_tokens).to(device)
             with torch.inference_mode(), autocast():
-                output = model.generate(**encoded, **options, pad_token_id=tokenizer.pad_token_id)
+                # use_cache: a run with gradient checkpointing turned the model's cache off for training
+                output = model.generate(**encoded, **options, pad_token_id=tokenizer.pad_token_id, use_cache=True)
             for i, text in zip(batch, decode_replies(tokenizer, output[:, 1:])):  # no decoder start token
                 replies[i] = text
     finally:
