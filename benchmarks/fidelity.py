@@ -76,6 +76,8 @@ def fidelity_row(label: str, author: str, report: dict) -> dict:
         "eval_seconds": block["seconds"], "leaks": block["leaks"]["count"],
         "length_distance": {"base": block["shape"]["base"]["serving"]["length_distance"],
                             "trained": block["shape"]["adapter"]["serving"]["length_distance"]},
+        "trained_shape": {mode: {key: block["shape"]["adapter"][mode][key] for key in ("mean_length", "empty", "repetition")}
+                          for mode in ("greedy", "serving")},
         "eval_loss": {"before": report["eval"]["before"]["loss"], "after": report["eval"]["after"]["loss"]},
     }
 
@@ -176,7 +178,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("share of replies read as the author")
     axes.set_title("persona fidelity (tiny model): base vs trained vs real, per author")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -209,7 +211,8 @@ def main() -> None:
         for label, export, author in authors:
             trained[author] = train_author(base, export, author, work, steps)
             rows.append(fidelity_row(label, author, trained[author]["report"]))
-        cost = eval_cost(base, trained[authors[-1][2]], naive_sample=8 if args.quick else 40)
+        # Timed on the first author's run: in full settings the sample export, whose replies are the longest.
+        cost = eval_cost(base, trained[authors[0][2]], naive_sample=8 if args.quick else 40)
         replies = [json.loads(line)[key] if key == "real" else json.loads(line)["adapter"]["serving"]
                    for t in trained.values()
                    for line in (t["run"] / "fidelity_samples.jsonl").read_text(encoding="utf-8").splitlines()
