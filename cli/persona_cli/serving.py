@@ -47,7 +47,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the base once).")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
-    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar and key_file.json of this server.")] = Path(".persona/serve"),
+    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar, key_file.json and the clients' inference-token of this server.")] = Path(".persona/serve"),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server started from --workdir.")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay in the foreground (container entrypoint).")] = False,
     host: Annotated[str, typer.Option(help="Address the public listeners bind.")] = "127.0.0.1",
@@ -56,7 +56,7 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8082,
     auth_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the inference token: enables the auth front (--foreground).")] = None,
     management_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the management token (auth front).")] = None,
-    token_expiration_min: Annotated[float, typer.Option(min=0.01, help="Lifetime of TorchServe's keys.")] = 60,
+    token_expiration_min: Annotated[Optional[float], typer.Option(min=0.01, help="Lifetime of TorchServe's keys. [default: 60 behind the auth front, which renews them; else the server's lifetime: clients hold W/inference-token, the inference key alone, which cannot renew itself]")] = None,
     backend_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's own inference/management ports behind the auth front.")] = (18080, 18081),
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
@@ -102,11 +102,11 @@ def switch(
     version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
 ) -> None:
     """Make a published version the one a persona answers with (the routing-table write the operator does)."""
-    from personafleet.routing import update_routing, version_dir
-    from personafleet.store import read_version_info
+    from personafleet.routing import update_routing
+    from personafleet.store import published_version
 
     number = parse_version(version)
-    read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
+    published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
     table = update_routing(model_store, lambda t: t.add(persona, number, serve=True))
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
     print(f"{persona} serves v{number} (versions: {listed})")

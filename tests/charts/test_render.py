@@ -282,9 +282,10 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert settings.namespace == NAMESPACE
     assert settings.training_image == "personafleet-serve:0.1.0"
     assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
-    assert settings.database_secret == f"{FULLNAME}-database"
+    assert settings.database_secret == f"{FULLNAME}-feedback-export"  # the read-only export login, not the bot's
     assert settings.training_defaults.node_selector == {"pool": "gpu"}
     assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
+    assert settings.training_max_resources == {"nvidia.com/gpu": 1, "cpu": "16", "memory": "64Gi"}
     token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
     mounts = {m["mountPath"]: m["name"] for m in container(operator)["volumeMounts"]}
     assert token_file == "/var/run/secrets/persona/inference-token" and mounts["/var/run/secrets/persona"] == "token"

@@ -63,6 +63,7 @@ def test_the_operators_job_config_is_accepted(tmp_path):
         ("persona: {name: Not A Name}\n", "persona.name: String should match pattern"),
         ("- lora_rank\n", "a training config is a mapping of settings, got list"),
         ("lora_rank: [1\n", "not valid YAML at line"),
+        ("knowledge: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, text, says):

@@ -114,10 +114,11 @@ def test_rolling_back_brings_the_older_versions_facts_back(store):
 
 
 def test_a_run_without_knowledge_publishes_none(tiny_run, tmp_path):
-    (tmp_path / "v1").mkdir()
-    (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).write_text('{"facts": ["stale"]}')  # an earlier publication's
-    publish_version(tiny_run, "devops-dude", 1, tmp_path / "v1", force=True)
-    assert not (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(tmp_path / "v1") == 0
+    out = tmp_path / "devops-dude" / "v1"
+    out.mkdir(parents=True)
+    (out / knowledge.KNOWLEDGE_FILE).write_text('{"facts": ["stale"]}')  # an earlier publication's
+    publish_version(tiny_run, "devops-dude", 1, out, force=True)
+    assert not (out / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(out) == 0
 
 
 def served(body: dict, version_dir: Path | None, version: int = 1) -> Prepared:

@@ -93,6 +93,8 @@ def load_config(path: Path | None) -> TrainConfig:
         raise PersonaError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PersonaError(f"{path}: cannot read config ({exc})") from None
+    except RecursionError:  # the YAML composer recurses once per level
+        raise PersonaError(f"{path}: nested too deeply to be a training config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
