@@ -84,7 +84,8 @@ def published_version(store: Path, persona: str, version: int) -> VersionInfo:
 
 
 def _served_files(folder: Path) -> list[Path]:
-    """What a serving worker reads from a version folder (the run/ inside it is never loaded)."""
+    """What a serving worker loads from a version folder (of run/ it reads only the held-out replies,
+    `held_out_replies`, which checks its own path)."""
     top = [child for child in folder.iterdir() if child.name != RUN_DIR] if folder.is_dir() else []
     adapter = folder / ADAPTER_DIR
     return top + (list(adapter.iterdir()) if adapter.is_dir() and adapter.resolve().is_dir() else [])
