@@ -86,8 +86,9 @@ def eval_cost(base: Path, trained: dict, naive_sample: int) -> dict:
     """`persona eval` as built (wall time, model load included) vs the naive one-prompt loop."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from personafleet.family import load_base, load_family
     from personafleet.persona import PersonaSpec
     from persona_training.data import load_dialogues, prompt_for
     from persona_training.eval_run import evaluate_run
@@ -100,16 +101,17 @@ def eval_cost(base: Path, trained: dict, naive_sample: int) -> dict:
     dialogues = load_dialogues([trained["data"]])
     persona = PersonaSpec.model_validate_json((trained["run"] / "persona.json").read_text(encoding="utf-8"))
     records = held_out(dialogues, persona_author(dialogues), 200)[:naive_sample]
-    prompts = [prompt_for(record, persona) for record in records]
-    tokenizer = AutoTokenizer.from_pretrained(trained["run"])
-    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base), trained["run"]).eval()
+    family = load_family(str(base))
+    tokenizer = family.prepare_tokenizer(AutoTokenizer.from_pretrained(trained["run"]), str(base))
+    prompts = [prompt_for(record, persona, chat=family.chat_formatter(tokenizer)) for record in records]
+    model = PeftModel.from_pretrained(load_base(family, str(base)), trained["run"]).eval()
     started = time.perf_counter()
     for options in modes(persona).values():
         for prompt in prompts:
-            generate(model, tokenizer, [prompt], options, max_source_tokens=128, device="cpu")
+            generate(model, tokenizer, family, [prompt], options, max_source_tokens=128, device="cpu")
         with model.disable_adapter():
             for prompt in prompts:
-                generate(model, tokenizer, [prompt], options, max_source_tokens=128, device="cpu")
+                generate(model, tokenizer, family, [prompt], options, max_source_tokens=128, device="cpu")
     naive = (time.perf_counter() - started) * block["prompts"] / len(prompts)
     return {"prompts": block["prompts"], "persona_eval_seconds": round(built, 2),
             "evaluation_seconds": block["seconds"], "naive_generation_seconds_scaled": round(naive, 2),

@@ -40,6 +40,7 @@ from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_ste
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
+    BASE_NOT_SERVED,
     GATE_REJECTED,
     INVALID_SPEC,
     KNOWLEDGE_MISSING,
@@ -85,6 +86,11 @@ class Reconciler:
             spec.check_resources(self.settings.training_max_resources)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))
+        try:
+            self.settings.check_base(spec.base_model)
+        except PersonaError as exc:  # the chart may gain the base: looked at again every resync
+            await self._refuse(body, BASE_NOT_SERVED, str(exc))
+            return None
         try:
             return await self._step(body, spec, logger)
         except (ApiException, OSError, PersonaError) as exc:
@@ -209,9 +215,10 @@ class Reconciler:
     async def _roll_out(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
         name, status = body["metadata"]["name"], body["status"]
         version = int(status["latestVersion"])
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        selector = self.settings.replica_selector(spec.base_model)  # the fleet of the persona's base
+        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(selector)]
         if not replicas:  # e.g. serving still starting at install: wait, without spending retries
-            message = f"version {version} waits for a ready TorchServe pod ({self.settings.serving_selector})"
+            message = f"version {version} waits for a ready TorchServe pod ({selector})"
             if status.get("phase") != Phase.PENDING:
                 update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
                           .condition("RolledOut", False, "NoReplicas", message))
@@ -265,7 +272,8 @@ class Reconciler:
             kopf.event(body, type="Normal", reason="Resynced",
                        message=f"routing table put back to version {version} (it routed {name} to {said})")
             logger.info("Routing table put back to %s v%s (it said %s)", name, version, said)
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        pods = await self.cluster.ready_pods(self.settings.replica_selector(spec.base_model))
+        replicas = [Replica.from_pod(p, self.settings) for p in pods]
         answers = await self.rollout.answers(name, replicas)
         drifted = {pod: answer for pod, answer in answers.items() if answer != version}
         metrics.DRIFTED_REPLICAS.labels(name).set(len(drifted))

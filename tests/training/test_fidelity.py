@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from personafleet.family import load_family
 from personafleet.inference import GenerationOptions
 from personafleet.persona import PersonaSpec
 from personafleet.records import DialogueRecord, Source, Utterance
@@ -78,17 +79,18 @@ def test_a_single_author_export_still_gets_shape_and_leaks_and_a_tiny_split_gets
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    family = load_family(str(tiny_base))
     val = [record(i, f"ну смотри, ответ {i}") for i in range(MIN_PROMPTS)]
     data = DialogueData(train=[record(100, "звони +7 916 555-01-23")], val=val, sources=[])
     texts = [AuthoredText("user2", r.reply.text, "train") for r in val]
     persona = PersonaSpec(generation=GenerationOptions(max_new_tokens=8, do_sample=True, temperature=0.8))
-    block = evaluate_fidelity(model, tokenizer, data, texts, persona, base_only=True, prompts=MIN_PROMPTS)
+    block = evaluate_fidelity(model, tokenizer, family, data, texts, persona, base_only=True, prompts=MIN_PROMPTS)
     assert "single-author export" in block["authorship"]["skipped"] and block["score"] is None
     assert block["shape"]["base"]["serving"]["length_distance"] >= 0 and block["leaks"]["training_values"] == 1
     assert block["leaks"]["count"] is None  # no adapter judged
 
     small = DialogueData(train=data.train, val=val[:MIN_PROMPTS - 1], sources=[])
-    block = evaluate_fidelity(model, tokenizer, small, texts, persona, base_only=True)
+    block = evaluate_fidelity(model, tokenizer, family, small, texts, persona, base_only=True)
     assert f"at least {MIN_PROMPTS} are needed" in block["skipped"] and "score" not in block
 
 
@@ -155,3 +157,14 @@ def test_persona_eval_refuses_what_it_cannot_judge(tmp_path, tiny_run):
     done = subprocess.run([PERSONA, "eval", "--run", str(tiny_run), "--data", str(data), "--base-only"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "at least 30 are needed" in done.stderr.splitlines()[-1]
+
+
+def test_a_causal_run_is_judged_on_its_replies_alone(causal_run):
+    """A decoder-only base's output holds the prompt too: the family seam cuts it off, as the fleet
+    does, so the judged replies never carry the conversation they answer."""
+    report = json.loads((causal_run / "report.json").read_text(encoding="utf-8"))
+    assert report["family"] == "causal" and report["fidelity"]["prompts"] == 32
+    description = json.loads((causal_run / "persona.json").read_text(encoding="utf-8"))["description"]
+    rows = [json.loads(line) for line in (causal_run / "fidelity_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    replies = [row[model][mode] for row in rows for model in ("adapter", "base") for mode in ("greedy", "serving")]
+    assert len(replies) == 4 * 32 and not [reply for reply in replies if description in reply]

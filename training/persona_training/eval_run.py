@@ -14,6 +14,7 @@ from typing import Any
 
 from personafleet import knowledge as knowledge_store
 from personafleet.errors import PersonaError
+from personafleet.family import load_family
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from persona_training import report as reports
 from persona_training.authorship import read_authored_texts
@@ -33,15 +34,16 @@ def evaluate_run(run_dir: Path, data_dirs: Sequence[Path] = (), *, prompts: int 
     dialogues = load_dialogues(dirs)  # bad data fails before any model loads
     persona = PersonaSpec.model_validate_json((run_dir / PERSONA_FILE).read_text(encoding="utf-8"))
     hardware = pick_hardware(config)
-    tokenizer = load_tokenizer(str(run_dir))
-    model = load_base_model(report["base_model"], config, hardware)
+    family = load_family(report["base_model"])
+    tokenizer = load_tokenizer(str(run_dir), family)
+    model = load_base_model(report["base_model"], family, config, hardware)
     if not base_only:
         from peft import PeftModel
 
         with quiet_peft():
             model = PeftModel.from_pretrained(model, str(run_dir))
     block = evaluate_fidelity(
-        model, tokenizer, dialogues, read_authored_texts(dirs), persona, knowledge=knowledge_store.load(run_dir),
+        model, tokenizer, family, dialogues, read_authored_texts(dirs), persona, knowledge=knowledge_store.load(run_dir),
         max_source_tokens=config.max_source_tokens, device=hardware.device, autocast=hardware.autocast(),
         prompts=prompts, base_only=base_only, seed=config.seed, run_dir=None if base_only else run_dir)
     if not base_only:

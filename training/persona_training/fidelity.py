@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from personafleet.decoding import decode_replies
+from personafleet.family import ModelFamily
 from personafleet.inference import GenerationLimits, clamp_generation
 from personafleet.knowledge import Knowledge
 from personafleet.persona import PersonaSpec
@@ -71,33 +72,32 @@ def modes(persona: PersonaSpec) -> dict[str, dict[str, Any]]:
             "serving": serving}
 
 
-def generate(model, tokenizer, prompts: Sequence[str], options: dict[str, Any], *, max_source_tokens: int,
-             device, autocast: Callable[[], AbstractContextManager] = nullcontext, seed: int = 13) -> list[str]:
-    """Replies to `prompts` in batches of similar length (left-truncated like training and serving)."""
+def generate(model, tokenizer, family: ModelFamily, prompts: Sequence[str], options: dict[str, Any], *,
+             max_source_tokens: int, device, autocast: Callable[[], AbstractContextManager] = nullcontext,
+             seed: int = 13) -> list[str]:
+    """Replies to `prompts` in batches of similar length, encoded, padded and cut to the reply by
+    the base's family exactly as the fleet does it."""
     import torch
 
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    ids = family.encode_prompts(tokenizer, prompts, max_source_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     replies = [""] * len(prompts)
     torch.manual_seed(seed)
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        for start in range(0, len(order), GENERATION_BATCH):
-            batch = order[start:start + GENERATION_BATCH]
-            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
-                                max_length=max_source_tokens).to(device)
-            with torch.inference_mode(), autocast():
-                # use_cache: a run with gradient checkpointing turned the model's cache off for training
-                output = model.generate(**encoded, **options, pad_token_id=tokenizer.pad_token_id, use_cache=True)
-            for i, text in zip(batch, decode_replies(tokenizer, output[:, 1:])):  # no decoder start token
-                replies[i] = text
-    finally:
-        tokenizer.truncation_side = side
+    for start in range(0, len(order), GENERATION_BATCH):
+        batch = order[start:start + GENERATION_BATCH]
+        encoded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(device)
+        with torch.inference_mode(), autocast():
+            # use_cache: a run with gradient checkpointing turned the model's cache off for training
+            output = model.generate(**encoded, **options, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        sequences = family.reply_tokens(output, encoded["input_ids"].shape[1])
+        for i, text in zip(batch, decode_replies(tokenizer, sequences)):
+            replies[i] = text
     return replies
 
 
 def evaluate_fidelity(
-    model, tokenizer, dialogues: DialogueData, texts: Sequence[AuthoredText], persona: PersonaSpec, *,
+    model, tokenizer, family: ModelFamily, dialogues: DialogueData, texts: Sequence[AuthoredText],
+    persona: PersonaSpec, *,
     knowledge: Knowledge | None = None, max_source_tokens: int = 256, device="cpu",
     autocast: Callable[[], AbstractContextManager] = nullcontext, prompts: int = DEFAULT_PROMPTS,
     base_only: bool = False, seed: int = 13, run_dir: Path | None = None,
@@ -116,14 +116,15 @@ def evaluate_fidelity(
         return block
 
     real = [record.reply.text for record in records]
-    inputs = [prompt_for(record, persona, knowledge) for record in records]
+    chat = family.chat_formatter(tokenizer)
+    inputs = [prompt_for(record, persona, knowledge, chat) for record in records]
     settings = modes(persona)
     model.eval()
     sets: dict[str, dict[str, list[str]]] = {}
     for name in MODELS[1:] if base_only else MODELS:
         context = model.disable_adapter() if name == "base" and not base_only else nullcontext()
         with context:
-            sets[name] = {mode: generate(model, tokenizer, inputs, options, max_source_tokens=max_source_tokens,
+            sets[name] = {mode: generate(model, tokenizer, family, inputs, options, max_source_tokens=max_source_tokens,
                                          device=device, autocast=autocast, seed=seed)
                           for mode, options in settings.items()}
 
