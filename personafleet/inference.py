@@ -6,7 +6,7 @@ Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona"
 Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
           previews {"delta": TEXT, "tokens": N}, one per token (the text it adds, "" while a token
           is not visible text yet; the first also names the "model_version"), then ONE final event {"reply": TEXT, "persona": NAME,
-          "model_version": "N", "tokens": N, "finish_reason": "stop"|"length", "facts": [FACT, ...]
+          "model_version": "N", "tokens": N, "finish_reason": "stop"|"length"|"filtered", "facts": [FACT, ...]
           (only when show_facts: the facts retrieved into the prompt)} carrying the authoritative
           whole reply: clients show and store the final event's reply, never the previews glued
           together. A reply that is done at once is a body of one final event.
@@ -127,7 +127,8 @@ class InferenceResponse(BaseModel):
     persona: str
     model_version: str
     tokens: int
-    finish_reason: str = Field("stop", description="stop: the model ended it; length: it hit its token cap")
+    finish_reason: str = Field("stop", description="stop: the model ended it; length: it hit its token cap; "
+                               "filtered: a reply filter rule matched, `reply` is the fallback")
     facts: list[str] | None = Field(None, description="the facts retrieved into the prompt (asked with show_facts)")
 
 

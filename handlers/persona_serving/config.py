@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from personafleet.inference import GenerationLimits
+from personafleet.reply_rules import ReplyFilterRules
 
 SERVING_FILE = "serving.json"
 BASE_DIR = "base"
@@ -34,6 +35,7 @@ class FleetConfig(BaseModel):
     max_cached_tokens: int = Field(
         16384, ge=1, description="key/value cache columns a worker's live rows may reserve (prompt + reply cap each, "
         "padded to the longest); requests over it wait. FRED-T5-large in bf16: ~96 KB per column")
+    reply_filter: ReplyFilterRules | None = Field(None, description="the fleet's reply filter, added to each persona's")
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> FleetConfig:

@@ -12,10 +12,13 @@ BaseHandler's four steps, each visible: `initialize` loads the base once per wor
 request or an error value (the routing table is re-read here when its file changed),
 `inference` submits new requests to the step scheduler (adapter resident, prompt built and
 tokenized) and runs ONE step: a decoder step for the live rows, then the rows the scheduler
-admits join (their first token); `postprocess` gives each request this step's event: a preview
-(the new text), nothing yet (a queued request: an empty chunk, which TorchServe does not send),
-or the final event with the whole reply. The logic lives in plain modules (requests, scheduler,
-runner, residency, routing_watch, fleet); nothing a client sends can raise out of `handle`: one
+admits join (their first token), and the reply filter reads each row's text so far (a match
+stops the row: its final event carries the fallback); `postprocess` gives each request this
+step's event: a preview (the new text), nothing yet (a queued request: an empty chunk, which
+TorchServe does not send), or the final event with the whole reply. The base's model family
+matters only to the runner (`runner_family`) and the prompt encoding (`FleetModel.encode`). The
+logic lives in plain modules (requests, scheduler, runner, residency, routing_watch, reply_filter,
+fleet); nothing a client sends can raise out of `handle`: one
 bad request never fails the step or kills the worker.
 """
 
@@ -33,10 +36,11 @@ from persona_serving.decoding import decode_replies, unseen
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
     ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, CACHED_TOKENS, ERRORS, FACTS_PER_PROMPT,
-    GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, REQUESTS,
+    FILTERED_REPLIES, GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, REQUESTS,
     RESIDENT_ADAPTERS, RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
     persona_label, version_label,
 )
+from persona_serving.reply_filter import ReplyFilter, held_out_warning
 from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
@@ -44,6 +48,7 @@ from persona_serving.runner import Decoding, Row, StepRunner, runner_family
 from persona_serving.scheduler import FinishReason, Limits, Sequence, StepScheduler
 from persona_serving.streams import Continuing, Event, New, Stream, event_line
 from personafleet.inference import STREAM_CONTENT_TYPE, InferenceError, InferenceResponse, PersonaAbout, StreamPreview
+from personafleet.store import held_out_replies
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class FleetHandler(BaseHandler):
             self.config.max_resident_adapters, self._load_adapter, self._unload_adapter
         )
         self.routing = RoutingWatch(self.store)
+        self.reply_filters: dict[Key, ReplyFilter] = {}  # per resident version: the fleet's rules + its persona's
         self._reported: set[tuple[Key, str]] = set()
         self._start_stepping(int(properties.get("batch_size") or 1))
         self._refresh_routing()
@@ -170,7 +176,7 @@ class FleetHandler(BaseHandler):
             return entry
         prompt = self._prepare(routed, entry)
         input_ids = self.fleet.encode(prompt.prompt)
-        self.streams[item.request_id] = Stream(item.request_id, entry, prompt, input_ids)
+        self.streams[item.request_id] = Stream(item.request_id, entry, prompt, input_ids, self.reply_filters[routed.key])
         self.scheduler.submit(item.request_id, len(input_ids), prompt.options["max_new_tokens"], routed.key)
         return None
 
@@ -189,9 +195,11 @@ class FleetHandler(BaseHandler):
                           *self._persona_dimensions(stream.entry.persona, stream.entry.version))
         finished = self.scheduler.record(tokens | first)
         finished += [self.scheduler.cancel(request_id, FinishReason.ERROR) for request_id in failed]
+        texts = self._texts_so_far(tokens | first)
+        finished += self._stop_filtered(texts)
         self.runner.retire({sequence.id for sequence in finished if sequence is not None})
         self._last_step = time.perf_counter() if self.runner.ids else None
-        events = self._previews(tokens | first)
+        events = self._previews(texts)
         for sequence in finished:
             if sequence is not None:
                 events[sequence.id] = self._final(sequence, failed.get(sequence.id))
@@ -219,13 +227,29 @@ class FleetHandler(BaseHandler):
             rows.append(Row(sequence.id, stream.input_ids, Decoding.from_options(stream.prompt.options), entry.adapter_name))
         return rows
 
-    def _previews(self, tokens: dict[str, int]) -> dict[str, Event]:
-        """One preview per new token: the text it adds (empty while it is not visible text yet), so
-        a client sees every step, its first token included."""
+    def _texts_so_far(self, tokens: dict[str, int]) -> dict[str, str]:
+        """The reply text so far of each row that got a token and goes on."""
         ids = [request_id for request_id in tokens if request_id in self.scheduler.running]
-        texts = decode_replies(self.fleet.tokenizer, [self.scheduler.running[i].generated for i in ids])
+        return dict(zip(ids, decode_replies(self.fleet.tokenizer, [self.scheduler.running[i].generated for i in ids])))
+
+    def _stop_filtered(self, texts: dict[str, str]) -> list[Sequence | None]:
+        """Rows whose text so far breaks a reply filter rule stop now (contract 2): their final event
+        carries the fallback, and nothing more of the text is shown."""
+        stopped = []
+        for request_id, text in texts.items():
+            stream = self.streams[request_id]
+            if stream.reply_filter and (rule := stream.reply_filter.check(text)) is not None:
+                stream.rule = rule
+                stopped.append(self.scheduler.cancel(request_id, FinishReason.FILTERED))
+        return stopped
+
+    def _previews(self, texts: dict[str, str]) -> dict[str, Event]:
+        """One preview per new token of a row that goes on: the text it adds (empty while it is not
+        visible text yet), so a client sees every step, its first token included."""
         events = {}
-        for request_id, text in zip(ids, texts):
+        for request_id, text in texts.items():
+            if request_id not in self.scheduler.running:  # stopped by the reply filter
+                continue
             stream, delta = self.streams[request_id], unseen(self.streams[request_id].shown, text)
             preview = StreamPreview(delta=delta, tokens=len(self.scheduler.running[request_id].generated),
                                     model_version=None if stream.shown else str(stream.entry.version))
@@ -234,7 +258,8 @@ class FleetHandler(BaseHandler):
         return events
 
     def _final(self, sequence: Sequence, error: Rejected | None) -> Event:
-        """The last event: the whole reply (authoritative), or the error that ended the row."""
+        """The last event: the whole reply (authoritative; the fallback when a reply filter rule
+        matched it, or its text so far), or the error that ended the row."""
         stream = self.streams[sequence.id]
         dimensions = self._persona_dimensions(stream.entry.persona, stream.entry.version)
         self._observe(RETIRED_ROWS, 1, sequence.finish_reason.value)  # type: ignore[union-attr]
@@ -245,10 +270,15 @@ class FleetHandler(BaseHandler):
         tokens = [t for t in sequence.generated if t != self.fleet.tokenizer.pad_token_id]
         self._observe(TOKENS_GENERATED, len(tokens), *dimensions)
         self._observe(GENERATION_SECONDS, time.perf_counter() - stream.arrived, *dimensions)
+        text = decode_replies(self.fleet.tokenizer, [sequence.generated])[0]
+        finish_reason = sequence.finish_reason.value  # type: ignore[union-attr]
+        if (rule := stream.rule or stream.reply_filter.check(text)) is not None:
+            text, finish_reason = stream.reply_filter.fallback, FinishReason.FILTERED.value
+            self._observe(FILTERED_REPLIES, 1, dimensions[0], rule)
+            logger.info("Reply of %s v%d replaced by the fallback (rule %s)", stream.entry.persona, stream.entry.version, rule)
         reply = InferenceResponse(
-            reply=decode_replies(self.fleet.tokenizer, [sequence.generated])[0], persona=stream.entry.persona,
-            model_version=str(stream.entry.version), tokens=len(tokens), finish_reason=sequence.finish_reason.value,  # type: ignore[union-attr]
-            facts=list(stream.prompt.facts) if stream.prompt.show_facts else None,
+            reply=text, persona=stream.entry.persona, model_version=str(stream.entry.version), tokens=len(tokens),
+            finish_reason=finish_reason, facts=list(stream.prompt.facts) if stream.prompt.show_facts else None,
         )
         return Event(event_line(reply.model_dump(exclude_none=True)), done=True)  # facts only when asked for
 
@@ -301,6 +331,9 @@ class FleetHandler(BaseHandler):
         started = time.perf_counter()
         entry = self.fleet.load(self.store, *key)
         self.runner.model = self.fleet.model  # PEFT wraps the base when the first adapter arrives
+        self.reply_filters[key] = ReplyFilter(self.config.reply_filter, entry.spec.reply_filter)
+        if warning := held_out_warning(self.reply_filters[key], held_out_replies(entry.folder), f"{key[0]} v{key[1]}"):
+            logger.warning("%s", warning)
         self._observe(ADAPTER_LOAD_SECONDS, time.perf_counter() - started)
         self._observe(ADAPTER_LOADS, 1)
         logger.info("Loaded %s v%d in %.2f s", key[0], key[1], time.perf_counter() - started)
@@ -308,6 +341,7 @@ class FleetHandler(BaseHandler):
 
     def _unload_adapter(self, key: Key, entry: PersonaVersion) -> None:
         self.fleet.unload(entry)
+        self.reply_filters.pop(key, None)
         self._observe(ADAPTER_EVICTIONS, 1)
         logger.info("Evicted %s v%d", *key)
 

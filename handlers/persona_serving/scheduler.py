@@ -5,7 +5,8 @@ Like vLLM's scheduler, it knows requests, budgets and states and nothing about t
 runner, `persona_serving.runner`, knows tensors and nothing about requests), so every rule here is
 plain code tested directly. A request is WAITING until the caps let it in, RUNNING while it
 decodes one token per step, FINISHED with a reason: `stop` (an end-of-sequence token), `length`
-(its token cap), `cancelled` (its client went away) or `error` (the model step failed).
+(its token cap), `cancelled` (its client went away), `error` (the model step failed) or
+`filtered` (a reply filter rule matched the text so far).
 
 Caps keep a worker's memory bounded; over any, requests wait in arrival order (the first one
 that does not fit holds the others back, so a long request is never starved by short ones):
@@ -41,6 +42,7 @@ class FinishReason(str, Enum):
     LENGTH = "length"  # the reply reached its token cap
     CANCELLED = "cancelled"  # the client went away (disconnect, stop button)
     ERROR = "error"  # the model step failed for this row
+    FILTERED = "filtered"  # a reply filter rule matched the text so far: the fallback replaces the reply
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from persona_serving.reply_filter import ReplyFilter
 from persona_serving.requests import PersonaVersion, Prepared, Routed
 
 
@@ -21,9 +22,11 @@ class Stream:
     entry: PersonaVersion
     prompt: Prepared
     input_ids: list[int]
+    reply_filter: ReplyFilter  # its version's rules, the fleet's with its persona's
     arrived: float = field(default_factory=time.perf_counter)
     shown: str = ""
     answered: bool = False  # a response (and so a 200 stream head) went out already
+    rule: str | None = None  # the reply filter rule its text so far broke (the reply is the fallback)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,9 @@ def broken(example: dict, path: str, value: object) -> dict:
     ("knowledge.facts", [""]),
     ("knowledge.files", "facts.md"),
     ("rollout.maxEvalLossIncrease", -0.1),
+    ("rollout.minFidelity", 1.5),
+    ("rollout.maxFidelityDrop", -0.1),
+    ("rollout.maxLeaks", -1),
     ("resources.limits", {"memory": "lots"}),
     ("tolerations", [{"key": "gpu", "operator": "Maybe"}]),
 ])

@@ -16,7 +16,7 @@ from persona_training.package import publish_version
 from personafleet.persona import PERSONA_FILE
 from personafleet.routing import update_routing
 from tests.fixtures.causal_model import CAUSAL_PERSONA
-from tests.serving.worker import final, start_worker, whole_reply_path
+from tests.fixtures.handler import final, start_worker, whole_reply_path
 
 # The tiny bases repeat one token under plain greedy search; the penalty makes them say something.
 GREEDY = {"max_new_tokens": 8, "do_sample": False, "repetition_penalty": 1.5}

@@ -1,5 +1,5 @@
 """The fleet handler one step at a time, driven as TorchServe's continuous batching drives it
-(tests/serving/worker.py).
+(tests/fixtures/handler.py).
 
 Deterministic where a live server is not: which step a row joins, a client that goes away
 between two steps, a request held back by the cache budget, a step that fails.
@@ -16,7 +16,7 @@ from personafleet.inference import InferenceError, InferenceResponse, StreamPrev
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
 from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA
-from tests.serving.worker import Worker, final, start_worker, whole_reply_path
+from tests.fixtures.handler import Worker, final, start_worker, whole_reply_path
 
 CAP = 12
 

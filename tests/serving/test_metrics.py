@@ -74,7 +74,7 @@ def recorded(caplog, name: str) -> list[tuple[dict[str, str], float]]:
 def test_the_handler_labels_every_request_with_its_bounded_persona_and_version(fleet_store, tiny_base, tmp_path, caplog):
     """Cap 1 over a table of devops-dude then pm-life: pm-life counts as "other"; refusals before
     routing have version "none"; a made-up persona is "other"."""
-    from tests.serving.worker import start_worker
+    from tests.fixtures.handler import start_worker
 
     assert list(read_routing(fleet_store).personas) == ["devops-dude", "pm-life"]
     greedy = {"max_new_tokens": 3, "do_sample": False}
