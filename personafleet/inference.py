@@ -1,7 +1,7 @@
 """The inference API contract between the fleet handler and its clients (bot, chat, operator).
 
 `POST /predictions/fleet` (contract 3):
-Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
+Request:  {"persona": NAME, "version": N?, "conversation": KEY?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?}
 Response: {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N}
 Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status: 404
@@ -18,6 +18,7 @@ from personafleet.prompt import Turn
 
 # The one TorchServe model per base (contract 3); the persona travels in the body.
 FLEET_MODEL = "fleet"
+MAX_CONVERSATION_KEY_CHARS = 128
 
 
 class GenerationOptions(BaseModel):
@@ -77,6 +78,10 @@ class InferenceRequest(BaseModel):
     # Required by the fleet; clients build a conversation first and `InferenceClient.reply` names it.
     persona: str | None = Field(None, max_length=64)
     version: int | None = Field(None, description="pin a version (any the routing table lists); default: the serving one")
+    conversation: str | None = Field(
+        None, min_length=1, max_length=MAX_CONVERSATION_KEY_CHARS,
+        description="an opaque key of the conversation (`personafleet.routing.conversation_key`): during a canary "
+        "every turn of one conversation is answered by the same version")
     context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
     message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     generation: GenerationOptions | None = None

@@ -96,16 +96,33 @@ def switch(
     model_store: Annotated[Path, typer.Option(help="Model store of the running `persona serve`.")],
     persona: Annotated[str, typer.Option("--persona", help="Persona to switch.")],
     version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
+    weight: Annotated[int, typer.Option(min=0, max=100, help="Percent of conversations the version answers (a local "
+                                        "canary beside the serving version); 100 makes it the serving version.")] = 100,
 ) -> None:
-    """Make a published version the one a persona answers with (the routing-table write the operator does)."""
-    from personafleet.routing import update_routing, version_dir
+    """Make a published version the one a persona answers with (the routing-table write the operator
+    does), or with --weight give it a share of the conversations."""
+    from personafleet.routing import RoutingTable, update_routing, version_dir
     from personafleet.store import read_version_info
 
     number = parse_version(version)
     read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
-    table = update_routing(model_store, lambda t: t.add(persona, number, serve=True))
-    listed = ", ".join(str(v) for v in table.personas[persona].versions)
-    print(f"{persona} serves v{number} (versions: {listed})")
+
+    def change(table: RoutingTable) -> None:
+        if weight == 100:
+            table.add(persona, number, serve=True)
+            return
+        serving = table.personas[persona].serving if persona in table.personas else None
+        if serving is None or serving == number:
+            raise PersonaError(f"--weight shares {persona}'s conversations between its serving version and another; "
+                               f"{'it has none' if serving is None else f'v{number} is the serving one'}")
+        table.add(persona, number, serve=False)
+        table.weigh(persona, {serving: 100 - weight, number: weight})  # weight 0 ends the canary
+
+    table = update_routing(model_store, change)
+    route = table.personas[persona]
+    listed = ", ".join(str(v) for v in route.versions)
+    shares = f"; conversations: {', '.join(f'v{v} {w}%' for v, w in route.weights.items())}" if route.weights else ""
+    print(f"{persona} serves v{route.serving} (versions: {listed}){shares}")
 
 
 @app.command()

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
 from personafleet.knowledge import Knowledge, retrieve
-from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
 from personafleet.routing import RoutingTable
@@ -119,9 +118,10 @@ def parse(item: Any) -> InferenceRequest | Rejected:
 
 
 def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
-    """The version that answers: the pinned one if the table lists it, else the serving one."""
+    """The version that answers: the pinned one if the table lists it, else the one the table
+    chooses for the request's conversation (the serving one unless a canary shares it)."""
     persona = request.persona or ""
-    version = table.resolve(persona, request.version)
+    version = table.resolve(persona, request.version, request.conversation)
     if version is not None:
         return Routed(request, persona, version)
     if persona not in table.personas:

@@ -19,6 +19,7 @@ class StubModel:
         self.token = token
         self.delay = delay  # seconds each answer takes
         self.failing = False  # answer 503 (a model that is down)
+        self.version = "1"  # the model_version it answers as
         self.requests: list[tuple[str, InferenceRequest]] = []
         # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503.
         self.transcript = "база тормозит после миграции"
@@ -68,7 +69,7 @@ class StubModel:
             await asyncio.sleep(self.delay)
         reply = f"[{persona}] re: {body.message}"
         self.busy_seconds.append(time.perf_counter() - started)
-        return web.json_response({"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())})
+        return web.json_response({"reply": reply, "persona": persona, "model_version": self.version, "tokens": len(reply.split())})
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":

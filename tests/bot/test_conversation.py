@@ -9,6 +9,7 @@ import httpx
 
 from persona_bot.store import Exchange, Store
 from personafleet.prompt import CONTEXT_WINDOW_SECONDS, MESSAGE_CHARS
+from personafleet.routing import conversation_key
 
 
 async def test_private_reply_uses_the_stored_history(running_bot, telegram, model, postgres_database):
@@ -27,6 +28,9 @@ async def test_private_reply_uses_the_stored_history(running_bot, telegram, mode
         await telegram.wait_sent(3)
         persona, request = model.requests[-1]
         assert persona == "devops-dude"
+        # One opaque key per chat and persona (sticky canary routing): no raw chat id leaves the bot.
+        assert request.conversation == model.requests[-2][1].conversation == conversation_key(7, "devops-dude")
+        assert "7" != request.conversation
         assert [(t.role, t.text) for t in request.context] == [
             ("user", "how do I restart nginx?"),
             ("persona", "[devops-dude] re: how do I restart nginx?"),
@@ -36,7 +40,7 @@ async def test_private_reply_uses_the_stored_history(running_bot, telegram, mode
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{service.metrics_port}/metrics")).text
             ready = await http.get(f"http://127.0.0.1:{service.metrics_port}/readyz")
-        assert 'persona_bot_replies_total{outcome="ok",persona="devops-dude"} 2.0' in metrics
+        assert 'persona_bot_replies_total{outcome="ok",persona="devops-dude",version="1"} 2.0' in metrics
         assert "persona_bot_reply_latency_seconds_bucket" in metrics
         assert ready.status_code == 200 and ready.json() == {"ready": True, "database": "up"}
 

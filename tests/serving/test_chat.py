@@ -30,3 +30,11 @@ def test_conversation_carries_earlier_turns():
     request = conversation.request("как дела?")
     assert [(t.role, t.text) for t in request.context] == [("user", "привет"), ("persona", "здорово")]
     assert request.message == "как дела?"
+
+
+def test_one_conversation_sends_one_key_and_a_new_conversation_another():
+    from persona_serving.chat import Conversation
+
+    first, second = Conversation(), Conversation()
+    keys = {first.request("привет").conversation, first.request("как дела?").conversation}
+    assert len(keys) == 1 and keys != {second.request("привет").conversation}

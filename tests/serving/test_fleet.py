@@ -11,7 +11,7 @@ import pytest
 
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.inference import InferenceRequest
-from personafleet.routing import ROUTING_FILE, RoutingTable, update_routing, write_routing
+from personafleet.routing import ROUTING_FILE, RoutingTable, conversation_key, update_routing, write_routing
 from personafleet.store import ADAPTER_DIR
 from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA, initial_routing
 from tests.serving.test_server import _sample
@@ -104,6 +104,43 @@ def test_switch_refuses_a_version_that_is_not_published(torchserve):
          "--persona", PERSONA, "--version", "9"], capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "no version.json" in result.stderr
+
+
+async def test_a_local_canary_answers_every_turn_of_a_conversation_with_one_version(torchserve):
+    """`persona switch --weight 50`: conversations split between v1 and v2, each keeps its version;
+    requests without a conversation key, and pinned ones, are answered as before."""
+    def switch(*weight: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "persona_cli", "switch", "--model-store",
+                                 str(torchserve.model_store), "--persona", PERSONA, "--version", "2", *weight],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    try:
+        assert switch("--weight", "50") == f"{PERSONA} serves v1 (versions: 1, 2); conversations: v1 50%, v2 50%"
+        await asyncio.sleep(1.0)  # noticed within a batch
+        async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+            async def turns(chat: int) -> set[str]:
+                key = conversation_key(chat, PERSONA)
+                return {(await client.reply(PERSONA, request(message).model_copy(update={"conversation": key}))).model_version
+                        for message in [*MESSAGES, "пока"]}
+            answered = await asyncio.gather(*(turns(chat) for chat in range(8)))
+            keyless = await client.reply(PERSONA, request("привет"))
+            pinned = await client.reply(PERSONA, request("привет"), version=2)
+        assert all(len(versions) == 1 for versions in answered), answered
+        assert set().union(*answered) == {"1", "2"}
+        assert (keyless.model_version, pinned.model_version) == ("1", "2")
+        assert switch("--weight", "0") == f"{PERSONA} serves v1 (versions: 1, 2)"
+    finally:
+        update_routing(torchserve.model_store, initial_routing)
+
+
+def test_a_weight_needs_another_serving_version_to_share_with(torchserve):
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_cli", "switch", "--model-store", str(torchserve.model_store),
+         "--persona", PERSONA, "--version", "1", "--weight", "10"], capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "v1 is the serving one" in result.stderr
 
 
 async def test_a_missing_or_corrupt_adapter_fails_its_requests_alone(torchserve):

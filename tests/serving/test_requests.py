@@ -11,7 +11,7 @@ from persona_serving.requests import (
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import Turn, render_prompt
-from personafleet.routing import RoutingTable
+from personafleet.routing import RoutingTable, conversation_key
 
 LIMITS = GenerationLimits()
 TABLE = RoutingTable()
@@ -63,6 +63,8 @@ def test_raw_bytes_json_is_accepted_and_a_listed_version_may_be_pinned():
         ({"persona": "devops-dude", "message": "hi", "context": [{"role": "user", "text": "x"}] * 51}, 413, "too_large"),
         ({"persona": "someone-else", "message": "hi"}, 404, "unknown_persona"),
         ({"persona": "devops-dude", "version": 3, "message": "hi"}, 404, "unknown_version"),
+        ({"persona": "devops-dude", "message": "hi", "conversation": "k" * 129}, 413, "too_large"),
+        ({"persona": "devops-dude", "message": "hi", "conversation": ""}, 400, "invalid_request"),
     ],
 )
 def test_bad_input_is_a_value_not_an_exception(body, status, error):
@@ -71,6 +73,19 @@ def test_bad_input_is_a_value_not_an_exception(body, status, error):
     assert isinstance(rejected, Rejected)
     assert (rejected.status, rejected.error) == (status, error)
     assert json.loads(rejected.body())["error"] == error
+
+
+def test_a_canary_route_answers_each_conversation_with_its_own_version_every_time():
+    table = RoutingTable.model_validate(TABLE.model_dump())
+    table.weigh("devops-dude", {1: 50, 2: 50})
+    answered = {}
+    for chat in range(40):
+        body = {"persona": "devops-dude", "message": "hi", "conversation": conversation_key(chat, "devops-dude")}
+        versions = {route(parse(item(body)), table).key[1] for _ in range(3)}  # type: ignore[union-attr]
+        assert len(versions) == 1
+        answered[chat] = versions.pop()
+    assert set(answered.values()) == {1, 2}
+    assert route(parse(item({"persona": "devops-dude", "message": "hi"})), table).key == ("devops-dude", 1)
 
 
 def test_invalid_utf8_is_refused():
