@@ -1,7 +1,8 @@
 """The bot's Prometheus metrics, registered at import (the charts' Grafana test collects them).
 
-Labels are `persona`, `version` (the persona version that answered; empty when none did) and
-`outcome` only: never a user or chat id, which would make one series per person.
+Labels are `persona`, `version` (the persona version that answered, "3"; "none" when none did, as
+in serving's metrics) and `outcome` only: never a user or chat id, which would make one series per
+person.
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ UPDATES = Counter(
 )
 REPLIES = Counter(
     "persona_bot_replies_total",
-    "Messages the persona was asked to answer, by the version that answered (empty: none) and outcome "
+    "Messages the persona was asked to answer, by the version that answered (none: no version did) and outcome "
     "(ok, inference_unavailable, inference_rejected, rate_limited).",
     ["persona", "version", "outcome"],
 )
 FEEDBACK_VOTES = Counter(
     "persona_bot_feedback_votes_total",
-    "Votes on replies, by the version that wrote the reply (empty: unknown) and outcome "
+    "Votes on replies, by the version that wrote the reply (none: unknown) and outcome "
     "(up, down, unknown_reply, store_unavailable).",
     ["persona", "version", "outcome"],
 )
-NO_VERSION = ""  # the `version` of outcomes no version answered (Prometheus reads it as no label)
+NO_VERSION = "none"  # the `version` of outcomes no version answered (serving's metrics say the same)
 
 
 def replied(persona: str, version: str) -> None:

@@ -31,14 +31,22 @@ _VOTES = 'persona_bot_feedback_votes_total{persona="$persona",version="$version"
 _UPS = 'persona_bot_feedback_votes_total{persona="$persona",version="$version",outcome="up"}'
 _REQUESTS = 'persona_handler_requests_total{persona="$persona",version="$version"}'
 _ERRORS = 'persona_handler_errors_total{persona="$persona",version="$version"}'
+
+
+def in_window(series: str) -> str:
+    """PromQL for how much the counters `series` grew during the window. `increase()` alone misses
+    what a series counted before its first scrape (a new version's first errors of a reason: the
+    series is born at 1), so series born within the window count whole; the others by increase()."""
+    return f"sum((increase({series}[$window]) and {series} offset $window) or ({series} unless {series} offset $window))"
+
+
 # `or vector(0)`: a version nobody rated up, or that never failed, has no such series at all.
 DEFAULT_QUERIES: dict[str, str] = {
-    "ratings": f"sum(increase({_VOTES}[$window]))",
-    "like_ratio": f"(sum(increase({_UPS}[$window])) or vector(0)) / sum(increase({_VOTES}[$window]))",
-    "requests": f"sum(increase({_REQUESTS}[$window]))",
-    "error_rate": f"(sum(increase({_ERRORS}[$window])) or vector(0)) / sum(increase({_REQUESTS}[$window]))",
+    "ratings": in_window(_VOTES),
+    "like_ratio": f"({in_window(_UPS)} or vector(0)) / {in_window(_VOTES)}",
+    "requests": in_window(_REQUESTS),
+    "error_rate": f"({in_window(_ERRORS)} or vector(0)) / {in_window(_REQUESTS)}",
 }
-
 RATIO_OF = {"like_ratio": "ratings", "error_rate": "requests"}  # a ratio and the count it divides by
 
 # Condition reasons of a step's analysis (status condition `Canary`).
