@@ -17,6 +17,7 @@ BASE_DIR = "base"
 # Set by `persona serve` for its workers: the model store wins over the archive's record, so one
 # archive serves a store mounted anywhere.
 MODEL_STORE_ENV = "PERSONA_MODEL_STORE"
+DEFAULT_MAX_PERSONA_LABELS = 100
 
 
 class FleetConfig(BaseModel):
@@ -26,6 +27,8 @@ class FleetConfig(BaseModel):
     bundled_base: bool = Field(False, description="the base model travels inside the .mar under base/")
     model_store: str | None = Field(None, description=f"the store of published versions; ${MODEL_STORE_ENV} overrides it")
     max_resident_adapters: int = Field(32, ge=1, description="adapters a worker keeps loaded (LRU); the next one evicts the oldest")
+    max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description="personas with their own metrics "
+                                    'label; the rest are persona="other" (persona_serving.metrics.persona_label)')
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
 

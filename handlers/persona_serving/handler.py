@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
     ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
-    PERSONAS_PER_BATCH, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec, observe,
+    PERSONAS_PER_BATCH, REQUESTS, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec, observe,
+    persona_label, version_label,
 )
 from persona_serving.requests import (
     PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
@@ -74,7 +76,11 @@ class FleetHandler(BaseHandler):
         self._refresh_routing()
         table = self.routing.table
         parsed = [parse(item) for item in data]
-        return [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
+        routed = [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
+        for item in routed:
+            if isinstance(item, Routed):
+                self._observe(REQUESTS, 1, *self._persona_dimensions(item.persona, item.version))
+        return routed
 
     def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
         """Errors pass through; per chunk of at most `max_resident_adapters` versions, the adapters
@@ -108,11 +114,16 @@ class FleetHandler(BaseHandler):
             )
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
             logger.exception("generate() failed for %d requests", len(group))
-            return [Rejected(503, "generation_failed", f"{exc.__class__.__name__}: {exc}")] * len(group)
+            detail = f"{exc.__class__.__name__}: {exc}"
+            return [Rejected(503, "generation_failed", detail, item.entry.persona, item.entry.version) for item in group]
         elapsed = time.perf_counter() - started
-        for _ in group:
-            self._observe(GENERATION_SECONDS, elapsed)
-        self._observe(TOKENS_GENERATED, sum(counts))
+        tokens: Counter[tuple[str, ...]] = Counter()
+        for item, count in zip(group, counts):
+            dimensions = self._persona_dimensions(item.entry.persona, item.entry.version)
+            self._observe(GENERATION_SECONDS, elapsed, *dimensions)
+            tokens[dimensions] += count
+        for dimensions, count in tokens.items():
+            self._observe(TOKENS_GENERATED, count, *dimensions)
         return [
             InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count)
             for item, text, count in zip(group, texts, counts)
@@ -125,7 +136,7 @@ class FleetHandler(BaseHandler):
             self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
             if isinstance(outcome, Rejected):
                 self.context.set_response_status(outcome.status, outcome.error, index)
-                self._observe(ERRORS, 1, outcome.error)
+                self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
                 bodies.append(outcome.body())
             else:
                 bodies.append(json.dumps(outcome.model_dump(), ensure_ascii=False))
@@ -140,7 +151,7 @@ class FleetHandler(BaseHandler):
             if (key, str(exc)) not in self._reported:  # logged once per version and reason
                 self._reported.add((key, str(exc)))
                 logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
-            return Rejected(503, "adapter_unavailable", str(exc))
+            return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
             self._observe(RESIDENT_ADAPTERS, len(self.adapters))
         return entry
@@ -170,6 +181,10 @@ class FleetHandler(BaseHandler):
                 self._resident((persona, entry.serving))
         self.routing.accept(table)
         logger.info("Routing table in force: %s", {p: r.serving for p, r in table.personas.items()})
+
+    def _persona_dimensions(self, persona: str | None, version: int | None) -> tuple[str, str]:
+        """The `persona` and `version` label values (contract 3), bounded by `persona_label`."""
+        return persona_label(persona, self.routing.table, self.config.max_persona_labels), version_label(version)
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
         observe(self.context, spec, value, [self.model_name, self.version, *extra_dimensions])

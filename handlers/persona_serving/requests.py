@@ -73,9 +73,13 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Rejected:
+    """A request's error value; `persona` and `version` say how far it got (for the metrics' labels)."""
+
     status: int
     error: str
     detail: str
+    persona: str | None = None
+    version: int | None = None
 
     def body(self) -> str:
         return InferenceError(error=self.error, detail=self.detail).model_dump_json()
@@ -125,9 +129,10 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
     if version is not None:
         return Routed(request, persona, version)
     if persona not in table.personas:
-        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here")
+        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here", persona)
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
-    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})")
+    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})",
+                    persona)
 
 
 def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:

@@ -31,7 +31,7 @@ import psutil
 from pydantic import BaseModel, Field
 
 from persona_serving.archive import ArchiveOptions, build_fleet_archive
-from persona_serving.config import MODEL_STORE_ENV, FleetConfig
+from persona_serving.config import DEFAULT_MAX_PERSONA_LABELS, MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
 from personafleet.client import ENDPOINTS_FILE
@@ -54,6 +54,7 @@ class ServeOptions(BaseModel):
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
     max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
+    max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description='personas with their own metrics label (the rest: persona="other")')
     archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
     host: str = Field("127.0.0.1", description="address the public listeners bind (0.0.0.0 in a pod)")
@@ -247,7 +248,7 @@ def fleet_config(options: ServeOptions) -> FleetConfig:
     base = str(Path(options.base).resolve()) if Path(options.base).exists() else options.base
     return FleetConfig(
         base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
-        max_resident_adapters=options.max_resident_adapters,
+        max_resident_adapters=options.max_resident_adapters, max_persona_labels=options.max_persona_labels,
         limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
     )
 
