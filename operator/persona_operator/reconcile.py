@@ -30,8 +30,8 @@ import httpx
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from persona_operator import metrics
-from persona_operator.analysis import Judgment, Measurement, judge, measure
+from persona_operator import analysis, metrics
+from persona_operator.analysis import Judgment, Measurement
 from persona_operator.canary import PROMOTED, ROLLED_BACK, SUPERSEDED, CanaryState, Move, next_move
 from persona_operator.cluster import Cluster
 from persona_operator.gate import Evaluation, judge, read_evaluation
@@ -296,9 +296,9 @@ class Reconciler:
             await self._follow(name, state, logger)
             now, canary = _utcnow(), spec.rollout.canary
             async with httpx.AsyncClient() as http:
-                measurement = await measure(http, self.settings.prometheus_url or "", canary.analysis.queries, name,
-                                            state.version, state.elapsed(now))
-            judgment = judge(measurement, canary.analysis)
+                measurement = await analysis.measure(http, self.settings.prometheus_url or "", canary.analysis.queries,
+                                                     name, state.version, state.elapsed(now))
+            judgment = analysis.judge(measurement, canary.analysis)
             metrics.CANARY_ANALYSES.labels(name, judgment.reason).inc()
             move = next_move(state, judgment, canary, now)
             if move.action == "rollback":

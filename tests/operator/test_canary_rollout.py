@@ -45,13 +45,18 @@ class Users:
     telegram: FakeTelegram
     database: str
     likes: Callable[[str], bool]
-    answered: dict[int, list[str]] = field(default_factory=dict)  # chat -> versions of its replies, in order
+    stage: Callable[[], str]  # where the rollout stood when a reply arrived
+    answered: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # chat -> (stage, version) per reply
+
+    def versions(self, stage: str | None = None) -> dict[int, list[str]]:
+        """Each chat's reply versions, in order (of the replies that arrived at `stage`)."""
+        return {chat: [v for s, v in replies if stage in (None, s)] for chat, replies in self.answered.items()}
 
     async def talk(self, chat: int, text: str) -> None:
         replies = len(self._sent(chat))
         self.telegram.message(text, chat_id=chat)
         await eventually(lambda: len(self._sent(chat)) > replies, timeout=60)
-        sent = self._sent(chat)[-1]
+        stage, sent = self.stage(), self._sent(chat)[-1]
         connection = await asyncpg.connect(self.database)
         try:
             async def stored() -> str | None:
@@ -64,7 +69,7 @@ class Users:
         finally:
             await connection.close()
         assert version is not None, f"reply {sent['message_id']} in chat {chat} never stored"
-        self.answered.setdefault(chat, []).append(version)
+        self.answered.setdefault(chat, []).append((stage, version))
         self.telegram.vote(sent, user_id=chat, up=self.likes(version))
 
     async def keep_talking(self, until: Callable[[], bool], rounds: int = 40) -> None:
@@ -104,6 +109,15 @@ async def canary_world(tmp_path, fleet, prometheus, postgres_database, persona: 
         yield cluster, telegram
 
 
+def stage(cluster, persona: str) -> Callable[[], str]:
+    """The phase, and during a canary its step: "Canary 1/1" (the weights), "Canary 2/1" (promoting)."""
+    def now() -> str:
+        status = cluster.status(persona)
+        canary = status.get("canary") or {}
+        return f"Canary {canary['step']}/{canary['steps']}" if status.get("phase") == "Canary" else status.get("phase", "")
+    return now
+
+
 async def start_canary(cluster, tiny_run, persona: str) -> None:
     """Version 1 serves (a first version has nothing to be compared with: it rolls out at once); an
     edit trains version 2, which starts as a canary at 50 %."""
@@ -129,11 +143,10 @@ async def test_a_liked_canary_is_promoted_to_every_conversation(tmp_path, fleet,
     persona = "pm-liked"
     async with canary_world(tmp_path, fleet, prometheus, postgres_database, persona) as (cluster, telegram):
         await start_canary(cluster, tiny_run, persona)
-        users = Users(telegram, postgres_database, likes=lambda version: True)
+        users = Users(telegram, postgres_database, likes=lambda version: True, stage=stage(cluster, persona))
         await users.keep_talking(until=lambda: cluster.status(persona).get("phase") != "Canary")
         status = await eventually(lambda: cluster.status(persona).get("phase") == "Ready" and cluster.status(persona),
                                   timeout=ROLLOUT_TIMEOUT)
-        during = dict(users.answered)
         await users.keep_talking(until=lambda: False, rounds=1)
         events = {e["reason"] for e in await eventually(lambda: cluster.events("RolledOut") and cluster.events())}
 
@@ -142,10 +155,11 @@ async def test_a_liked_canary_is_promoted_to_every_conversation(tmp_path, fleet,
     assert analysis["ratings"] >= 6 and analysis["likeRatio"] == 1.0 and analysis["requests"] >= 6
     assert route(cluster, persona) == (2, [1, 2])  # no weights: v2 answers everyone, v1 stays pinnable
     assert {"CanaryStarted", "CanaryAdvanced", "RolledOut"} <= events
-    # Sticky: during the canary every conversation stayed with one version; both versions had some.
+    # Sticky: during the canary step every conversation stayed with one version; both versions had some.
+    during = {chat: versions for chat, versions in users.versions("Canary 1/1").items() if versions}
     assert all(len(set(versions)) == 1 for versions in during.values()), during
     assert {versions[0] for versions in during.values()} == {"1", "2"}
-    assert {versions[-1] for versions in users.answered.values()} == {"2"}  # after the promotion
+    assert {versions[-1] for versions in users.versions().values()} == {"2"}  # after the promotion
 
 
 async def test_a_disliked_canary_is_rolled_back_with_an_event_and_a_condition(tmp_path, fleet, prometheus,
@@ -153,7 +167,8 @@ async def test_a_disliked_canary_is_rolled_back_with_an_event_and_a_condition(tm
     persona = "pm-disliked"
     async with canary_world(tmp_path, fleet, prometheus, postgres_database, persona) as (cluster, telegram):
         await start_canary(cluster, tiny_run, persona)
-        users = Users(telegram, postgres_database, likes=lambda version: version == "1")  # they prefer the old one
+        users = Users(telegram, postgres_database, likes=lambda version: version == "1",  # they prefer the old one
+                      stage=stage(cluster, persona))
         await users.keep_talking(until=lambda: cluster.status(persona).get("phase") != "Canary")
         status = await eventually(lambda: cluster.status(persona).get("phase") == "Failed" and cluster.status(persona),
                                   timeout=ROLLOUT_TIMEOUT)
@@ -167,4 +182,4 @@ async def test_a_disliked_canary_is_rolled_back_with_an_event_and_a_condition(tm
     assert "rolled back at step 1/1" in status["message"] and "below 0.6" in status["message"]
     assert rolled_back[0]["type"] == "Warning" and "version 1 answers every conversation" in rolled_back[0]["message"]
     assert route(cluster, persona) == (1, [1])  # the canary is unlisted
-    assert {versions[-1] for versions in users.answered.values()} == {"1"}  # everyone is back on version 1
+    assert {versions[-1] for versions in users.versions().values()} == {"1"}  # everyone is back on version 1
