@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
-from persona_serving.server import endpoints
+from persona_serving.server import endpoints, free_port
+from personafleet.routing import read_routing, update_routing
 from tests.bot.fake_telegram import BOT_TOKEN, FakeTelegram
 from tests.fixtures.bot import bot_running
 from tests.operator.harness import Operator, eventually, fake_cluster, fleet_replica, fleet_server, persona_model
@@ -118,10 +119,11 @@ def stage(cluster, persona: str) -> Callable[[], str]:
     return now
 
 
-async def start_canary(cluster, tiny_run, persona: str) -> None:
+async def start_canary(cluster, tiny_run, persona: str, **analysis) -> None:
     """Version 1 serves (a first version has nothing to be compared with: it rolls out at once); an
     edit trains version 2, which starts as a canary at 50 %."""
-    spec = {"rollout": {"keepVersions": 2, "retryLimit": 0, "strategy": "Canary", "canary": CANARY}}
+    canary = {**CANARY, "analysis": {**CANARY["analysis"], **analysis}}
+    spec = {"rollout": {"keepVersions": 2, "retryLimit": 0, "strategy": "Canary", "canary": canary}}
     cluster.apply(persona_model(persona, **spec))
     await train_version(cluster, tiny_run, persona, 1, loss=2.0)
     await eventually(lambda: cluster.status(persona).get("servingVersion") == "1", timeout=ROLLOUT_TIMEOUT)
@@ -183,3 +185,58 @@ async def test_a_disliked_canary_is_rolled_back_with_an_event_and_a_condition(tm
     assert rolled_back[0]["type"] == "Warning" and "version 1 answers every conversation" in rolled_back[0]["message"]
     assert route(cluster, persona) == (1, [1])  # the canary is unlisted
     assert {versions[-1] for versions in users.versions().values()} == {"1"}  # everyone is back on version 1
+
+
+@contextlib.asynccontextmanager
+async def cluster_without_prometheus(tmp_path, fleet) -> AsyncIterator[tuple]:
+    """The cluster, one serving replica and the operator, whose Prometheus URL answers nothing."""
+    async with fake_cluster(tmp_path, store=fleet.model_store) as cluster, \
+            fleet_replica(fleet, tmp_path / "replica-0") as replica:
+        cluster.add_serving_pod("torchserve-0")
+        operator = Operator(settings_for(cluster, replica, prometheus_url=f"http://127.0.0.1:{free_port()}"))
+        await operator.start()
+        try:
+            yield cluster, operator
+        finally:
+            await operator.stop()
+
+
+async def test_without_prometheus_a_restarted_operator_resumes_the_step_then_rolls_back_never_promotes(
+        tmp_path, fleet, tiny_run):
+    persona = "pm-blind"
+    async with cluster_without_prometheus(tmp_path, fleet) as (cluster, operator):
+        await start_canary(cluster, tiny_run, persona, timeoutSeconds=10)
+        waiting = await eventually(lambda: condition(cluster.status(persona), "Canary")["reason"] == "MetricsUnavailable"
+                                   and cluster.status(persona))
+        assert condition(waiting, "Canary")["status"] == "Unknown" and "unreachable" in waiting["message"]
+
+        # Killed mid-canary, the table edited meanwhile: the restarted operator resumes the same step
+        # (the status' clock) and puts the step's weights back.
+        await operator.stop()
+        update_routing(cluster.store, lambda table: table.add(persona, 1, serve=True))
+        assert read_routing(cluster.store).personas[persona].weights is None
+        await operator.start()
+        await eventually(lambda: read_routing(cluster.store).personas[persona].weights == {1: 50, 2: 50})
+        resumed = cluster.status(persona)
+        assert resumed["phase"] == "Canary" and resumed["canary"]["stepStartedAt"] == waiting["canary"]["stepStartedAt"]
+
+        status = await eventually(lambda: cluster.status(persona).get("phase") == "Failed" and cluster.status(persona),
+                                  timeout=30)
+    assert condition(status, "Canary")["reason"] == "AnalysisTimedOut" and status["servingVersion"] == "1"
+    assert "no judgment within 14 s of step 1" in status["message"]
+    assert route(cluster, persona) == (1, [1])
+
+
+async def test_a_spec_edit_during_a_canary_supersedes_it(tmp_path, fleet, tiny_run):
+    persona = "pm-edited"
+    async with cluster_without_prometheus(tmp_path, fleet) as (cluster, _):
+        await start_canary(cluster, tiny_run, persona)
+        cluster.apply(persona_model(persona, training={"loraRank": 2, "maxSteps": 20},
+                                    rollout={"strategy": "Canary", "canary": CANARY}))
+        await eventually(lambda: [j for j in cluster.jobs(persona) if j["metadata"]["name"] == f"{persona}-v3"])
+        status = await eventually(lambda: cluster.status(persona).get("phase") == "Training" and cluster.status(persona))
+        superseded = await eventually(lambda: cluster.events("Superseded"))
+    assert route(cluster, persona) == (1, [1])  # the canary is withdrawn before the new generation trains
+    assert status["servingVersion"] == "1" and status["canary"]["weight"] == 0
+    assert condition(status, "Canary")["reason"] == "Superseded"
+    assert "canary of version 2 rolled back: the spec changed" in superseded[0]["message"]
