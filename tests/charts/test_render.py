@@ -296,6 +296,10 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert selector.items() <= serving_labels.items() and selector["app.kubernetes.io/component"] == "serving"
     assert parse_cli(container(operator)["args"])["standalone"] is True
     assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"]["type"] == "Recreate"
+    assert settings.prometheus_url is None  # no canary without a Prometheus the chart names (issue 23)
+    with_prometheus = render({"operator": {"prometheusUrl": "http://prometheus.monitoring:9090"}})
+    canary = resolve_env(with_prometheus, find(with_prometheus, "Deployment", "-operator"), tmp_path)
+    assert Settings.from_env(canary).prometheus_url == "http://prometheus.monitoring:9090"
 
 
 def test_operator_rbac_is_namespaced_and_least_privilege(render):
