@@ -8,24 +8,20 @@ disliked (rolled back).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-import asyncpg
 import pytest
 
 from persona_serving.server import endpoints, free_port
 from personafleet.routing import read_routing, update_routing
 from tests.bot.fake_telegram import BOT_TOKEN, FakeTelegram
-from tests.fixtures.bot import bot_running
+from tests.fixtures.bot import Users, bot_running
 from tests.operator.harness import Operator, eventually, fake_cluster, fleet_replica, fleet_server, persona_model
 from tests.operator.test_rollout import ROLLOUT_TIMEOUT, route, settings_for, train_version
 
 pytestmark = pytest.mark.slow
 
-CHATS = 12  # conversations; at 50 % about half of them talk to the canary
 CANARY = {"steps": [50], "minStepSeconds": 4,
           "analysis": {"intervalSeconds": 1, "timeoutSeconds": 60, "minRatings": 6, "minRequests": 6,
                        "minLikeRatio": 0.6, "maxErrorRate": 0.2}}
@@ -36,52 +32,6 @@ def fleet(tiny_base, tmp_path_factory):
     work = tmp_path_factory.mktemp("canary-fleet")
     with fleet_server(work / "store", tiny_base, work / "serve") as server:
         yield server
-
-
-@dataclass
-class Users:
-    """People in CHATS private chats with the bot: each says something, reads the reply, and rates it
-    by the version that wrote it (which the test reads from the bot's own database)."""
-
-    telegram: FakeTelegram
-    database: str
-    likes: Callable[[str], bool]
-    stage: Callable[[], str]  # where the rollout stood when a reply arrived
-    answered: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # chat -> (stage, version) per reply
-
-    def versions(self, stage: str | None = None) -> dict[int, list[str]]:
-        """Each chat's reply versions, in order (of the replies that arrived at `stage`)."""
-        return {chat: [v for s, v in replies if stage in (None, s)] for chat, replies in self.answered.items()}
-
-    async def talk(self, chat: int, text: str) -> None:
-        replies = len(self._sent(chat))
-        self.telegram.message(text, chat_id=chat)
-        await eventually(lambda: len(self._sent(chat)) > replies, timeout=60)
-        stage, sent = self.stage(), self._sent(chat)[-1]
-        connection = await asyncpg.connect(self.database)
-        try:
-            async def stored() -> str | None:
-                return await connection.fetchval("SELECT model_version FROM replies WHERE chat_id = $1 AND message_id = $2",
-                                                  chat, sent["message_id"])
-            for _ in range(100):
-                if (version := await stored()) is not None:
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            await connection.close()
-        assert version is not None, f"reply {sent['message_id']} in chat {chat} never stored"
-        self.answered.setdefault(chat, []).append((stage, version))
-        self.telegram.vote(sent, user_id=chat, up=self.likes(version))
-
-    async def keep_talking(self, until: Callable[[], bool], rounds: int = 40) -> None:
-        """Round after round, every chat says something, until `until()` (or the rounds run out)."""
-        for turn in range(rounds):
-            if until():
-                return
-            await asyncio.gather(*(self.talk(chat, f"сообщение {turn}") for chat in range(1, CHATS + 1)))
-
-    def _sent(self, chat: int) -> list[dict]:
-        return [m for m in self.telegram.sent if m["chat"]["id"] == chat]
 
 
 @contextlib.asynccontextmanager
@@ -145,7 +95,8 @@ async def test_a_liked_canary_is_promoted_to_every_conversation(tmp_path, fleet,
     persona = "pm-liked"
     async with canary_world(tmp_path, fleet, prometheus, postgres_database, persona) as (cluster, telegram):
         await start_canary(cluster, tiny_run, persona)
-        users = Users(telegram, postgres_database, likes=lambda version: True, stage=stage(cluster, persona))
+        users = Users(telegram, postgres_database, likes=lambda version: True, stage=stage(cluster, persona),
+                      chats=12)  # at 50 % about half of them talk to the canary
         await users.keep_talking(until=lambda: cluster.status(persona).get("phase") != "Canary")
         status = await eventually(lambda: cluster.status(persona).get("phase") == "Ready" and cluster.status(persona),
                                   timeout=ROLLOUT_TIMEOUT)
@@ -170,7 +121,7 @@ async def test_a_disliked_canary_is_rolled_back_with_an_event_and_a_condition(tm
     async with canary_world(tmp_path, fleet, prometheus, postgres_database, persona) as (cluster, telegram):
         await start_canary(cluster, tiny_run, persona)
         users = Users(telegram, postgres_database, likes=lambda version: version == "1",  # they prefer the old one
-                      stage=stage(cluster, persona))
+                      stage=stage(cluster, persona), chats=12)
         await users.keep_talking(until=lambda: cluster.status(persona).get("phase") != "Canary")
         status = await eventually(lambda: cluster.status(persona).get("phase") == "Failed" and cluster.status(persona),
                                   timeout=ROLLOUT_TIMEOUT)
