@@ -248,6 +248,8 @@ class Reconciler:
         if promote:
             metrics.CANARY_WEIGHT.labels(name).set(0)
             update.condition("Canary", True, PROMOTED, message)
+        else:
+            update.set(canary=None)  # an earlier canary's step and weights say nothing about this version
         await self.cluster.patch_status(name, update.patch)
         self.retry_due.pop(name, None)
         kopf.event(body, type="Normal", reason="RolledOut",
