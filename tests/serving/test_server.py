@@ -103,6 +103,10 @@ async def test_custom_metrics_are_exported_after_traffic(torchserve):
     persona = f'persona="{torchserve.persona}",version="1"'
     assert _sample(metrics, "persona_handler_generation_seconds_bucket", 'model_name="fleet"', persona) > 0
     assert _sample(metrics, "persona_handler_requests_total", persona) >= 1
+    # The series arithmetic of docs/serving.md: a (persona, version) pair costs 19 series, 17 of them the histogram's.
+    pair = [line for line in metrics.splitlines() if persona in line and not line.startswith("#")]
+    assert sum(line.startswith("persona_handler_generation_seconds_") for line in pair) == 17
+    assert sum(line.startswith(("persona_handler_requests_total{", "persona_handler_generated_tokens_total{")) for line in pair) == 2
     for name in ("persona_handler_resident_adapters", "persona_handler_adapter_loads_total",
                  "persona_handler_adapter_evictions_total", "persona_handler_adapter_load_seconds",
                  "persona_handler_personas_per_batch"):
