@@ -89,18 +89,21 @@ def metric_step(step: str) -> str:
 def check_key(before: PersonaRoute | None, after: PersonaRoute, version: int) -> str:
     """A conversation key that `after` sends to `version` and, where one exists, `before` did not: a
     replica answering it as `version` has taken the new weights into force."""
-    keys = [conversation_key("operator-check", i) for i in range(CHECK_KEYS)]
-    chosen = [key for key in keys if choose_version(after, key) == version]
-    if not chosen:
+    chosen = None
+    for key in (conversation_key("operator-check", i) for i in range(CHECK_KEYS)):
+        if choose_version(after, key) == version:
+            if before is None or choose_version(before, key) != version:
+                return key
+            chosen = chosen or key
+    if chosen is None:
         raise PersonaError(f"no conversation goes to version {version} with weights {after.weights}")
-    moved = [key for key in chosen if before is None or choose_version(before, key) != version]
-    return (moved or chosen)[0]
+    return chosen
 
 
 def route_of(table: RoutingTable, persona: str, version: int, previous: int, weights: dict[int, int]) -> PersonaRoute:
     """`table`'s route for `persona` as a canary step has it: `previous` serving, `version` listed,
     the conversations shared by `weights` (a table edited meanwhile gets exactly that back)."""
-    if table.resolve(persona) != previous or persona not in table.personas:
+    if persona not in table.personas or table.personas[persona].serving != previous:
         table.add(persona, previous, serve=True)
     table.add(persona, version, serve=False)
     table.weigh(persona, weights)

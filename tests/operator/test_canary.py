@@ -14,8 +14,10 @@ from persona_operator.analysis import (
     ANALYSIS_FAILED, ANALYSIS_PASSED, AWAITING_DATA, METRICS_UNAVAILABLE, Measurement, judge, measure,
 )
 from persona_operator.canary import TIMED_OUT, CanaryState, next_move
+from persona_operator.rollout import check_key, route_of
 from persona_operator.spec import AnalysisSection, CanarySection, PersonaModelSpec
 from personafleet.errors import PersonaError
+from personafleet.routing import RoutingTable, choose_version
 from tests.fixtures.torchserve import free_port
 from tests.operator.harness import persona_model
 
@@ -179,3 +181,15 @@ async def test_missing_data_is_a_problem_never_a_number(prometheus, counters):
     assert refused.problem.startswith("ratings: Prometheus refused the query (bad_data")
     assert unreachable.problem.startswith("ratings: Prometheus at http://127.0.0.1:") and "unreachable" in unreachable.problem
     assert all(judge(m, ANALYSIS).outcome == "wait" for m in (unknown, refused, unreachable))
+
+
+# ---- the routing table a step wants ------------------------------------------------------------
+def test_a_step_puts_its_route_back_whatever_the_table_says_and_its_check_proves_the_new_weights():
+    table = RoutingTable()
+    table.add("alice", 5, serve=True)  # edited by hand: the canary serving everyone
+    route = route_of(table, "alice", 5, 4, {4: 90, 5: 10})
+    assert (route.serving, route.versions, route.weights) == (4, [4, 5], {4: 90, 5: 10})
+    grown = route_of(table.model_copy(deep=True), "alice", 5, 4, {4: 50, 5: 50})
+    key = check_key(route, grown, 5)
+    assert choose_version(grown, key) == 5 and choose_version(route, key) == 4  # only the new weights send it to v5
+    assert choose_version(route, check_key(None, route, 5)) == 5
