@@ -25,9 +25,12 @@ fleet and the operator's analysis querying it. Per trial, a population that like
 prefers the old version (👍 30 % for the new one, 70 % for the old) has it rolled back. Measured:
 from a passing analysis recorded in the status to the next step's weights answering on both
 replicas (goal < 2 s); the share of each conversation's turns answered by its version within a
-step (goal 100 %) against the naive per-request random split at the same weights (KServe's
-canaryTrafficPercent: each request drawn alone), measured on the same fleet; and the ratings the
-step had counted when the disliked canary was rolled back, against the configured minimum.
+step (goal 100 %; replies asked while a step's weights were still being taken into force are left
+out: a conversation may move once, old to new, when the canary grows) against the naive
+per-request random split at the same weights (KServe's canaryTrafficPercent: each request drawn
+alone), measured on the same fleet, and the conversations answered again by a version they had
+left (goal 0); and the ratings the step had counted when the disliked canary was rolled back,
+against the configured minimum.
 
     .venv/bin/python benchmarks/operator.py --part canary --canary-trials 3
 """
@@ -195,11 +198,12 @@ def stage(cluster: Cluster, persona: str) -> Callable[[], str]:
     return now
 
 
-async def advances(cluster: Cluster, persona: str, rollout: Rollout, replicas: list[Replica], timeout: float) -> list[float]:
-    """Seconds from each step the status records (the analysis passed) to its weights answering on every
-    replica: a conversation the new weights send to the canary (and the old did not) answered as it;
-    for the promotion, requests without a conversation."""
-    latencies: list[float] = []
+async def advances(cluster: Cluster, persona: str, rollout: Rollout, replicas: list[Replica],
+                   timeout: float) -> list[tuple[float, float]]:
+    """(recorded, serving) times of each step: from the status recording it (the analysis passed) to its
+    weights answering on every replica: a conversation the new weights send to the canary (and the old
+    did not) answered as it; for the promotion, requests without a conversation."""
+    changes: list[tuple[float, float]] = []
     step, route = 1, read_routing(cluster.store).personas[persona]
     async with httpx.AsyncClient(timeout=timeout) as http:
         while cluster.status(persona).get("phase") == "Canary":
@@ -215,15 +219,29 @@ async def advances(cluster: Cluster, persona: str, rollout: Rollout, replicas: l
             for replica in replicas:
                 while await rollout.ask(http, replica, persona, None, key) != 2:
                     await asyncio.sleep(0.005)
-            latencies.append(time.perf_counter() - recorded)
+            changes.append((recorded, time.perf_counter()))
             route = after
-    return latencies
+    return changes
 
 
 def sticky_share(versions_by_chat: dict[int, list[str]]) -> float:
     """Mean share of a conversation's turns answered by its most frequent version."""
     shares = [Counter(v).most_common(1)[0][1] / len(v) for v in versions_by_chat.values() if v]
     return statistics.mean(shares) if shares else float("nan")
+
+
+def flip_backs(versions_by_chat: dict[int, list[str]]) -> int:
+    """Conversations answered again by a version they had left (the hash moves a conversation at most
+    once per canary, old to new; only a rollback sends it back)."""
+    def went_back(versions: list[str]) -> bool:
+        left: set[str] = set()
+        for before, after in zip(versions, versions[1:]):
+            if before != after:
+                if after in left:
+                    return True
+                left.add(before)
+        return False
+    return sum(went_back(v) for v in versions_by_chat.values())
 
 
 async def random_split_share(cluster: Cluster, persona: str, rollout: Rollout, replica: Replica, chats: int,
@@ -241,9 +259,9 @@ async def random_split_share(cluster: Cluster, persona: str, rollout: Rollout, r
 
 
 async def one_canary(cluster: Cluster, run: Path, persona: str, users: Users, rollout: Rollout,
-                     replicas: list[Replica]) -> tuple[str, list[float], dict]:
+                     replicas: list[Replica]) -> tuple[str, list[tuple[float, float]], dict]:
     """Version 1 serves, version 2 starts as a canary; `users` talk until it is promoted or rolled back.
-    Returns the final phase, the advance latencies and the final status."""
+    Returns the final phase, each step's (recorded, serving) times and the final status."""
     spec = {"rollout": {"keepVersions": 2, "retryLimit": 0, "strategy": "Canary", "canary": CANARY}}
     cluster.apply(persona_model(persona, **spec))
     for version in (1, 2):
@@ -276,8 +294,8 @@ def population(chances: dict[str, float], seed: int) -> Callable[[str], bool]:
 
 async def run_canaries(run: Path, work: Path, server: ServeOptions, args: argparse.Namespace) -> dict:
     """The canary part: per trial a liked canary (promoted) and a disliked one (rolled back)."""
-    results: dict = {"advance_s": [], "sticky_share": [], "random_split_share": [], "rollback_ratings": [],
-                     "min_ratings": CANARY["analysis"]["minRatings"], "outcomes": []}
+    results: dict = {"advance_s": [], "sticky_share": [], "flip_backs": 0, "conversations": 0, "random_split_share": [],
+                     "rollback_ratings": [], "min_ratings": CANARY["analysis"]["minRatings"], "outcomes": []}
     postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="bench-pg-")))
     postgres.root.chmod(0o755)
     postgres.init()
@@ -314,11 +332,20 @@ async def run_canaries(run: Path, work: Path, server: ServeOptions, args: argpar
                             users = Users(telegram, env["DATABASE_URL"], likes=population(chances, trial),
                                           stage=stage(cluster, persona), chats=args.chats)
                             telegram.sent.clear()
-                            phase, latencies, status = await one_canary(cluster, run, persona, users, rollout, replicas)
+                            phase, changes, status = await one_canary(cluster, run, persona, users, rollout, replicas)
+                        latencies = [serving - recorded for recorded, serving in changes]
                         results["outcomes"].append(f"{kind}: {phase}")
-                        steps = {f"Canary {n}/{len(CANARY['steps'])}" for n in range(1, len(CANARY["steps"]) + 1)}
-                        for step in steps:
-                            results["sticky_share"].append(sticky_share(users.versions(step)))
+
+                        def in_transition(reply) -> bool:  # asked before a step's weights served on every replica
+                            return any(reply.asked < serving and reply.answered > recorded for recorded, serving in changes)
+
+                        for step in range(1, len(CANARY["steps"]) + 1):
+                            results["sticky_share"].append(sticky_share(users.versions(
+                                f"Canary {step}/{len(CANARY['steps'])}", unless=in_transition)))
+                        during = {chat: versions for chat, versions in users.versions(
+                            unless=lambda reply: not reply.stage.startswith("Canary")).items() if versions}
+                        results["flip_backs"] += flip_backs(during)
+                        results["conversations"] += len(during)
                         if kind == "liked":
                             results["advance_s"] += latencies
                             results["random_split_share"].append(await random_split_share(
@@ -350,6 +377,8 @@ def print_canary(results: dict) -> None:
         print(f"| share of a conversation's turns answered by its version (within a step) | 100 % | "
               f"{100 * statistics.mean(sticky):.1f} % | {100 * statistics.mean(results['random_split_share']):.1f} % "
               "(per-request random split) |")
+        print(f"| conversations answered again by a version they had left, during a canary | 0 | "
+              f"{results['flip_backs']} of {results['conversations']} | - |")
     if ratings:
         print(f"| ratings counted when the disliked canary was rolled back | configured minimum "
               f"{results['min_ratings']} | {', '.join(f'{r:g}' for r in ratings)} | - |")
