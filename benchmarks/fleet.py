@@ -184,7 +184,7 @@ async def rollout_seconds(options, persona: str) -> float:
     from personafleet.inference import InferenceRequest
     from personafleet.routing import update_routing
 
-    async with InferenceClient(options.inference_url, token_file=options.key_file, retries=0) as client:
+    async with InferenceClient(options.inference_url, token_file=options.inference_token_file, retries=0) as client:
         request = InferenceRequest(message="привет", generation={"max_new_tokens": 2})
         await client.reply(persona, request)
         started = time.perf_counter()
@@ -196,8 +196,7 @@ async def rollout_seconds(options, persona: str) -> float:
 
 def throughput(work: Path, args: argparse.Namespace) -> dict:
     from persona_serving.archive import ArchiveOptions, build_fleet_archive
-    from persona_serving.management import ManagementClient
-    from persona_serving.server import ServeOptions, fleet_config, free_port, serve_background, stop
+    from persona_serving.server import ServeOptions, fleet_config, free_port, serve_background, start, stop, wait_until_served
     from personafleet.client import TokenSource
 
     personas = [f"persona-{i}" for i in range(8)]
@@ -209,7 +208,7 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     serve_background(options)
     results: dict = {}
     try:
-        headers = TokenSource(token_file=options.key_file).headers()
+        headers = TokenSource(token_file=options.inference_token_file).headers()
         fleet_url = lambda persona: f"{options.inference_url}/predictions/fleet"  # noqa: E731
         spread = [personas[i % len(personas)] for i in range(args.clients)]
         same = [personas[0]] * args.clients
@@ -218,26 +217,28 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
             logger.info("throughput: %s", label)
             results[label] = asyncio.run(load(fleet_url, headers, clients, args.requests_per_client, args.new_tokens))
         results["rollout_s"] = asyncio.run(rollout_seconds(options, personas[0]))
+    finally:
+        stop(options.workdir)
 
-        # Today's layout: one model (one worker, one copy of the base) per persona, on the same cores.
-        single = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-        config = fleet_config(options).model_copy(update={"max_resident_adapters": 1})
-
-        async def register_all() -> None:
-            async with ManagementClient(options.management_url, token_file=options.key_file, timeout=600) as management:
-                await management.unregister("fleet", "1")
-                for persona in personas:
-                    build_fleet_archive(options.links, config, options=single, name=f"model-{persona}")
-                    await management.register(f"model-{persona}.mar", initial_workers=1, synchronous=True)
-
-        asyncio.run(register_all())
-        per_model_url = lambda persona: f"{options.inference_url}/predictions/model-{persona}"  # noqa: E731
+    # Today's layout: one model (one worker, one copy of the base) per persona, on the same cores,
+    # loaded at start by a second server (the model API is off: nothing registers later).
+    single = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
+    config = fleet_config(options).model_copy(update={"max_resident_adapters": 1})
+    per_persona = options.model_copy(update={"workdir": work / "serve-per-persona"})
+    models = [f"model-{persona}" for persona in personas]
+    for name in models:
+        build_fleet_archive(per_persona.links, config, options=single, name=name)
+    pid = start(per_persona, models)
+    try:
+        asyncio.run(wait_until_served(per_persona, pid, models))
+        headers = TokenSource(token_file=per_persona.inference_token_file).headers()
+        per_model_url = lambda persona: f"{per_persona.inference_url}/predictions/model-{persona}"  # noqa: E731
         asyncio.run(load(per_model_url, headers, spread, 2, args.new_tokens))
         logger.info("throughput: one model per persona")
         results["one model per persona, 8 personas"] = asyncio.run(
             load(per_model_url, headers, spread, args.requests_per_client, args.new_tokens))
     finally:
-        stop(options.workdir)
+        stop(per_persona.workdir)
     return results
 
 

@@ -282,7 +282,7 @@ def main() -> None:
         process = start_baseline(base, run, port, work / "baseline.log")
         try:
             targets = {
-                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.key_file).headers()),
+                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.inference_token_file).headers()),
                 "baseline": (f"http://127.0.0.1:{port}/predict", {}),
             }
             # Levels interleaved server by server: on a shared machine, load drifts over minutes.

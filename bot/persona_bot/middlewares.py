@@ -1,12 +1,14 @@
 """What cuts across handlers: observing updates (metrics, in-flight count for a graceful
 shutdown), handling a chat's messages one at a time, loading the chat's settings from the
-store, and per-sender rate limiting of every update the bot acts on."""
+store, remembering the messages no handler answers, and per-sender rate limiting of every
+update the bot acts on (shared by every replica through the store)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from aiogram import BaseMiddleware, Dispatcher
@@ -14,8 +16,10 @@ from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from persona_bot import metrics
+from persona_bot.filters import author_of
 from persona_bot.settings import BotSettings
 from persona_bot.store import ChatSettings, Store, StoreUnavailable
+from personafleet.prompt import TimedTurn
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -75,8 +79,56 @@ class ChatSettingsMiddleware(BaseMiddleware):
         return await handler(event, data)
 
 
+class RememberUnanswered(BaseMiddleware):
+    """Outer message middleware (inside the chat's settings): a text message no handler took -
+    group chatter not addressed to the bot - still goes into the chat's history, so the next
+    reply sees the conversation as `persona prepare` sees a chat's export (one author's burst is
+    one turn). Commands, recordings and rate-limited messages are not kept; with the database
+    down the message is simply not kept."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        result = await handler(event, data)
+        assert isinstance(event, Message)
+        text = " ".join((event.text or "").split())
+        if result is UNHANDLED and text and not text.startswith("/"):
+            turn = TimedTurn(role="user", text=text, time=event.date.timestamp(), author=author_of(event))
+            with suppress(StoreUnavailable):
+                await self.store.hear(event.chat.id, data["persona"], turn)
+        return result
+
+
 class RateLimiter:
-    """A token bucket per user: `capacity` messages, refilled evenly over `period` seconds."""
+    """The rate limit: `capacity` updates per sender, refilled evenly over `period` seconds. The
+    buckets live in the store (`Store.take_turn`), so every replica counts against the same limit and
+    a restart resets nothing; while the database is down each replica falls back to its own buckets
+    in memory, so the limit still holds, per replica."""
+
+    FORGET_EVERY_SECONDS = 600.0
+
+    def __init__(self, capacity: int, period: float, store: Store | None = None) -> None:
+        self.capacity, self.period, self.store = capacity, period, store
+        self.local = LocalBuckets(capacity, period)
+        self._forget_at = time.monotonic() + self.FORGET_EVERY_SECONDS
+
+    async def wait(self, sender_id: int) -> float:
+        """Seconds until `sender_id` may send again; 0: this update is allowed (and counted)."""
+        if self.store is not None:
+            try:
+                wait = await self.store.take_turn(sender_id, self.capacity, self.period)
+                if time.monotonic() >= self._forget_at:
+                    self._forget_at = time.monotonic() + self.FORGET_EVERY_SECONDS
+                    await self.store.forget_full_buckets()
+                return wait
+            except StoreUnavailable:
+                pass
+        return 0.0 if self.local.allow(sender_id) else self.local.retry_after(sender_id)
+
+
+class LocalBuckets:
+    """A token bucket per sender in this process's memory: the fallback while the database is down."""
 
     def __init__(self, capacity: int, period: float) -> None:
         self.capacity = capacity
@@ -121,12 +173,12 @@ class RateLimitMiddleware(BaseMiddleware):
         # Who is posting: a message sent on behalf of a chat carries a placeholder user shared by
         # everyone doing so (@GroupAnonymousBot, @Channel_Bot), so the sending chat is the key.
         sender = getattr(event, "sender_chat", None) or data.get("event_from_user") or data.get("event_chat")
-        if sender is None or self.limiter.allow(sender.id):
+        wait = 0.0 if sender is None else await self.limiter.wait(sender.id)
+        if not wait:
             if sender is not None:
                 self._warned.pop(sender.id, None)
             return await handler(event, data)
         metrics.REPLIES.labels(data.get("persona", self.settings.persona), metrics.NO_VERSION, "rate_limited").inc()
-        wait = self.limiter.retry_after(sender.id)
         now = time.monotonic()
         if self._warned.get(sender.id, 0.0) < now:
             self._warned[sender.id] = now + wait

@@ -47,7 +47,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the base once).")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
-    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar and key_file.json of this server.")] = Path(".persona/serve"),
+    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar, key_file.json and the clients' inference-token of this server.")] = Path(".persona/serve"),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server started from --workdir.")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay in the foreground (container entrypoint).")] = False,
     host: Annotated[str, typer.Option(help="Address the public listeners bind.")] = "127.0.0.1",
@@ -56,7 +56,7 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8082,
     auth_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the inference token: enables the auth front (--foreground).")] = None,
     management_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the management token (auth front).")] = None,
-    token_expiration_min: Annotated[float, typer.Option(min=0.01, help="Lifetime of TorchServe's keys.")] = 60,
+    token_expiration_min: Annotated[Optional[float], typer.Option(min=0.01, help="Lifetime of TorchServe's keys. [default: 60 behind the auth front, which renews them; else the server's lifetime: clients hold W/inference-token, the inference key alone, which cannot renew itself]")] = None,
     backend_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's own inference/management ports behind the auth front.")] = (18080, 18081),
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
@@ -102,11 +102,11 @@ def switch(
 ) -> None:
     """Make a published version the one a persona answers with (the routing-table write the operator
     does), or with --weight give it a share of the conversations."""
-    from personafleet.routing import RoutingTable, update_routing, version_dir
-    from personafleet.store import read_version_info
+    from personafleet.routing import RoutingTable, update_routing
+    from personafleet.store import published_version
 
     number = parse_version(version)
-    read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
+    published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
 
     def change(table: RoutingTable) -> None:
         if weight == 100:
@@ -135,12 +135,14 @@ def chat(
     version: Annotated[Optional[str], typer.Option(help="Pin a version (default: the one the routing table serves).")] = None,
     model: Annotated[str, typer.Option(help="TorchServe model of the fleet.")] = "fleet",
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 60,
+    show_facts: Annotated[bool, typer.Option("--show-facts", help="Print the facts retrieved into each reply's prompt (stderr).")] = False,
 ) -> None:
     """Chat with a served persona; piped stdin gives one reply per line."""
     from persona_serving.chat import run_chat
 
     pinned = parse_version(version) if version is not None else None
-    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model)
+    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model,
+                       show_facts=show_facts)
     if refused:
         sys.exit(1)
 

@@ -26,7 +26,7 @@ from personafleet import knowledge
 from personafleet.errors import PersonaError
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
-from personafleet.store import ADAPTER_DIR, read_version_info
+from personafleet.store import ADAPTER_DIR, published_version
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,9 @@ class FleetModel:
         """Read a published version and load its adapter; AdapterUnavailable says why not."""
         folder = version_dir(store, persona, version)
         try:
-            info = read_version_info(folder)
+            info = published_version(store, persona, version)
         except PersonaError as exc:
             raise AdapterUnavailable(str(exc)) from None
-        if (info.persona, info.version) != (persona, version):
-            raise AdapterUnavailable(f"{folder} holds {info.persona} v{info.version}, not {persona} v{version}")
         try:
             spec = PersonaSpec.model_validate_json((folder / PERSONA_FILE).read_bytes())
             adapter_config = json.loads((folder / ADAPTER_DIR / ADAPTER_CONFIG).read_bytes())

@@ -3,9 +3,9 @@
 TorchServe 0.12 only accepts the random keys it generates itself, so the cluster's shared
 tokens (a Kubernetes Secret) are checked here, and each request is forwarded to TorchServe on
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
-The front also renews that local key before it expires and stages nested model-store urls for
-registration (persona_serving.store), refusing every other model source. Requests are admitted on
-their raw path (persona_serving.routes).
+The front also renews that local key before it expires. Requests are admitted on their raw path
+(persona_serving.routes): the management port reads only (TorchServe's model API is off: no model
+is registered after start, from any source).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import httpx
 from aiohttp import web
 
 from persona_serving.routes import admit
-from persona_serving.store import stage
 from personafleet.client import TokenSource, send_authorized
-from personafleet.errors import PersonaError
 from personafleet.inference import InferenceError
 
 logger = logging.getLogger(__name__)
@@ -41,9 +39,9 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 class Listener:
     """One public port: which client tokens it accepts and which TorchServe port it forwards to."""
 
-    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource):
-        self.name, self.accepted, self.local_key = name, accepted, local_key
-        self.http = httpx.AsyncClient(base_url=backend, timeout=None)
+    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource, timeout: float):
+        self.name, self.accepted, self.local_key, self.timeout = name, accepted, local_key, timeout
+        self.http = httpx.AsyncClient(base_url=backend, timeout=httpx.Timeout(timeout, connect=5))
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -63,18 +61,19 @@ class AuthFront:
         key_file: Path,
         inference_backend: str,
         management_backend: str,
-        model_store: Path,
-        links: Path,
+        backend_timeout: float,
     ):
+        """`backend_timeout`: the longest the front waits for TorchServe's answer (above TorchServe's own
+        response timeout, so that one fires first); then the client gets a 504."""
         inference = TokenSource(token_file=inference_token_file)
         management = TokenSource(token_file=management_token_file) if management_token_file else None
-        self.model_store, self.links = model_store, links
         self.management_key = TokenSource(token_file=key_file, kind="management")
         self.inference = Listener(
             "inference", [inference, *([management] if management else [])], inference_backend,
-            TokenSource(token_file=key_file, kind="inference"),
+            TokenSource(token_file=key_file, kind="inference"), backend_timeout,
         )
-        self.management = Listener("management", [management] if management else [], management_backend, self.management_key)
+        self.management = Listener("management", [management] if management else [], management_backend,
+                                   self.management_key, backend_timeout)
 
     def app(self, listener: Listener) -> web.Application:
         async def forward(request: web.Request) -> web.StreamResponse:
@@ -93,29 +92,19 @@ class AuthFront:
         if not public_probe and not listener.authorized(request):
             return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
         params, body = list(request.query.items()), await request.read()
-        if listener is self.management and request.method == "POST" and path == "/models":
-            try:
-                params = self._registration(params, body)
-            except PersonaError as exc:
-                return _error(400, "invalid_model_url", str(exc))
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         try:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
             )
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"TorchServe did not answer within {listener.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
         return web.Response(
             status=response.status_code, body=response.content,
             headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
         )
-
-    def _registration(self, params: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
-        """A registration's query with each `url` staged from the model store. TorchServe also
-        reads the parameters from a JSON body, which would escape that check: none is accepted."""
-        if body:
-            raise PersonaError("a registration takes its parameters in the query string, not in a body")
-        return [(key, stage(self.model_store, value, self.links) if key == "url" else value) for key, value in params]
 
     async def keep_keys_fresh(self) -> None:
         """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is

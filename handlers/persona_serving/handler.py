@@ -28,17 +28,17 @@ from persona_serving.metrics import (
     persona_label, version_label,
 )
 from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
+    PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
 )
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
-from personafleet.inference import InferenceResponse
+from personafleet.inference import InferenceResponse, PersonaAbout
 
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 Key = tuple[str, int]
-Outcome = InferenceResponse | Rejected
+Outcome = InferenceResponse | PersonaAbout | Rejected
 
 
 class FleetHandler(BaseHandler):
@@ -83,8 +83,10 @@ class FleetHandler(BaseHandler):
         return routed
 
     def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
-        """Errors pass through; per chunk of at most `max_resident_adapters` versions, the adapters
-        are made resident and each group of equal options is one mixed-adapter `generate`."""
+        """Errors pass through and `about` requests are answered from the store; per chunk of at
+        most `max_resident_adapters` versions, the adapters are made resident and each group of
+        equal options is one mixed-adapter `generate`."""
+        data = [describe(item, self.store) if isinstance(item, Routed) and item.request.about else item for item in data]
         outcomes: list[Any] = list(data)
         self._observe(PERSONAS_PER_BATCH, len({item.persona for item in data if isinstance(item, Routed)}))
         for chunk in key_chunks(data, self.adapters.capacity):
@@ -102,7 +104,7 @@ class FleetHandler(BaseHandler):
         prepared = prepare(routed, entry, self.config.limits)
         if entry.knowledge is not None:
             self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
-            self._observe(FACTS_PER_PROMPT, prepared.facts)
+            self._observe(FACTS_PER_PROMPT, len(prepared.facts))
         return prepared
 
     def _generate(self, group: list[Prepared]) -> list[Outcome]:
@@ -125,7 +127,8 @@ class FleetHandler(BaseHandler):
         for dimensions, count in tokens.items():
             self._observe(TOKENS_GENERATED, count, *dimensions)
         return [
-            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count)
+            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count,
+                              facts=list(item.facts) if item.show_facts else None)
             for item, text, count in zip(group, texts, counts)
         ]
 
@@ -138,8 +141,8 @@ class FleetHandler(BaseHandler):
                 self.context.set_response_status(outcome.status, outcome.error, index)
                 self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
                 bodies.append(outcome.body())
-            else:
-                bodies.append(json.dumps(outcome.model_dump(), ensure_ascii=False))
+            else:  # optional fields a request did not ask for (facts) are left out
+                bodies.append(json.dumps(outcome.model_dump(mode="json", exclude_none=True), ensure_ascii=False))
         return bodies
 
     # --- adapters and routing ------------------------------------------------------------

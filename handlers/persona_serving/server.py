@@ -2,15 +2,20 @@
 container's entrypoint.
 
 At every start the fleet archive (`fleet.mar`: handler, base reference, settings; see
-persona_serving.archive) is built into W/models/ - TorchServe's own model store - and registered;
-its workers load adapters from the model store given by `--model-store` (passed to them as
+persona_serving.archive) is built into W/models/ - TorchServe's own model store - beside a link
+to the speech model's archive, when there is one, and TorchServe loads them at start with its
+model API OFF: no model can be registered (or unregistered) afterwards, from any source - a model
+is code, and TorchServe 0.12 registers an unpacked folder at any absolute path unchecked. The
+fleet's workers load adapters from the model store given by `--model-store` (passed to them as
 $PERSONA_MODEL_STORE) as requests name personas. What serves is the store's routing table.
 
 Everything TorchServe writes lives in one working directory W (default `.persona/serve/`):
 `config.properties`, `metrics.yaml`, `logs/`, `tmp/` (TorchServe's java.io.tmpdir and pid file,
 so parallel servers never share /tmp state) and `key_file.json` (mode 0600; TorchServe writes it
 into its working directory at start). Token authorization stays ON; the management API listens
-on 127.0.0.1 only (in a container: behind the auth front, see docs/serving.md).
+on 127.0.0.1 only (in a container: behind the auth front, see docs/serving.md). Without the front,
+clients get `inference-token` (mode 0600): the inference key alone, never the key file, whose API
+key mints management keys.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 from pydantic import BaseModel, Field
 
 from persona_serving.archive import ArchiveOptions, build_fleet_archive
+from persona_serving.asr import ASR_MODEL_NAME
+from persona_serving.asr_serving import find_asr, link_asr
 from persona_serving.config import DEFAULT_MAX_PERSONA_LABELS, MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
-from personafleet.client import ENDPOINTS_FILE
+from personafleet.client import ENDPOINTS_FILE, TokenSource
 from personafleet.errors import PersonaError
+from personafleet.files import write_text_atomic
 from personafleet.inference import FLEET_MODEL, GenerationLimits
 from personafleet.routing import RoutingTable, update_routing
 from personafleet.store import published_versions
@@ -43,7 +52,11 @@ from personafleet.store import published_versions
 logger = logging.getLogger(__name__)
 
 KEY_FILE = "key_file.json"
+INFERENCE_TOKEN_FILE = "inference-token"
 PID_FILE = "torchserve.pid"
+# Without the auth front no process renews the key clients hold (a client with the inference key
+# alone cannot), so TorchServe's keys live as long as the server: ten years.
+LOCAL_KEY_LIFETIME_MIN = 10 * 365 * 24 * 60
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 DEFAULT_WORKDIR = Path(".persona/serve")
 
@@ -65,7 +78,10 @@ class ServeOptions(BaseModel):
     backend_ports: tuple[int, int] = Field(
         (18080, 18081), description="TorchServe's own inference and management ports behind the auth front (127.0.0.1)"
     )
-    token_expiration_min: float = Field(60, gt=0, description="TorchServe key lifetime")
+    token_expiration_min: float | None = Field(
+        None, gt=0, description="TorchServe key lifetime; None: 60 min behind the auth front (it renews them), "
+        "else the server's lifetime (LOCAL_KEY_LIFETIME_MIN: its clients hold the inference key alone)"
+    )
     java_heap: str = "1g"
     torch_threads: int | None = Field(
         None, ge=1, description="OMP_NUM_THREADS of the workers: cores / workers on CPU (oversubscribed "
@@ -108,8 +124,19 @@ class ServeOptions(BaseModel):
         return self.workdir.resolve() / KEY_FILE
 
     @property
+    def key_lifetime_min(self) -> float:
+        if self.token_expiration_min is not None:
+            return self.token_expiration_min
+        return 60 if self.front else LOCAL_KEY_LIFETIME_MIN
+
+    @property
+    def inference_token_file(self) -> Path:
+        """What clients of a server without the auth front get: TorchServe's inference key alone."""
+        return self.workdir.resolve() / INFERENCE_TOKEN_FILE
+
+    @property
     def links(self) -> Path:
-        """TorchServe's own model_store: fleet.mar (and the links the auth front stages)."""
+        """TorchServe's own model_store: fleet.mar and the asr.mar link, loaded at start."""
         return self.workdir.resolve() / "models"
 
 
@@ -120,8 +147,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(options: ServeOptions) -> Path:
-    """config.properties for this server; returns its path."""
+def write_config(options: ServeOptions, models: Sequence[str]) -> Path:
+    """config.properties for this server, loading `models` (archives `<name>.mar` in
+    `options.links`) at start; returns its path."""
     workdir = options.workdir.resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -136,17 +164,19 @@ def write_config(options: ServeOptions) -> Path:
         "grpc_inference_port": str(options.grpc_ports[0]),
         "grpc_management_port": str(options.grpc_ports[1]),
         "model_store": str(options.links),
-        # Only the staged links may be a model source: a .mar is code (ShellTorch, CVE-2023-43654).
-        # TorchServe checks every http(s):// and file:// registration url against this; plain
-        # names resolve inside model_store (the links directory) anyway.
+        # A model is code (ShellTorch, CVE-2023-43654): the models are loaded at start, and the model
+        # API (register, unregister; REST and gRPC) is off, so nothing else is ever loaded.
+        "load_models": ",".join(f"{name}={name}.mar" for name in models),
+        "enable_model_api": "false",
+        # Defence in depth, should the model API ever be turned on: no http(s):// or file:// source
+        # but the links directory (TorchServe does not check plain paths against this).
         "allowed_urls": f"file://{re.escape(str(options.links))}/[^/]+\\.mar",
-        "enable_model_api": "true",
         "metrics_mode": "prometheus",
         "metrics_config": str(metrics_yaml),
         # The system-metrics collector starts a Python process (importing torch) every minute:
         # seconds of CPU stolen from inference. Kubernetes has cAdvisor/DCGM for host metrics.
         "disable_system_metrics": "true",
-        "token_expiration_min": str(options.token_expiration_min),
+        "token_expiration_min": str(options.key_lifetime_min),
         "default_workers_per_model": "1",
         "install_py_dep_per_model": "false",
         "vmargs": f"-Xmx{options.java_heap} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={workdir / 'tmp'}",
@@ -197,16 +227,43 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(options: ServeOptions) -> int:
-    """Start TorchServe in the background and return the JVM's pid (written to W/torchserve.pid)."""
+def startup_models(options: ServeOptions, *, asr_required: bool = True) -> list[str]:
+    """Put what TorchServe loads at start into its own model store (W/models): the fleet archive,
+    built, and the speech model's, linked when there is one (`stage_asr`). With the model API off
+    these are all the models the server will run; their names."""
+    build_fleet_archive(options.links, fleet_config(options), options=options.archive)
+    return [FLEET_MODEL, *stage_asr(options, required=asr_required)]
+
+
+def stage_asr(options: ServeOptions, *, required: bool) -> list[str]:
+    """`["asr"]` once the store's (or `--asr`) archive is linked as W/models/asr.mar, `[]` when there is
+    none. Not `required` (a serving pod): an archive that cannot be served is logged and left out,
+    the personas still serve, the bot apologises for voice messages."""
+    (options.links / f"{ASR_MODEL_NAME}.mar").unlink(missing_ok=True)
+    try:
+        archive = find_asr(options.model_store, options.asr)
+        if archive is None:
+            return []
+        link_asr(options.links, archive)
+    except PersonaError as exc:
+        if required:
+            raise
+        logger.error("Serving without speech recognition: %s", exc)
+        return []
+    return [ASR_MODEL_NAME]
+
+
+def start(options: ServeOptions, models: Sequence[str]) -> int:
+    """Start TorchServe in the background loading `models` (see `startup_models`); return the JVM's
+    pid (written to W/torchserve.pid)."""
     workdir = options.workdir.resolve()
     if not options.model_store.is_dir():
         raise PersonaError(f"model store {options.model_store} is not a directory")
     if (pid := running_pid(workdir)) is not None:
         raise PersonaError(f"TorchServe already runs from {workdir} (pid {pid}); `persona serve --stop` first")
-    config = write_config(options)
-    build_fleet_archive(options.links, fleet_config(options), options=options.archive)
-    (workdir / KEY_FILE).unlink(missing_ok=True)
+    config = write_config(options, models)
+    for name in (KEY_FILE, INFERENCE_TOKEN_FILE):
+        (workdir / name).unlink(missing_ok=True)
     launcher_pid_file = workdir / "tmp" / ".model_server.pid"
     launcher_pid_file.unlink(missing_ok=True)
     with open(workdir / "logs" / "torchserve.out", "ab") as out:
@@ -238,7 +295,7 @@ def stop(workdir: Path, timeout: float = 60) -> bool:
         logger.warning("TorchServe (pid %d) did not stop in %.0f s; killing it", pid, timeout)
         process.kill()
         process.wait(10)
-    for name in (PID_FILE, KEY_FILE, ENDPOINTS_FILE):
+    for name in (PID_FILE, KEY_FILE, INFERENCE_TOKEN_FILE, ENDPOINTS_FILE):
         (workdir / name).unlink(missing_ok=True)
     return True
 
@@ -254,7 +311,8 @@ def fleet_config(options: ServeOptions) -> FleetConfig:
 
 
 async def wait_until_up(options: ServeOptions, pid: int) -> None:
-    """Until the management API answers with the key TorchServe wrote (or the JVM dies)."""
+    """Until the management API answers with the key TorchServe wrote (or the JVM dies); then,
+    without the auth front, hand clients the inference key alone (`inference-token`)."""
     deadline = time.monotonic() + options.startup_timeout_s
     async with ManagementClient(options.management_url, token_file=options.key_file, timeout=5) as management:
         while True:
@@ -263,43 +321,72 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
             if options.key_file.exists():
                 try:
                     await management.list_models()
-                    return
+                    break
                 except ManagementError:
                     pass
             if time.monotonic() > deadline:
                 raise PersonaError(f"TorchServe not up after {options.startup_timeout_s:.0f} s; see {options.workdir / 'logs'}")
             await asyncio.sleep(0.3)
+    if not options.front:
+        hand_out_inference_key(options)
 
 
-async def register_fleet(options: ServeOptions) -> None:
-    """Register `fleet.mar` (built by `start`) with its workers up before returning."""
-    async with ManagementClient(options.management_url, token_file=options.key_file,
-                                timeout=options.startup_timeout_s) as management:
+def hand_out_inference_key(options: ServeOptions) -> Path:
+    """Write TorchServe's current inference key alone to `inference-token` (mode 0600), what clients
+    of a server without the auth front get; again after the key was rotated with the API key."""
+    key = TokenSource(token_file=options.key_file, kind="inference").token() or ""
+    return write_text_atomic(options.inference_token_file, key + "\n", mode=0o600)
+
+
+async def wait_until_loaded(options: ServeOptions, pid: int, model: str) -> dict:
+    """Until every worker of `model` (loaded at start) is READY; TorchServe's description of it. A
+    worker that dies while loading is restarted by TorchServe with back-off, forever, under a new
+    pid: seeing a worker's pid change is the failure (a PersonaError), as is the start-up timeout."""
+    deadline = time.monotonic() + options.startup_timeout_s
+    pids: dict[str, int] = {}
+    async with ManagementClient(options.management_url, token_file=options.key_file, timeout=5) as management:
+        while True:
+            if not alive(pid):
+                raise PersonaError(f"TorchServe exited while loading {model}; see {options.workdir / 'logs'}")
+            try:
+                described = await management.describe(model)
+                workers = described["workers"]
+            except (ManagementError, LookupError) as exc:
+                raise PersonaError(f"TorchServe did not load {model}: {exc}; see {options.workdir / 'logs'}") from None
+            if workers and all(worker["status"] == "READY" for worker in workers):
+                return described
+            for worker in workers:
+                if worker.get("pid", -1) > 0 and pids.setdefault(worker["id"], worker["pid"]) != worker["pid"]:
+                    raise PersonaError(f"the {model} model's worker died while loading; see "
+                                       f"{options.workdir / 'logs' / 'model_log.log'}")
+            if time.monotonic() > deadline:
+                raise PersonaError(f"{model} not loaded after {options.startup_timeout_s:.0f} s; see {options.workdir / 'logs'}")
+            await asyncio.sleep(0.3)
+
+
+async def wait_until_served(options: ServeOptions, pid: int, models: Sequence[str], *,
+                            asr_required: bool = True) -> dict[str, dict]:
+    """Until TorchServe is up and each of `models` loaded; the models that serve, with TorchServe's
+    description of each. A speech model that does not load is an error unless not `asr_required`
+    (a pod): then it is logged and TorchServe keeps retrying its worker with back-off (voice
+    messages get the bot's apology meanwhile)."""
+    await wait_until_up(options, pid)
+    served = {}
+    for model in models:
         try:
-            await management.register(f"{FLEET_MODEL}.mar", initial_workers=None, synchronous=True)
-        except ManagementError as exc:
-            raise PersonaError(f"cannot load the fleet model: {exc}; see {options.workdir / 'logs'}") from exc
+            served[model] = await wait_until_loaded(options, pid, model)
+        except PersonaError as exc:
+            if model != ASR_MODEL_NAME or asr_required:
+                raise PersonaError(f"cannot load the {model} model: {exc}") from None
+            logger.error("Serving without speech recognition for now: %s", exc)
+    return served
 
 
-async def register_asr_model(options: ServeOptions, *, required: bool = True) -> dict[str, str]:
-    """The ASR model beside the personas, when the store (or `--asr`) has one: {"asr": version}.
-    Not `required` (a serving pod): a speech model that cannot load (e.g. the hub unreachable) is
-    logged and left out, the personas still serve, the bot apologises for voice messages."""
-    from persona_serving.asr_serving import find_asr, register_asr
-
-    archive = find_asr(options.model_store, options.asr)
-    if archive is None:
-        return {}
-    try:
-        version = await register_asr(options.management_url, options.key_file, options.links, archive,
-                                     options.startup_timeout_s)
-    except PersonaError as exc:
-        if required:
-            raise
-        logger.error("Serving without speech recognition: %s", exc)
-        return {}
-    return {"asr": version}
-
+def front_timeout(served: dict[str, dict]) -> float:
+    """How long the auth front waits for TorchServe: twice the longest response timeout of the served
+    models (a request may queue behind a batch that takes all of it, then take all of it itself), so
+    TorchServe's own timeout fires first and a stuck TorchServe costs a client a 504, not a connection."""
+    return 2.0 * max(description["responseTimeout"] for description in served.values())
 
 
 def route_unlisted(store: Path) -> RoutingTable:
@@ -316,17 +403,16 @@ def route_unlisted(store: Path) -> RoutingTable:
 
 
 def serve_background(options: ServeOptions) -> RoutingTable:
-    """`persona serve`: route unlisted personas, start, register the fleet model, return the
-    routing table once the fleet answers; stop again on failure."""
+    """`persona serve`: route unlisted personas, start TorchServe with its models, return the routing
+    table once they are loaded; stop again on failure."""
     options.workdir.mkdir(parents=True, exist_ok=True)
     if not options.model_store.is_dir():
         raise PersonaError(f"model store {options.model_store} is not a directory")
     table = route_unlisted(options.model_store)
-    pid = start(options)
+    models = startup_models(options)
+    pid = start(options, models)
     try:
-        asyncio.run(wait_until_up(options, pid))
-        asyncio.run(register_fleet(options))
-        if asyncio.run(register_asr_model(options)):
+        if ASR_MODEL_NAME in asyncio.run(wait_until_served(options, pid, models)):
             logger.info("Serving speech recognition as `asr`")
     except BaseException:
         stop(options.workdir)
@@ -335,32 +421,35 @@ def serve_background(options: ServeOptions) -> RoutingTable:
 
 
 def endpoints(options: ServeOptions) -> dict[str, str]:
-    """Where TorchServe listens; saved as `endpoints.json` beside the key file for clients."""
+    """Where TorchServe listens; saved as `endpoints.json` beside the key file for clients, with the
+    inference-only token file they use (no auth front) or the key file of the server itself."""
+    client_key = {} if options.front else {"inference_token": str(options.inference_token_file)}
     return {
         "inference": options.inference_url,
         "management": options.management_url,
         "metrics": f"{options.metrics_url}/metrics",
+        **client_key,
         "key_file": str(options.key_file),
     }
 
 
 def serve_foreground(options: ServeOptions) -> int:
-    """The container entrypoint: start TorchServe, register the fleet model, open the auth front
-    (when token files are given), then stay until SIGTERM/SIGINT - stopping TorchServe - or until
+    """The container entrypoint: start TorchServe with its models, open the auth front once they are
+    loaded (when token files are given), then stay until SIGTERM/SIGINT - stopping TorchServe - or until
     TorchServe dies (exit status 1, so the pod restarts)."""
     options.workdir.mkdir(parents=True, exist_ok=True)
-    pid = start(options)
+    models = startup_models(options, asr_required=False)
+    pid = start(options, models)
 
     async def run() -> int:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        await wait_until_up(options, pid)
-        await register_fleet(options)
-        asr = await register_asr_model(options, required=False)
-        logger.info("Serving the fleet of %s from %s%s", options.base, options.model_store, " and `asr`" if asr else "")
-        front = asyncio.create_task(_front(options, stopping)) if options.front else None
+        served = await wait_until_served(options, pid, models, asr_required=False)
+        logger.info("Serving the fleet of %s from %s%s", options.base, options.model_store,
+                    " and `asr`" if ASR_MODEL_NAME in served else "")
+        front = asyncio.create_task(_front(options, stopping, front_timeout(served))) if options.front else None
         while not stopping.is_set():
             if not alive(pid) or (front is not None and front.done()):
                 logger.error("TorchServe or the auth front stopped; exiting")
@@ -377,7 +466,7 @@ def serve_foreground(options: ServeOptions) -> int:
         stop(options.workdir)
 
 
-async def _front(options: ServeOptions, stopping: asyncio.Event) -> None:
+async def _front(options: ServeOptions, stopping: asyncio.Event, backend_timeout: float) -> None:
     from persona_serving.front import AuthFront
 
     front = AuthFront(
@@ -386,7 +475,6 @@ async def _front(options: ServeOptions, stopping: asyncio.Event) -> None:
         key_file=options.key_file,
         inference_backend=options.inference_url,
         management_backend=options.management_url,
-        model_store=options.model_store.resolve(),
-        links=options.links,
+        backend_timeout=backend_timeout,
     )
     await front.serve(options.host, options.inference_port, options.management_port, stopping)

@@ -88,6 +88,7 @@ class Reconciler:
         try:
             spec = PersonaModelSpec.parse(body.get("spec") or {})
             spec.check_scheduling(self.settings.training_overrides)
+            spec.check_resources(self.settings.training_max_resources)
             spec.check_canary(self.settings.prometheus_url)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))

@@ -22,7 +22,6 @@ the promotion is the rollout's own switch, verify and prune.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,9 +33,8 @@ import httpx
 from personafleet.client import TokenSource, error_detail, send_authorized
 from personafleet.errors import PersonaError
 from personafleet.names import parse_version
-from personafleet.routing import (
-    PersonaRoute, RoutingTable, choose_version, conversation_key, read_routing, update_routing, version_dir,
-)
+from personafleet.routing import PersonaRoute, RoutingTable, choose_version, conversation_key, read_routing, update_routing
+from personafleet.store import published_version
 
 from persona_operator import metrics
 from persona_operator.settings import Settings
@@ -44,7 +42,6 @@ from persona_operator.settings import Settings
 SMOKE_MESSAGE = "Привет! Как дела?"
 CHECK_TOKENS = 8  # a smoke test proves the adapter loads and generates; a long reply proves nothing more
 VERIFY_INTERVAL_SECONDS = 0.2  # between unpinned requests while waiting for a replica to switch
-VERSION_FILE = "version.json"  # written last by `persona package`: the version is complete (contract 1)
 CHECK_KEYS = 10_000  # conversation keys tried for one that the new weights send to the canary
 
 
@@ -239,18 +236,13 @@ class Rollout:
         return before[0] if before[0] != version else None
 
     def check_published(self, persona: str, version: int) -> None:
-        """The version folder is complete (its version.json names it), so no replica is sent to load half a
-        version; a Job that succeeded without publishing fails here, before the table changes."""
-        path = version_dir(self.store, persona, version) / VERSION_FILE
+        """The version is published (`personafleet.store.published_version`: complete, inside the store,
+        its record naming it), so no replica is sent to load half a version; a Job that succeeded
+        without publishing fails here, before the table changes."""
         try:
-            published = json.loads(path.read_text(encoding="utf-8"))
-            ok = published.get("persona") == persona and parse_version(published.get("version")) == version
-        except FileNotFoundError:
-            raise RolloutFailed("publish check", "the model store", f"{path} is missing: the version was not published") from None
-        except (OSError, ValueError, AttributeError, PersonaError) as exc:
-            raise RolloutFailed("publish check", "the model store", f"{path} is unreadable: {exc}") from None
-        if not ok:
-            raise RolloutFailed("publish check", "the model store", f"{path} names {published!r}, not {persona} v{version}")
+            published_version(self.store, persona, version)
+        except (PersonaError, OSError) as exc:
+            raise RolloutFailed("publish check", "the model store", str(exc)) from None
 
     async def withdraw(self, persona: str, version: int, previous: int | None) -> None:
         """Take `version` out of the table, `previous` serving again; logged, never raised (the caller

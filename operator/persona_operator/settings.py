@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from persona_operator.spec import SchedulingField
+from persona_operator.spec import SchedulingField, over_caps
 from personafleet.errors import PersonaError
 
 
@@ -56,7 +56,13 @@ class Settings(BaseModel):
     )
     database_secret: str | None = Field(
         None,
-        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`.",
+        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`: "
+        "the read-only export role's DATABASE_URL (chart: database.feedbackExport), never the bot's login.",
+    )
+    training_max_resources: dict[str, str | int | float] = Field(
+        default_factory=lambda: {"nvidia.com/gpu": 1},
+        description="PERSONA_TRAINING_MAX_RESOURCES: JSON {resource: quantity}, the most a training pod may request "
+        "or be limited to; a PersonaModel asking for more is refused (names not listed are not capped).",
     )
     training_defaults: TrainingDefaults = Field(
         default_factory=TrainingDefaults,
@@ -92,6 +98,13 @@ class Settings(BaseModel):
         86400, ge=60, description="PERSONA_TRAINING_DEADLINE_SECONDS: a training Job's activeDeadlineSeconds "
         "(a Job that never gets a node fails instead of training forever)."
     )
+
+    @field_validator("training_defaults")
+    @classmethod
+    def _defaults_within_caps(cls, value: TrainingDefaults, info: ValidationInfo) -> TrainingDefaults:
+        if why := over_caps(value.resources, info.data.get("training_max_resources") or {}):
+            raise ValueError(f"resources.{why} (PERSONA_TRAINING_MAX_RESOURCES)")
+        return value
 
     @field_validator("serving_selector")
     @classmethod
@@ -136,6 +149,7 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_DATABASE_SECRET": "database_secret",
     "PERSONA_TRAINING_DEFAULTS": "training_defaults",
     "PERSONA_TRAINING_OVERRIDES": "training_overrides",
+    "PERSONA_TRAINING_MAX_RESOURCES": "training_max_resources",
     "METRICS_PORT": "metrics_port",
     "PERSONA_HEALTH_PORT": "health_port",
     "PERSONA_LISTEN_ADDRESS": "listen_address",
@@ -147,4 +161,4 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_PROMETHEUS_URL": "prometheus_url",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""
-JSON_FIELDS = frozenset({"training_defaults", "training_overrides"})
+JSON_FIELDS = frozenset({"training_defaults", "training_overrides", "training_max_resources"})

@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from string import Template
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -18,6 +19,22 @@ from personafleet.errors import PersonaError, first_error
 from personafleet.names import MAX_NEW_TOKENS
 
 SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
+
+
+def over_caps(resources: dict[str, Any], caps: dict[str, Any]) -> str | None:
+    """Why a pod's `resources` ask for more than `caps` (resource name -> the most a training pod may
+    request or be limited to; names not listed are not capped), or None when they do not."""
+    for section in ("requests", "limits"):
+        for name, value in ((resources or {}).get(section) or {}).items():
+            if name not in caps:
+                continue
+            try:
+                asked = parse_quantity(value)
+            except (ValueError, TypeError):
+                return f"{section}.{name}: {value!r} is not a quantity"
+            if asked > parse_quantity(caps[name]):
+                return f"{section}.{name}: {value} is over this installation's cap of {caps[name]}"
+    return None
 
 
 class _Camel(BaseModel):
@@ -176,6 +193,12 @@ class PersonaModelSpec(_Camel):
             return cls.model_validate(spec)
         except ValidationError as exc:
             raise PersonaError(f"spec.{first_error(exc, 'spec')}") from None
+
+    def check_resources(self, caps: dict[str, Any]) -> None:
+        """Refuse resources above the installation's caps (the chart's training.maxResources): one
+        PersonaModel could otherwise take every GPU of the pool."""
+        if self.resources is not None and (why := over_caps(self.resources, caps)):
+            raise PersonaError(f"spec.resources.{why} (the chart's training.maxResources)")
 
     def check_canary(self, prometheus_url: str | None) -> None:
         """A canary is judged from Prometheus: refuse one where the installation names none."""

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from personafleet.inference import FLEET_MODEL, InferenceRequest
 
 STUB_TOKEN = "stub-inference-token"
+STUB_BASE = "ai-forever/FRED-T5-large"
+STUB_FACTS = ["Работаю DevOps-инженером"]  # "retrieved" for every request that asks for its facts
 
 
 class StubModel:
@@ -21,9 +23,11 @@ class StubModel:
         self.failing = False  # answer 503 (a model that is down)
         self.version = "1"  # the model_version it answers as
         self.requests: list[tuple[str, InferenceRequest]] = []
-        # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503.
+        # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503;
+        # not `asr_served` -> TorchServe's 404 for a model it does not serve.
         self.transcript = "база тормозит после миграции"
         self.asr_failing = False
+        self.asr_served = True
         self.asr_delay = 0.0
         self.asr_seconds: list[float] = []  # audio length of each transcription request
         self.busy_seconds: list[float] = []  # time spent inside each answer
@@ -64,16 +68,23 @@ class StubModel:
         if request.match_info["model"] != FLEET_MODEL or body.persona is None:
             return web.json_response({"error": "unknown_persona", "detail": "no such model or persona"}, status=404)
         persona = body.persona
+        if body.about:  # what the fleet handler answers from the store (persona_serving.requests.describe)
+            return web.json_response({"persona": persona, "model_version": "1", "base": STUB_BASE,
+                                      "trained_at": "2026-12-01T14:03:00Z", "facts": len(STUB_FACTS)})
         self.requests.append((persona, body))
         if self.delay:
             await asyncio.sleep(self.delay)
         reply = f"[{persona}] re: {body.message}"
         self.busy_seconds.append(time.perf_counter() - started)
-        return web.json_response({"reply": reply, "persona": persona, "model_version": self.version, "tokens": len(reply.split())})
+        answer = {"reply": reply, "persona": persona, "model_version": self.version, "tokens": len(reply.split())}
+        return web.json_response(answer | ({"facts": STUB_FACTS} if body.show_facts else {}))
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"error": "unauthorized", "detail": "Token authorization failed"}, status=401)
+        if not self.asr_served:
+            return web.json_response({"code": 404, "type": "ModelNotFoundException", "message": "Model not found: asr"},
+                                     status=404)
         if self.asr_failing:
             return web.json_response({"error": "unavailable", "detail": "no worker"}, status=503)
         body = await request.read()

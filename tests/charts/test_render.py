@@ -43,6 +43,7 @@ SCENARIOS: dict[str, dict] = {
                                 "ingress": {"enabled": True, "className": "nginx",
                                             "tls": [{"hosts": ["bot.example.com"], "secretName": "bot-tls"}]}}},
     "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "replicated-serving": {"serving": {"replicas": 3, "topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}},
     "serving-only": {"bot": {"enabled": False}, "operator": {"enabled": False}, "postgres": {"enabled": False},
                      "database": {"external": {"existingSecret": "unused"}}},
 }
@@ -281,9 +282,10 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert settings.namespace == NAMESPACE
     assert settings.training_image == "personafleet-serve:0.1.0"
     assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
-    assert settings.database_secret == f"{FULLNAME}-database"
+    assert settings.database_secret == f"{FULLNAME}-feedback-export"  # the read-only export login, not the bot's
     assert settings.training_defaults.node_selector == {"pool": "gpu"}
     assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
+    assert settings.training_max_resources == {"nvidia.com/gpu": 1, "cpu": "16", "memory": "64Gi"}
     token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
     mounts = {m["mountPath"]: m["name"] for m in container(operator)["volumeMounts"]}
     assert token_file == "/var/run/secrets/persona/inference-token" and mounts["/var/run/secrets/persona"] == "token"
@@ -392,3 +394,56 @@ def test_asr_off_serves_no_speech_model_and_the_bot_ignores_recordings(render):
 def test_bad_asr_values_are_refused_by_the_schema(render, values):
     with pytest.raises(Exception):
         render(values)
+
+
+# ---- availability: disruption budgets and topology spread (issue 26) ------------------------
+def budgets(objects: list[dict]) -> dict[str, dict]:
+    return {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in objects if o["kind"] == "PodDisruptionBudget"}
+
+
+def test_replicated_serving_and_bot_get_budgets_that_select_their_pods(render):
+    objects = render({**SCENARIOS["webhook-ingress"], "serving": {"replicas": 3}})
+    found = budgets(objects)
+    assert set(found) == {"serving", "bot"}
+    for component, budget in found.items():
+        kubernetes_validate.validate(budget, KUBERNETES, strict=True)
+        assert budget["spec"]["maxUnavailable"] == 1 and budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        (deployment,) = [w for w in workloads(objects) if w["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        assert selects(budget["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+        others = [w for w in workloads(objects) if w is not deployment]
+        assert not any(selects(budget["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"]) for w in others)
+
+
+@pytest.mark.parametrize("values", [
+    {},  # one serving replica, a polling bot
+    {"bot": {"replicas": 1, "mode": "webhook", "webhook": {"url": "https://bot.example.com/t"}}},
+    {"serving": {"replicas": 3, "podDisruptionBudget": {"enabled": False}}},
+])
+def test_no_budget_for_a_single_replica_or_when_switched_off(render, values):
+    assert "serving" not in budgets(render(values)) and "bot" not in budgets(render(values))
+
+
+def test_serving_replicas_spread_over_the_gpu_pools_nodes(render):
+    pool = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    serving = find(render({"serving": {"replicas": 2, "nodeSelector": pool}}), "Deployment", "-serving")
+    spec = pod_spec(serving)
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    # The domains are the nodes the pod may run on: the GPU pool's (its selector and tolerations).
+    assert spec["nodeSelector"] == pool and spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert (spread["nodeAffinityPolicy"], spread["nodeTaintsPolicy"]) == ("Honor", "Honor")
+    assert spread["matchLabelKeys"] == ["pod-template-hash"]
+    assert selects(spread["labelSelector"], serving["spec"]["template"]["metadata"]["labels"])
+    assert "topologySpreadConstraints" not in pod_spec(find(render({}), "Deployment", "-serving"))  # one replica
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"serving": {"topologySpread": {"whenUnsatisfiable": "Sometimes"}}}, "whenUnsatisfiable"),
+    ({"serving": {"podDisruptionBudget": {"maxUnavailable": 0}}}, "maxUnavailable"),
+    ({"bot": {"podDisruptionBudget": {"enabeld": True}}}, "enabeld"),
+])
+def test_bad_availability_values_are_refused_by_the_schema(render_text, values, says):
+    from tests.charts.conftest import merge
+
+    with pytest.raises(Exception, match=says):
+        render_text(merge(MINIMAL, values))

@@ -321,8 +321,7 @@ async def fleet_replica(server: ServeOptions, workdir: Path, *, host: str = "127
     inference_token.write_text(f"bot-{time.time_ns()}\n")
     front = AuthFront(inference_token_file=inference_token, management_token_file=token_file,
                       key_file=server.key_file, inference_backend=server.inference_url,
-                      management_backend=server.management_url, model_store=server.model_store.resolve(),
-                      links=server.links)
+                      management_backend=server.management_url, backend_timeout=120)
     port = port or free_port()
     front_port = free_port() if faults else port
     stopping = asyncio.Event()

@@ -44,6 +44,25 @@ def test_it_loads_and_hears_through_the_production_classes(asr_model):
     assert transcribe(model, processor, clips, language="ru") == sentences
 
 
+@pytest.mark.slow
+def test_hearing_prints_no_library_warning(asr_model, capfd):
+    """Issue 26: Whisper's `generate` is called as transformers wants it (the features' attention
+    mask, one length bound), batched and with the language detected, and says nothing."""
+    import warnings
+
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(asr_model)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(asr_model).eval()
+    clips = [synthesize(sentence) for sentence in trained_sentences(asr_model)[:2]]
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        transcribe(model, processor, clips, language="ru")
+        transcribe(model, processor, clips, language=None)
+    assert capfd.readouterr().err == ""
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "{tmp}"], "is not a speech-to-text checkpoint"),
     (["--model", "openai/whisper-small", "--bundle"], "bundling needs a local checkpoint"),
@@ -55,3 +74,20 @@ def test_package_asr_user_errors_are_one_line(tmp_path, arguments, message):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_training_leaves_the_callers_torch_thread_count_alone(tmp_path):
+    """It trains on one thread, then gives the process its count back: a different count changes
+    float sums, so a later training in the same process would stop reproducing another process's run."""
+    import torch
+
+    from persona_training.asr_model import AsrOptions, init_asr
+    from persona_training.base_model import DEFAULT_CORPUS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        init_asr(tmp_path / "asr", [DEFAULT_CORPUS], AsrOptions(steps=1, sentences=3, held_out=1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -72,6 +72,19 @@ app.kubernetes.io/part-of: personafleet
 {{- end }}
 {{- end }}
 
+{{/*
+The read-only login training Jobs export feedback with (database.feedbackExport): the user's Secret,
+else the chart's when it knows the database's address (in-cluster postgres or database.external.url),
+else none (an includeFeedback Job then fails with "no database").
+*/}}
+{{- define "personafleet.feedbackExportSecret" -}}
+{{- if .Values.database.feedbackExport.existingSecret }}
+{{- .Values.database.feedbackExport.existingSecret }}
+{{- else if or .Values.postgres.enabled .Values.database.external.url }}
+{{- printf "%s-feedback-export" (include "personafleet.fullname" .) }}
+{{- end }}
+{{- end }}
+
 {{- define "personafleet.botTokenSecret" -}}
 {{- default (printf "%s-bot" (include "personafleet.fullname" .)) .Values.bot.telegram.existingSecret }}
 {{- end }}
