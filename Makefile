@@ -24,7 +24,7 @@ BENCH_OUT := .persona/bench
 bench: $(STAMP)
 	PERSONA_WITH_POSTGRES=1 bash scripts/setup.sh
 	$(VENV)/bin/python benchmarks/prepare.py --sizes 10000 --baseline-max 10000
-	$(VENV)/bin/python benchmarks/training.py --steps 10
+	$(VENV)/bin/python benchmarks/training.py --steps 10 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/serving.py --concurrency 1 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/bot.py --rates 50 200 --seconds 2
 	$(VENV)/bin/python benchmarks/operator.py --trials 1 --canary-trials 1 --chats 8 --results $(BENCH_OUT)

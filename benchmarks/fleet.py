@@ -13,6 +13,9 @@
    cores. Greedy, fixed reply length.
 3. Rollout: a new version published and switched in the routing table -> answering unpinned
    requests (tiny model, one replica).
+4. Two bases in one `persona serve` (issue 22): a tiny T5 and a tiny causal (Llama) base, 2
+   personas each, `--clients` clients over the 4 personas (half per base) through the routing
+   front; each fleet's req/s against the same clients on a server with that base alone.
 
     .venv/bin/python benchmarks/fleet.py                 # everything (~10 min on 2 busy cores)
     .venv/bin/python benchmarks/fleet.py --skip-memory   # throughput and rollout only
@@ -119,33 +122,39 @@ def memory(work: Path, counts: list[int]) -> dict:
 
 
 # --- 2. throughput and 3. rollout ---------------------------------------------------------------
-def tiny_fleet(work: Path, personas: list[str]) -> tuple[Path, Path]:
-    """A tiny base and one random LoRA adapter per persona, published as v1 (and v2 of the first)."""
+def tiny_fleet(work: Path, personas: list[str], shape: str = "t5", store: Path | None = None,
+               second_version: bool = True) -> tuple[Path, Path]:
+    """A tiny base of `shape` (t5, or llama: causal) and one random LoRA adapter per persona
+    (PEFT's default modules for it), published as v1 (and v2 of the first)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base
     from persona_training.package import publish_version
+    from personafleet.family import load_base, load_family
     from personafleet.persona import PERSONA_FILE, PersonaSpec
 
-    base = work / "base"
-    init_base(base, [ROOT / DEFAULT_CORPUS], BaseModelOptions(d_model=128, d_ff=256, num_layers=2, num_heads=4, steps=5))
+    base = work / f"base-{shape}"
+    init_base(base, [ROOT / DEFAULT_CORPUS],
+              BaseModelOptions(shape=shape, d_model=128, d_ff=256, num_layers=2, num_heads=4, steps=5))
     generation = GenerationConfig.from_pretrained(base)
     generation.eos_token_id = None  # fixed reply length: every setup generates the same tokens
     generation.save_pretrained(base)
-    store = work / "store"
+    family = load_family(str(base))
+    store = store or work / "store"
     tokenizer = AutoTokenizer.from_pretrained(base)
     for index, name in enumerate(personas):
         torch.manual_seed(index)
         run = work / "runs" / name
-        model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(base),
-                               LoraConfig(r=16, lora_alpha=32, target_modules=["q", "v"], init_lora_weights=False))
+        lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type=family.peft_task_type)
+        model = get_peft_model(load_base(family, str(base)), lora)  # target modules: PEFT's default for the type
         model.save_pretrained(str(run))
         tokenizer.save_pretrained(str(run))
-        (run / PERSONA_FILE).write_text(PersonaSpec(name=name).model_dump_json(), encoding="utf-8")
+        template = family.default_template(tokenizer)
+        (run / PERSONA_FILE).write_text(PersonaSpec(name=name, template=template).model_dump_json(), encoding="utf-8")
         publish_version(run, name, 1, store / name / "v1")
-        if index == 0:
+        if index == 0 and second_version:
             publish_version(run, name, 2, store / name / "v2")
     return base, store
 
@@ -202,7 +211,7 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     personas = [f"persona-{i}" for i in range(8)]
     base, store = tiny_fleet(work, personas)
     archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-    options = ServeOptions(model_store=store, base=str(base), workdir=work / "serve", archive=archive,
+    options = ServeOptions(model_store=store, bases=[str(base)], workdir=work / "serve", archive=archive,
                            max_resident_adapters=len(personas), inference_port=free_port(), management_port=free_port(),
                            metrics_port=free_port(), grpc_ports=(free_port(), free_port()), torch_threads=args.threads)
     serve_background(options)
@@ -223,7 +232,7 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     # Today's layout: one model (one worker, one copy of the base) per persona, on the same cores,
     # loaded at start by a second server (the model API is off: nothing registers later).
     single = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-    config = fleet_config(options).model_copy(update={"max_resident_adapters": 1})
+    config = fleet_config(options, str(base)).model_copy(update={"max_resident_adapters": 1})
     per_persona = options.model_copy(update={"workdir": work / "serve-per-persona"})
     models = [f"model-{persona}" for persona in personas]
     for name in models:
@@ -239,6 +248,54 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
             load(per_model_url, headers, spread, args.requests_per_client, args.new_tokens))
     finally:
         stop(per_persona.workdir)
+    return results
+
+
+# --- 4. two bases in one `persona serve` (issue 22) --------------------------------------------
+def two_bases(work: Path, args: argparse.Namespace) -> dict:
+    """A tiny T5 and a tiny causal (Llama) base, 2 personas each, in ONE `persona serve` (one fleet
+    model per base, the routing front before them): `--clients` clients over the 4 personas, and
+    each fleet's req/s against the same clients of that fleet on a server with that base alone."""
+    from persona_serving.archive import ArchiveOptions
+    from persona_serving.server import ServeOptions, free_port, serve_background, stop
+    from personafleet.client import TokenSource
+
+    groups = {"t5": ["t5-a", "t5-b"], "llama": ["causal-a", "causal-b"]}
+    bases = {}
+    store = work / "two-bases" / "store"
+    for shape, personas in groups.items():
+        bases[shape], _ = tiny_fleet(work / "two-bases", personas, shape, store, second_version=False)
+    archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
+    per_fleet = args.clients // len(groups)
+
+    def serve(shapes: list[str], name: str) -> ServeOptions:
+        options = ServeOptions(model_store=store, bases=[str(bases[s]) for s in shapes], workdir=work / name,
+                               archive=archive, max_resident_adapters=4, inference_port=free_port(),
+                               management_port=free_port(), metrics_port=free_port(),
+                               grpc_ports=(free_port(), free_port()), backend_ports=(free_port(), free_port()),
+                               torch_threads=args.threads)
+        serve_background(options)
+        return options
+
+    async def fleets(options: ServeOptions, shapes: list[str]) -> dict:
+        headers = TokenSource(token_file=options.inference_token_file).headers()
+        url = lambda persona: f"{options.inference_url}/predictions/fleet"  # noqa: E731
+        clients = {s: [groups[s][i % 2] for i in range(per_fleet)] for s in shapes}
+        await asyncio.gather(*(load(url, headers, c, 2, args.new_tokens) for c in clients.values()))  # warm-up
+        runs = await asyncio.gather(*(load(url, headers, c, args.requests_per_client, args.new_tokens)
+                                      for c in clients.values()))
+        return dict(zip(shapes, runs))
+
+    results: dict = {}
+    for label, shapes in [("together", ["t5", "llama"]), ("t5 alone", ["t5"]), ("llama alone", ["llama"])]:
+        logger.info("two bases: %s", label)
+        options = serve(shapes, label.replace(" ", "-"))
+        try:
+            results[label] = asyncio.run(fleets(options, shapes))
+        finally:
+            stop(options.workdir)
+    results["together_vs_alone"] = {shape: results["together"][shape]["req_per_s"] / results[f"{shape} alone"][shape]["req_per_s"]
+                                    for shape in groups}
     return results
 
 
@@ -263,6 +320,15 @@ def print_table(report: dict) -> None:
     print(f"8 personas / 1 persona: {ratios['mixed_vs_single']:.2f}x (goal >= 0.8x); "
           f"fleet / one model per persona: {ratios['fleet_vs_per_model']:.2f}x (goal >= 3x)")
     print(f"rollout (routing switch -> answering as v2): {report['throughput']['rollout_s']:.2f} s (goal < 2 s)")
+    if "two_bases" in report:
+        two = report["two_bases"]
+        print(f"\nTwo bases in one `persona serve` (tiny T5 + tiny Llama, CPU), {report['args']['clients']} clients "
+              f"over 4 personas ({report['args']['clients'] // 2} per base)")
+        print(f"{'fleet':>8} | {'together req/s':>14} | {'alone req/s':>11} | {'together / alone':>16} | errors")
+        for shape, ratio in two["together_vs_alone"].items():
+            together, alone = two["together"][shape], two[f"{shape} alone"][shape]
+            print(f"{shape:>8} | {together['req_per_s']:>14.1f} | {alone['req_per_s']:>11.1f} | {ratio:>15.2f}x | "
+                  f"{together['errors'] + alone['errors']}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -297,6 +363,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-two-bases", action="store_true", help="leave out part 4 (two bases in one serve)")
     parser.add_argument("--personas", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests-per-client", type=int, default=6)
@@ -314,6 +381,8 @@ def main() -> None:
         if not args.skip_memory:
             report["memory"] = memory(Path(tmp), args.personas)
         report["throughput"] = throughput(Path(tmp), args)
+        if not args.skip_two_bases:
+            report["two_bases"] = two_bases(Path(tmp), args)
     runs = report["throughput"]
     report["ratios"] = {
         "mixed_vs_single": runs["fleet, 8 personas"]["req_per_s"] / runs["fleet, 1 persona"]["req_per_s"],

@@ -272,7 +272,7 @@ def main() -> None:
                                  workers=args.workers)
         publish_version(run, PERSONA, 1, work / "store" / PERSONA / "v1")
         results: dict[str, list[dict]] = {"torchserve": [], "baseline": []}
-        options = ServeOptions(model_store=work / "store", base=str(base), archive=archive, workdir=work / "serve",
+        options = ServeOptions(model_store=work / "store", bases=[str(base)], archive=archive, workdir=work / "serve",
                                inference_port=free_port(),
                                management_port=free_port(), metrics_port=free_port(), grpc_ports=(free_port(), free_port()),
                                torch_threads=args.threads)

@@ -38,7 +38,8 @@ def package_asr(
 @app.command()
 def serve(
     model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model of the fleet (hub id or path; the one the adapters were trained on).")] = None,
+    base: Annotated[Optional[list[str]], typer.Option("--base", help="Base model to serve, one fleet each (hub id or path; repeatable). [default: every base the store's routing table uses]")] = None,
+    fleet: Annotated[Optional[list[str]], typer.Option("--fleet", help="Another base's fleet as BASE=URL (its serving Service; repeatable): its personas' requests are forwarded there.")] = None,
     max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapters each worker keeps loaded (LRU).")] = 32,
     max_persona_labels: Annotated[int, typer.Option(min=0, help='Personas with their own label in the serving metrics; the rest are persona="other".')] = 100,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
@@ -62,20 +63,22 @@ def serve(
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
     asr: Annotated[Optional[Path], typer.Option("--asr", help="ASR archive to serve as `asr`. [default: STORE/asr/asr.mar if present]")] = None,
 ) -> None:
-    """Run TorchServe with the fleet model: every persona of the store on one base (background by default; token auth on)."""
+    """Run TorchServe with one fleet model per base: every persona of the store on its base (background by default; token auth on)."""
     from persona_serving import server
     from persona_serving.archive import ArchiveOptions
 
     if stop:
         print("stopped" if server.stop(workdir) else f"no server running from {workdir}")
         return
-    if model_store is None or base is None:
-        raise PersonaError("--model-store and --base are required")
+    if model_store is None:
+        raise PersonaError("--model-store is required")
+    fleets = dict(_fleet(entry) for entry in fleet or [])
     if auth_token_file and not (foreground and management_token_file):
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
-        model_store=model_store, base=base, bundle_base=bundle_base, max_resident_adapters=max_resident_adapters,
-        max_persona_labels=max_persona_labels, max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
+        model_store=model_store, bases=base or [], fleets=fleets, bundle_base=bundle_base,
+        max_resident_adapters=max_resident_adapters, max_persona_labels=max_persona_labels,
+        max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
@@ -92,6 +95,13 @@ def serve(
         print(f"{name:>10}: {where}")
 
 
+def _fleet(entry: str) -> tuple[str, str]:
+    base, sep, url = entry.partition("=")
+    if not sep or not base or not url.startswith(("http://", "https://")):
+        raise PersonaError(f"--fleet {entry}: give BASE=URL, e.g. ai-forever/FRED-T5-large=http://fred-serving:8080")
+    return base, url
+
+
 @app.command()
 def switch(
     model_store: Annotated[Path, typer.Option(help="Model store of the running `persona serve`.")],
@@ -106,17 +116,17 @@ def switch(
     from personafleet.store import published_version
 
     number = parse_version(version)
-    published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
+    info = published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
 
     def change(table: RoutingTable) -> None:
         if weight == 100:
-            table.add(persona, number, serve=True)
+            table.add(persona, number, serve=True, base=info.base)
             return
         serving = table.personas[persona].serving if persona in table.personas else None
         if serving is None or serving == number:
             raise PersonaError(f"--weight shares {persona}'s conversations between its serving version and another; "
                                f"{'it has none' if serving is None else f'v{number} is the serving one'}")
-        table.add(persona, number, serve=False)
+        table.add(persona, number, serve=False, base=info.base)
         table.weigh(persona, {serving: 100 - weight, number: weight})  # weight 0 ends the canary
 
     table = update_routing(model_store, change)

@@ -17,19 +17,23 @@ app = typer.Typer()
 def init_base(
     out: Annotated[Path, typer.Option("--out", help="Directory for the base model and its tokenizer.")],
     corpus: Annotated[Optional[list[Path]], typer.Option("--corpus", help="Telegram export(s) to learn from (repeatable). [default: examples/sample-export/result.json]")] = None,
-    shape: Annotated[str, typer.Option(help="t5: T5 tokenizer and architecture; fred: FRED-T5's (byte-level BPE, plain added markers, gated-GELU, untied).")] = "t5",
+    arch: Annotated[str, typer.Option(help="seq2seq (T5-style encoder-decoder) or causal (decoder-only).")] = "seq2seq",
+    shape: Annotated[Optional[str], typer.Option(help="seq2seq: t5 (T5 tokenizer and architecture) or fred (FRED-T5's: byte-level BPE, plain added markers, gated-GELU, untied); causal: llama (the t5 tokenizer, LlamaForCausalLM) or gpt2 (ruGPT-3's: byte-level BPE without a pad token, GPT2LMHeadModel). [default: t5 / llama]")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Pre-training steps.")] = 400,
     d_model: Annotated[int, typer.Option(min=8, help="Hidden size.")] = 128,
-    layers: Annotated[int, typer.Option(min=1, help="Encoder and decoder layers (each).")] = 2,
+    layers: Annotated[int, typer.Option(min=1, help="Layers (seq2seq: encoder and decoder layers, each).")] = 2,
     vocab_size: Annotated[int, typer.Option(min=64, help="Most tokenizer pieces.")] = 4000,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and pre-training.")] = 13,
 ) -> None:
-    """Build a tiny T5 base (tokenizer + briefly pre-trained model) from a chat export."""
-    from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base as build
+    """Build a tiny base (tokenizer + briefly pre-trained model) from a chat export."""
+    from persona_training.base_model import DEFAULT_CORPUS, SHAPES, BaseModelOptions, init_base as build
 
     log_steps()
-    if shape not in ("t5", "fred"):
-        raise PersonaError(f"--shape {shape}: choose t5 or fred")
+    if arch not in SHAPES:
+        raise PersonaError(f"--arch {arch}: choose {' or '.join(SHAPES)}")
+    shape = shape or SHAPES[arch][0]
+    if shape not in SHAPES[arch]:
+        raise PersonaError(f"--shape {shape}: a {arch} base is {' or '.join(SHAPES[arch])}")
     options = BaseModelOptions(shape=shape, steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
     build(out, corpus or [DEFAULT_CORPUS], options)
 

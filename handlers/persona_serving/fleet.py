@@ -1,6 +1,8 @@
 """One base model and the LoRA adapters loaded onto it: the fleet worker's model, without TorchServe.
 
-The base is loaded once (bf16 on CUDA, fp32 on CPU); each published version of a persona
+The base is loaded once (bf16 on CUDA, fp32 on CPU) through its family's auto class
+(`personafleet.family`: seq2seq or causal), which also decides how prompts are encoded and how
+`generate` output is cut to the reply; each published version of a persona
 (`STORE/<persona>/v<N>/`, contract 1) becomes one named PEFT adapter, kept UNMERGED so that one
 padded `generate` can answer rows of different personas (`adapter_names=[...]`, one per row).
 Anything wrong with a version folder - missing, half-published, corrupt, or an adapter whose
@@ -18,12 +20,13 @@ from typing import Any
 import torch
 from peft import PeftModel
 from pydantic import ValidationError
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from persona_serving.decoding import decode_replies
 from persona_serving.requests import PersonaVersion
 from personafleet import knowledge
 from personafleet.errors import PersonaError
+from personafleet.family import load_base, load_family
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
 from personafleet.store import ADAPTER_DIR, published_version
@@ -48,10 +51,10 @@ def pick_device(gpu_id: int | None) -> tuple[torch.device, torch.dtype]:
 class FleetModel:
     def __init__(self, base: str, device: torch.device, dtype: torch.dtype, max_input_tokens: int = 512):
         self.base_name, self.device, self.max_input_tokens = base, device, max_input_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        # Prompts end with the newest turn and the answer marker: cut overlong ones at the start.
-        self.tokenizer.truncation_side = "left"
-        self.base = AutoModelForSeq2SeqLM.from_pretrained(base, dtype=dtype).to(device).eval()
+        self.family = load_family(base)
+        self.tokenizer = self.family.prepare_tokenizer(AutoTokenizer.from_pretrained(base), base)
+        self.chat = self.family.chat_formatter(self.tokenizer)  # for personas whose template is the chat one
+        self.base = load_base(self.family, base, dtype=dtype).to(device).eval()
         self.model: PeftModel | None = None  # wraps `base` once the first adapter arrives
 
     def load(self, store: Path, persona: str, version: int) -> PersonaVersion:
@@ -68,6 +71,8 @@ class FleetModel:
             raise AdapterUnavailable(f"{folder} is incomplete or corrupt: {_first_line(exc)}") from None
         if adapter_config.get("peft_type") != "LORA":
             raise AdapterUnavailable(f"{folder / ADAPTER_DIR} is not a LoRA adapter")
+        if spec.template.style == "chat" and self.chat is None:
+            raise AdapterUnavailable(f"{folder}: its prompt template is the chat template, base {self.base_name} has none")
         if info.base != self.base_name:
             logger.warning("%s was trained on %s; this worker serves base %s", folder, info.base, self.base_name)
         try:
@@ -98,13 +103,12 @@ class FleetModel:
         """One padded `generate` whose row i runs adapter `adapters[i]`; (texts, token counts)."""
         if self.model is None:
             raise RuntimeError("no adapter loaded")
-        encoded = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens
-        ).to(self.device)
+        ids = self.family.encode_prompts(self.tokenizer, prompts, self.max_input_tokens)
+        encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # causal: on the left
         with torch.inference_mode():
             output = self.model.generate(**encoded, **options, adapter_names=adapters,
                                          pad_token_id=self.tokenizer.pad_token_id)
-        sequences = output[:, 1:]  # drop the decoder start token
+        sequences = self.family.reply_tokens(output, encoded["input_ids"].shape[1])
         counts = (sequences != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         texts = decode_replies(self.tokenizer, sequences)
         return texts, counts

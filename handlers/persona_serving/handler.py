@@ -101,7 +101,7 @@ class FleetHandler(BaseHandler):
 
     def _prepare(self, routed: Routed, entry: PersonaVersion) -> Prepared:
         """The request's prompt, with its version's facts; retrieval is measured where there are facts."""
-        prepared = prepare(routed, entry, self.config.limits)
+        prepared = prepare(routed, entry, self.config.limits, self.fleet.chat)
         if entry.knowledge is not None:
             self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
             self._observe(FACTS_PER_PROMPT, len(prepared.facts))

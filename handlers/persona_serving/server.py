@@ -1,13 +1,16 @@
-"""`persona serve`: run TorchServe with the fleet model for a model store, locally or as a
+"""`persona serve`: run TorchServe with the fleet models for a model store, locally or as a
 container's entrypoint.
 
-At every start the fleet archive (`fleet.mar`: handler, base reference, settings; see
-persona_serving.archive) is built into W/models/ - TorchServe's own model store - beside a link
-to the speech model's archive, when there is one, and TorchServe loads them at start with its
-model API OFF: no model can be registered (or unregistered) afterwards, from any source - a model
-is code, and TorchServe 0.12 registers an unpacked folder at any absolute path unchecked. The
-fleet's workers load adapters from the model store given by `--model-store` (passed to them as
-$PERSONA_MODEL_STORE) as requests name personas. What serves is the store's routing table.
+At every start one fleet archive per base (`fleet.mar`, or `fleet-<base name>.mar` for each of
+several bases: handler, base reference, settings; see persona_serving.archive) is built into
+W/models/ - TorchServe's own model store - beside a link to the speech model's archive, when
+there is one, and TorchServe loads them at start with its model API OFF: no model can be
+registered (or unregistered) afterwards, from any source - a model is code, and TorchServe 0.12
+registers an unpacked folder at any absolute path unchecked. The fleets' workers load adapters
+from the model store given by `--model-store` (passed to them as $PERSONA_MODEL_STORE) as requests
+name personas. What serves is the store's routing table. With several bases (or other bases'
+fleets given with `--fleet`) a front on the inference port sends each request to the fleet of its
+persona's base (persona_serving.bases); run in the background, it is a process of its own.
 
 Everything TorchServe writes lives in one working directory W (default `.persona/serve/`):
 `config.properties`, `metrics.yaml`, `logs/`, `tmp/` (TorchServe's java.io.tmpdir and pid file,
@@ -33,27 +36,32 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import psutil
 from pydantic import BaseModel, Field
 
 from persona_serving.archive import ArchiveOptions, build_fleet_archive
 from persona_serving.asr import ASR_MODEL_NAME
 from persona_serving.asr_serving import find_asr, link_asr
+from persona_serving.bases import BaseRouter, Fleet, fleet_names
 from persona_serving.config import DEFAULT_MAX_PERSONA_LABELS, MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
 from personafleet.client import ENDPOINTS_FILE, TokenSource
 from personafleet.errors import PersonaError
+from personafleet.family import base_reference
 from personafleet.files import write_text_atomic
-from personafleet.inference import FLEET_MODEL, GenerationLimits
-from personafleet.routing import RoutingTable, update_routing
-from personafleet.store import published_versions
+from personafleet.inference import GenerationLimits
+from personafleet.routing import RoutingTable, read_routing, update_routing
+from personafleet.store import published_version, published_versions
 
 logger = logging.getLogger(__name__)
 
 KEY_FILE = "key_file.json"
 INFERENCE_TOKEN_FILE = "inference-token"
 PID_FILE = "torchserve.pid"
+FRONT_PID_FILE = "front.pid"  # the routing front of a background server with several bases
+FRONT_OPTIONS_FILE = "front.json"
 # Without the auth front no process renews the key clients hold (a client with the inference key
 # alone cannot), so TorchServe's keys live as long as the server: ten years.
 LOCAL_KEY_LIFETIME_MIN = 10 * 365 * 24 * 60
@@ -63,7 +71,12 @@ DEFAULT_WORKDIR = Path(".persona/serve")
 
 class ServeOptions(BaseModel):
     model_store: Path
-    base: str = Field(description="the base model every adapter of the store was trained on (hub id or path)")
+    bases: list[str] = Field(
+        default_factory=list, description="base models served here, one fleet each (hub ids or paths); empty: "
+        "every base the store's routing table uses")
+    fleets: dict[str, str] = Field(
+        default_factory=dict, description="other bases' fleets (in a cluster): base model -> inference URL of its "
+        "serving Service; the front forwards their personas' requests there")
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
     max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
@@ -93,8 +106,18 @@ class ServeOptions(BaseModel):
     asr: Path | None = Field(None, description="ASR archive to serve as `asr` (default: STORE/asr/asr.mar if present)")
 
     @property
-    def front(self) -> bool:
+    def auth(self) -> bool:
+        """Clients present the Secret's tokens to a front on both public ports (a pod)."""
         return self.auth_token_file is not None
+
+    @property
+    def routing(self) -> bool:
+        """Requests are routed to the fleet of their persona's base by a front on the inference port."""
+        return len(self.bases) > 1 or bool(self.fleets)
+
+    @property
+    def front(self) -> bool:
+        return self.auth or self.routing
 
     @property
     def ts_inference_port(self) -> int:
@@ -102,13 +125,22 @@ class ServeOptions(BaseModel):
 
     @property
     def ts_management_port(self) -> int:
-        return self.backend_ports[1] if self.front else self.management_port
+        return self.backend_ports[1] if self.auth else self.management_port
 
     @property
-    def inference_url(self) -> str:
+    def torchserve_url(self) -> str:
         """TorchServe's own inference listener (behind the front when there is one)."""
         host = "127.0.0.1" if self.front or self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.ts_inference_port}"
+
+    @property
+    def inference_url(self) -> str:
+        """Where local clients send predictions: the routing front when there is one without Secrets,
+        else TorchServe itself (behind an auth front: the pod-local way in)."""
+        if self.routing and not self.auth:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+            return f"http://{host}:{self.inference_port}"
+        return self.torchserve_url
 
     @property
     def management_url(self) -> str:
@@ -127,11 +159,12 @@ class ServeOptions(BaseModel):
     def key_lifetime_min(self) -> float:
         if self.token_expiration_min is not None:
             return self.token_expiration_min
-        return 60 if self.front else LOCAL_KEY_LIFETIME_MIN
+        return 60 if self.auth else LOCAL_KEY_LIFETIME_MIN
 
     @property
     def inference_token_file(self) -> Path:
-        """What clients of a server without the auth front get: TorchServe's inference key alone."""
+        """What clients of a server without the auth front get: TorchServe's inference key alone (the
+        routing front of a local server with several bases accepts it too)."""
         return self.workdir.resolve() / INFERENCE_TOKEN_FILE
 
     @property
@@ -228,11 +261,15 @@ def alive(pid: int) -> bool:
 
 
 def startup_models(options: ServeOptions, *, asr_required: bool = True) -> list[str]:
-    """Put what TorchServe loads at start into its own model store (W/models): the fleet archive,
-    built, and the speech model's, linked when there is one (`stage_asr`). With the model API off
+    """Put what TorchServe loads at start into its own model store (W/models): a fleet archive per
+    base, built, and the speech model's, linked when there is one (`stage_asr`). With the model API off
     these are all the models the server will run; their names."""
-    build_fleet_archive(options.links, fleet_config(options), options=options.archive)
-    return [FLEET_MODEL, *stage_asr(options, required=asr_required)]
+    if not options.bases:
+        raise PersonaError("no base to serve: pass --base (or publish a version, whose base the routing table records)")
+    names = fleet_names(options.bases)
+    for base, name in zip(options.bases, names):
+        build_fleet_archive(options.links, fleet_config(options, base), options=options.archive, name=name)
+    return [*names, *stage_asr(options, required=asr_required)]
 
 
 def stage_asr(options: ServeOptions, *, required: bool) -> list[str]:
@@ -281,8 +318,10 @@ def start(options: ServeOptions, models: Sequence[str]) -> int:
 
 
 def stop(workdir: Path, timeout: float = 60) -> bool:
-    """Stop the TorchServe serving from `workdir` and wait for it to exit; False if none ran."""
+    """Stop the TorchServe serving from `workdir` (and its routing front) and wait for it to exit;
+    False if none ran."""
     workdir = workdir.resolve()
+    stop_front(workdir)
     pid = running_pid(workdir)
     if pid is None:
         (workdir / PID_FILE).unlink(missing_ok=True)
@@ -300,11 +339,10 @@ def stop(workdir: Path, timeout: float = 60) -> bool:
     return True
 
 
-def fleet_config(options: ServeOptions) -> FleetConfig:
-    """The handler's settings; a local base path is made absolute (workers run elsewhere)."""
-    base = str(Path(options.base).resolve()) if Path(options.base).exists() else options.base
+def fleet_config(options: ServeOptions, base: str) -> FleetConfig:
+    """The handler's settings for the fleet of `base` (a local path made absolute: workers run elsewhere)."""
     return FleetConfig(
-        base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
+        base=base_reference(base), bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
         max_resident_adapters=options.max_resident_adapters, max_persona_labels=options.max_persona_labels,
         limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
     )
@@ -327,7 +365,7 @@ async def wait_until_up(options: ServeOptions, pid: int) -> None:
             if time.monotonic() > deadline:
                 raise PersonaError(f"TorchServe not up after {options.startup_timeout_s:.0f} s; see {options.workdir / 'logs'}")
             await asyncio.sleep(0.3)
-    if not options.front:
+    if not options.auth:
         hand_out_inference_key(options)
 
 
@@ -389,31 +427,64 @@ def front_timeout(served: dict[str, dict]) -> float:
     return 2.0 * max(description["responseTimeout"] for description in served.values())
 
 
+def local_fleets(options: ServeOptions) -> list[Fleet]:
+    """The fleets a front routes to: this server's (in the order given), then other bases' Services."""
+    own = [Fleet(base_reference(base), name) for base, name in zip(options.bases, fleet_names(options.bases))]
+    return own + [Fleet(base, url=url.rstrip("/")) for base, url in options.fleets.items()]
+
+
 def route_unlisted(store: Path) -> RoutingTable:
-    """Locally, a persona published but not yet in the routing table serves its newest version
-    (in a cluster the operator writes the table); the table as written."""
+    """Locally, a persona published but not yet in the routing table serves its newest version (in
+    a cluster the operator writes the table), and every listed version gets its base recorded (from
+    its version.json) where the table lacks it; the table as written."""
     published = published_versions(store)
 
-    def add_unlisted(table: RoutingTable) -> None:
+    def base_of(persona: str, version: int) -> str | None:
+        try:
+            return published_version(store, persona, version).base
+        except PersonaError:
+            return None  # not (or no longer) published: the first fleet answers it, as before
+
+    def complete(table: RoutingTable) -> None:
         for persona, versions in published.items():
             if persona not in table.personas:
-                table.add(persona, versions[-1], serve=True)
+                table.add(persona, versions[-1], serve=True, base=base_of(persona, versions[-1]))
+        for persona, route in table.personas.items():
+            for version in route.versions:
+                if version not in route.bases and (base := base_of(persona, version)):
+                    route.bases[version] = base
 
-    return update_routing(store, add_unlisted)
+    return update_routing(store, complete)
+
+
+def bases_in_use(table: RoutingTable) -> list[str]:
+    """Every base the table records, in the order first met."""
+    return list(dict.fromkeys(base for route in table.personas.values() for base in route.bases.values()))
+
+
+def with_bases(options: ServeOptions, table: RoutingTable) -> ServeOptions:
+    """The options with the bases to serve: those given, else those the routing table uses."""
+    bases = [base_reference(base) for base in options.bases] or bases_in_use(table)
+    return options.model_copy(update={"bases": list(dict.fromkeys(bases))})
 
 
 def serve_background(options: ServeOptions) -> RoutingTable:
-    """`persona serve`: route unlisted personas, start TorchServe with its models, return the routing
-    table once they are loaded; stop again on failure."""
+    """`persona serve`: route unlisted personas, start TorchServe with its models (and the routing
+    front when several bases are served), return the routing table once they are loaded; stop
+    again on failure."""
     options.workdir.mkdir(parents=True, exist_ok=True)
     if not options.model_store.is_dir():
         raise PersonaError(f"model store {options.model_store} is not a directory")
     table = route_unlisted(options.model_store)
+    options = with_bases(options, table)
     models = startup_models(options)
     pid = start(options, models)
     try:
-        if ASR_MODEL_NAME in asyncio.run(wait_until_served(options, pid, models)):
+        served = asyncio.run(wait_until_served(options, pid, models))
+        if ASR_MODEL_NAME in served:
             logger.info("Serving speech recognition as `asr`")
+        if options.routing:
+            start_front(options, front_timeout(served))
     except BaseException:
         stop(options.workdir)
         raise
@@ -423,7 +494,7 @@ def serve_background(options: ServeOptions) -> RoutingTable:
 def endpoints(options: ServeOptions) -> dict[str, str]:
     """Where TorchServe listens; saved as `endpoints.json` beside the key file for clients, with the
     inference-only token file they use (no auth front) or the key file of the server itself."""
-    client_key = {} if options.front else {"inference_token": str(options.inference_token_file)}
+    client_key = {} if options.auth else {"inference_token": str(options.inference_token_file)}
     return {
         "inference": options.inference_url,
         "management": options.management_url,
@@ -438,16 +509,14 @@ def serve_foreground(options: ServeOptions) -> int:
     loaded (when token files are given), then stay until SIGTERM/SIGINT - stopping TorchServe - or until
     TorchServe dies (exit status 1, so the pod restarts)."""
     options.workdir.mkdir(parents=True, exist_ok=True)
+    options = with_bases(options, read_routing(options.model_store))
     models = startup_models(options, asr_required=False)
     pid = start(options, models)
 
     async def run() -> int:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+        stopping = stop_signal()
         served = await wait_until_served(options, pid, models, asr_required=False)
-        logger.info("Serving the fleet of %s from %s%s", options.base, options.model_store,
+        logger.info("Serving the fleets of %s from %s%s", ", ".join(options.bases), options.model_store,
                     " and `asr`" if ASR_MODEL_NAME in served else "")
         front = asyncio.create_task(_front(options, stopping, front_timeout(served))) if options.front else None
         while not stopping.is_set():
@@ -470,11 +539,72 @@ async def _front(options: ServeOptions, stopping: asyncio.Event, backend_timeout
     from persona_serving.front import AuthFront
 
     front = AuthFront(
-        inference_token_file=options.auth_token_file,  # type: ignore[arg-type]
+        # Without Secrets (a local server) the front accepts TorchServe's own inference key.
+        inference_token_file=options.auth_token_file or options.key_file,
         management_token_file=options.management_token_file,
         key_file=options.key_file,
-        inference_backend=options.inference_url,
+        inference_backend=options.torchserve_url,
         management_backend=options.management_url,
         backend_timeout=backend_timeout,
+        router=BaseRouter(options.model_store.resolve(), local_fleets(options)) if options.routing else None,
     )
-    await front.serve(options.host, options.inference_port, options.management_port, stopping)
+    await front.serve(options.host, options.inference_port, options.management_port if options.auth else None, stopping)
+
+
+def start_front(options: ServeOptions, backend_timeout: float) -> int:
+    """The routing front of a background server, as a process of its own (`persona serve` returns);
+    returns its pid once it answers `/ping`."""
+    workdir = options.workdir.resolve()
+    settings = {"options": options.model_dump(mode="json"), "backend_timeout": backend_timeout}
+    (workdir / FRONT_OPTIONS_FILE).write_text(json.dumps(settings), encoding="utf-8")
+    with open(workdir / "logs" / "front.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "persona_serving.server", str(workdir / FRONT_OPTIONS_FILE)],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    (workdir / FRONT_PID_FILE).write_text(str(process.pid))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{options.inference_url}/ping", timeout=2).status_code < 500:
+                return process.pid
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise PersonaError(f"the routing front did not start; see {workdir / 'logs' / 'front.log'}")
+        time.sleep(0.2)
+
+
+def stop_front(workdir: Path) -> None:
+    """Stop the routing front started from `workdir`, if it runs."""
+    try:
+        process = psutil.Process(int((workdir / FRONT_PID_FILE).read_text().strip()))
+        if "persona_serving.server" in " ".join(process.cmdline()):
+            process.terminate()
+            process.wait(10)
+    except (OSError, ValueError, psutil.Error):
+        pass
+    (workdir / FRONT_PID_FILE).unlink(missing_ok=True)
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call inside the running loop)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping
+
+
+def run_front(settings_file: Path) -> None:
+    """`python -m persona_serving.server W/front.json`: the routing front until SIGTERM."""
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    options = ServeOptions.model_validate(settings["options"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        await _front(options, stop_signal(), settings["backend_timeout"])
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    run_front(Path(sys.argv[1]))

@@ -46,6 +46,7 @@ from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_ste
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
+    BASE_NOT_SERVED,
     GATE_REJECTED,
     INVALID_SPEC,
     KNOWLEDGE_MISSING,
@@ -92,6 +93,11 @@ class Reconciler:
             spec.check_canary(self.settings.prometheus_url)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))
+        try:
+            self.settings.check_base(spec.base_model)
+        except PersonaError as exc:  # the chart may gain the base: looked at again every resync
+            await self._refuse(body, BASE_NOT_SERVED, str(exc))
+            return None
         try:
             return await self._step(body, spec, logger)
         except (ApiException, OSError, PersonaError) as exc:
@@ -221,9 +227,9 @@ class Reconciler:
         smoke-tested), or, with strategy Canary and a version serving, start a canary."""
         name, status = body["metadata"]["name"], body["status"]
         version = int(status["latestVersion"])
-        replicas = await self._replicas()
+        replicas = await self._replicas(spec)
         if not replicas:  # e.g. serving still starting at install: wait, without spending retries
-            message = f"version {version} waits for a ready TorchServe pod ({self.settings.serving_selector})"
+            message = f"version {version} waits for a ready TorchServe pod ({selector})"
             if status.get("phase") != Phase.PENDING:
                 update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
                           .condition("RolledOut", False, "NoReplicas", message))
@@ -300,7 +306,7 @@ class Reconciler:
         try:
             if state.promoting:
                 return await self._roll_out(body, spec, logger, promote=True)
-            await self._follow(name, state, logger)
+            await self._follow(name, spec, state, logger)
             now, canary = _utcnow(), spec.rollout.canary
             async with httpx.AsyncClient() as http:
                 measurement = await analysis.measure(http, self.settings.prometheus_url or "", canary.analysis.queries,
@@ -323,15 +329,15 @@ class Reconciler:
             body["status"] = {**status, **update.patch}  # the step is recorded: now into force
             if state.promoting:
                 return await self._roll_out(body, spec, logger, promote=True)
-            await self._follow(name, state, logger)
+            await self._follow(name, spec, state, logger)
             return canary.analysis.interval_seconds
         except RolloutFailed as exc:
             return await self._rollout_failed(body, spec, state.version, exc, logger)
 
-    async def _follow(self, name: str, state: CanaryState, logger: logging.Logger) -> None:
+    async def _follow(self, name: str, spec: PersonaModelSpec, state: CanaryState, logger: logging.Logger) -> None:
         """The routing table shares the conversations as the step says (written only when it does not:
         a new step, an operator stopped between the status and the table, a hand edit)."""
-        if await self.rollout.follow(name, state.version, await self._replicas(), previous=state.previous,
+        if await self.rollout.follow(name, state.version, await self._replicas(spec), previous=state.previous,
                                      weights=state.weights):
             logger.info("Routing table set to step %d of %s's canary: %s", state.step, name, state.weights)
         metrics.CANARY_WEIGHT.labels(name).set(state.weight)
@@ -379,8 +385,10 @@ class Reconciler:
         body["status"] = {**status, **update.patch}
         kopf.event(body, type="Normal", reason=SUPERSEDED, message=message)
 
-    async def _replicas(self) -> list[Replica]:
-        return [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+    async def _replicas(self, spec: PersonaModelSpec) -> list[Replica]:
+        """The ready serving pods of the fleet of the persona's base."""
+        pods = await self.cluster.ready_pods(self.settings.replica_selector(spec.base_model))
+        return [Replica.from_pod(p, self.settings) for p in pods]
 
     async def _keep_serving(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> None:
         """Level-triggered, also when Ready: the routing table serves `servingVersion` (a table edited by
@@ -402,7 +410,7 @@ class Reconciler:
             kopf.event(body, type="Normal", reason="Resynced",
                        message=f"routing table put back to version {version} (it routed {name} to {said})")
             logger.info("Routing table put back to %s v%s (it said %s)", name, version, said)
-        answers = await self.rollout.answers(name, await self._replicas())
+        answers = await self.rollout.answers(name, await self._replicas(spec))
         drifted = {pod: answer for pod, answer in answers.items() if answer != version}
         metrics.DRIFTED_REPLICAS.labels(name).set(len(drifted))
         seen = {pod: answer if isinstance(answer, int) else None for pod, answer in drifted.items()}  # not error texts

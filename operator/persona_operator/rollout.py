@@ -144,9 +144,9 @@ class Rollout:
                        previous: int | None, keep: int) -> list[int]:
         """Make `version` answer `persona` on every replica, or on none of them; returns the versions pruned
         from the table. `previous` is the version that served before (it serves again on a failure)."""
-        self.check_published(persona, version)
+        base = self.check_published(persona, version)  # recorded with the version: its requests reach its base's fleet
         async with self._http() as http:
-            steps = self._listed(http, persona, version, replicas, smoke_test=smoke_test)
+            steps = self._listed(http, persona, version, replicas, smoke_test=smoke_test, base=base)
             steps += [("switch", lambda: self.route(lambda table: table.add(persona, version, serve=True))),
                       ("verify", lambda: self._everywhere(replicas, lambda r: self._verify(http, r, persona, version)))]
             await self._run(persona, version, previous, steps)
@@ -162,9 +162,9 @@ class Rollout:
                            previous: int, weights: dict[int, int]) -> None:
         """List `version`, smoke-test it, then give it its first share of the conversations on every
         replica; on any failure `previous` answers everything again."""
-        self.check_published(persona, version)
+        base = self.check_published(persona, version)
         async with self._http() as http:
-            steps = self._listed(http, persona, version, replicas, smoke_test=smoke_test)
+            steps = self._listed(http, persona, version, replicas, smoke_test=smoke_test, base=base)
             await self._run(persona, version, previous, [*steps, self._weigh(http, persona, version, previous, weights,
                                                                             replicas)])
 
@@ -181,9 +181,11 @@ class Rollout:
         return True
 
     def _listed(self, http: httpx.AsyncClient, persona: str, version: int, replicas: Sequence[Replica], *,
-                smoke_test: bool) -> list[Step]:
-        """The first steps of every rollout: list the version (pinnable), then smoke-test it pinned."""
-        steps: list[Step] = [("route", lambda: self.route(lambda table: table.add(persona, version, serve=False)))]
+                smoke_test: bool, base: str) -> list[Step]:
+        """The first steps of every rollout: list the version (pinnable, with the base it was published
+        for: its requests reach its base's fleet), then smoke-test it pinned."""
+        steps: list[Step] = [("route", lambda: self.route(lambda table: table.add(persona, version, serve=False,
+                                                                                   base=base)))]
         if smoke_test:
             steps.append(("smoke test", lambda: self._everywhere(
                 replicas, lambda r: self._smoke_test(http, r, persona, version))))
@@ -221,26 +223,33 @@ class Rollout:
 
     async def restore(self, persona: str, version: int) -> int | None:
         """Make the table route `persona` to `version` again where it does not (edited by hand, restored
-        from a backup); returns the version it routed to before (0: none), None when it was right."""
+        from a backup), with its base recorded (a version rolled out before bases were recorded gets
+        it); returns the version it routed to before (0: none), None when it was right."""
         route = (await self.table()).personas.get(persona)
-        if route is not None and route.serving == version and not route.weights:
+        if route is not None and route.serving == version and version in route.bases and not route.weights:
             return None  # no write: every worker would re-read an unchanged table
+        try:
+            base = self.check_published(persona, version)
+        except RolloutFailed:
+            base = None  # put back all the same: the version serves (the store's own trouble shows elsewhere)
+        if route is not None and route.serving == version and base is None:
+            return None
         before: list[int] = []
 
         def put_back(table: RoutingTable) -> None:
             found = table.personas.get(persona)
             before.append(found.serving if found else 0)
-            table.add(persona, version, serve=True)
+            table.add(persona, version, serve=True, base=base)
 
         await self.route(put_back)
         return before[0] if before[0] != version else None
 
-    def check_published(self, persona: str, version: int) -> None:
+    def check_published(self, persona: str, version: int) -> str:
         """The version is published (`personafleet.store.published_version`: complete, inside the store,
         its record naming it), so no replica is sent to load half a version; a Job that succeeded
-        without publishing fails here, before the table changes."""
+        without publishing fails here, before the table changes. Returns the base it was published for."""
         try:
-            published_version(self.store, persona, version)
+            return published_version(self.store, persona, version).base
         except (PersonaError, OSError) as exc:
             raise RolloutFailed("publish check", "the model store", str(exc)) from None
 

@@ -46,6 +46,11 @@ class Settings(BaseModel):
         "app.kubernetes.io/component=serving",
         description="PERSONA_SERVING_SELECTOR: label selector of the TorchServe pods.",
     )
+    serving_bases: dict[str, str] = Field(
+        default_factory=dict,
+        description="PERSONA_SERVING_BASES: JSON {base model: fleet name} of the chart's serving.bases; a serving pod "
+        "carries its fleet's name in the label personafleet.io/base. Empty: one fleet serves every base.",
+    )
     serving_inference_port: int = Field(8080, description="PERSONA_SERVING_INFERENCE_PORT")
     serving_model: str = Field(
         "fleet", min_length=1, description="PERSONA_SERVING_MODEL: the fleet model smoke tests are sent to (contract 3)."
@@ -113,6 +118,17 @@ class Settings(BaseModel):
             raise ValueError("must select the serving pods, e.g. app.kubernetes.io/component=serving")
         return value
 
+    def replica_selector(self, base: str) -> str:
+        """The serving pods of the fleet of `base` (every serving pod when one fleet serves all)."""
+        name = self.serving_bases.get(base)
+        return f"{self.serving_selector},{BASE_LABEL}={name}" if name else self.serving_selector
+
+    def check_base(self, base: str) -> None:
+        """A PersonaModel's base must be one a fleet serves (when the chart lists its bases)."""
+        if self.serving_bases and base not in self.serving_bases:
+            served = ", ".join(f"{model} ({name})" for model, name in self.serving_bases.items())
+            raise PersonaError(f"spec.baseModel {base}: no fleet serves this base (the chart's serving.bases: {served})")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the variables listed in `ENVIRONMENT`; unset ones keep their defaults."""
@@ -143,6 +159,7 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_STORE_PVC": "store_pvc",
     "PERSONA_STORE_PATH": "store_path",
     "PERSONA_SERVING_SELECTOR": "serving_selector",
+    "PERSONA_SERVING_BASES": "serving_bases",
     "PERSONA_SERVING_INFERENCE_PORT": "serving_inference_port",
     "PERSONA_SERVING_MODEL": "serving_model",
     "PERSONA_SERVING_TOKEN_FILE": "serving_token_file",
@@ -161,4 +178,5 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_PROMETHEUS_URL": "prometheus_url",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""
-JSON_FIELDS = frozenset({"training_defaults", "training_overrides", "training_max_resources"})
+JSON_FIELDS = frozenset({"training_defaults", "training_overrides", "training_max_resources", "serving_bases"})
+BASE_LABEL = "personafleet.io/base"  # on every serving pod: the name of its fleet's base (the chart's serving.bases)

@@ -59,7 +59,7 @@ def test_a_serving_pod_leaves_out_a_speech_archive_it_cannot_serve(tmp_path):
     store = tmp_path / "store"
     (store / "asr").mkdir(parents=True)
     (store / "asr" / "asr.mar").write_bytes(b"not an archive")
-    options = ServeOptions(model_store=store, base="unused", workdir=tmp_path / "serve")
+    options = ServeOptions(model_store=store, bases=["unused"], workdir=tmp_path / "serve")
     assert stage_asr(options, required=False) == []
     assert not (options.links / "asr.mar").exists()
     with pytest.raises(PersonaError, match="not a model archive"):

@@ -91,7 +91,7 @@ async def test_client_renews_an_expired_key(tiny_base: Path, tmp_path: Path):
     store = tmp_path / "store"
     store.mkdir()
     options = ServeOptions(
-        model_store=store, base=str(tiny_base), workdir=tmp_path / "serve", token_expiration_min=0.05,
+        model_store=store, bases=[str(tiny_base)], workdir=tmp_path / "serve", token_expiration_min=0.05,
         inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
         grpc_ports=(free_port(), free_port()),
     )

@@ -11,7 +11,7 @@ from persona_serving.requests import (
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import Turn, render_prompt
-from personafleet.routing import RoutingTable, conversation_key
+from personafleet.routing import RoutingTable, conversation_key, update_routing
 
 LIMITS = GenerationLimits()
 TABLE = RoutingTable()
@@ -127,3 +127,22 @@ def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_pat
     (folder / "run" / "report.json").write_text("{}")
     (folder / "knowledge.json").write_text(json.dumps({"facts": ["Живу в Казани", "Мой кот Барсик"]}))
     assert describe(routed, tmp_path).facts == 2 and describe(routed, tmp_path).trained_at is not None
+
+
+def test_the_base_router_sends_a_conversation_to_the_fleet_of_its_canary_versions_base(tmp_path):
+    """A canary on another base (issue 22 + 23): the front picks the version the worker will, per conversation."""
+    from persona_serving.bases import BaseRouter, Fleet
+
+    def canary(table: RoutingTable) -> None:
+        table.add("devops-dude", 1, serve=True, base="base-a")
+        table.add("devops-dude", 2, serve=False, base="base-b")
+        table.weigh("devops-dude", {1: 50, 2: 50})
+
+    table = update_routing(tmp_path, canary)
+    router = BaseRouter(tmp_path, [Fleet("base-a", "fleet-a"), Fleet("base-b", "fleet-b")])
+    for chat in range(20):
+        key = conversation_key(chat, "devops-dude")
+        body = json.dumps({"persona": "devops-dude", "message": "hi", "conversation": key}).encode()
+        expected = "base-a" if table.resolve("devops-dude", conversation=key) == 1 else "base-b"
+        assert router.route(body).base == expected
+    assert router.route(json.dumps({"persona": "devops-dude", "message": "hi"}).encode()).base == "base-a"

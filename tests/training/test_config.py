@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_no_config_means_the_defaults():
     config = load_config(None)
     assert config == TrainConfig()
-    assert config.target_modules == ["q", "v"] and config.precision == "auto" and config.max_steps is None
+    assert config.target_modules is None and config.precision == "auto" and config.max_steps is None
     assert config.persona.name == "devops-dude"
 
 

@@ -23,8 +23,9 @@ Schedule = Literal["cosine", "linear", "constant"]
 
 
 class TrainConfig(BaseModel):
-    """Defaults are tuned for the embedded tiny base on a 2-core CPU (see `persona init-base`);
-    for FRED-T5-large on a GPU lower `learning_rate` (e.g. 3e-4) and raise `batch_size`."""
+    """Defaults are tuned for the embedded tiny bases on a 2-core CPU (see `persona init-base`);
+    for FRED-T5-large or ruGPT-3 on a GPU lower `learning_rate` (e.g. 3e-4) and raise `batch_size`.
+    With a causal base, `max_source_tokens + max_target_tokens` is the longest training sequence."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,7 +37,9 @@ class TrainConfig(BaseModel):
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="modules LoRA wraps; default: PEFT's for the base's model type (t5: q, v; "
+        "llama: q_proj, v_proj; gpt2: c_attn)")
 
     # optimisation
     learning_rate: float = Field(3e-3, gt=0)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from personafleet.family import AUTO_CLASSES
 from personafleet.files import write_text_atomic
 
 REPORT_FILE = "report.json"
@@ -56,11 +57,13 @@ def model_card(report: dict[str, Any]) -> str:
     persona = report["persona"]
     before, after = report["eval"]["before"], report["eval"]["after"]
     config = report["config"]
+    family = report.get("family", "seq2seq")
+    auto_class = AUTO_CLASSES[family]
     change = 100.0 * (after["perplexity"] - before["perplexity"]) / before["perplexity"]
     return f"""---
 library_name: peft
 base_model: {report["base_model"]}
-tags: [personafleet, lora, t5]
+tags: [personafleet, lora, {family}]
 ---
 
 # {persona["name"]}: LoRA adapter
@@ -77,7 +80,7 @@ Trained by `persona train` on {report["data"]["train"]["examples"]} dialogue rec
 
 ![loss curve]({LOSS_CURVE_FILE})
 
-- LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]}, dropout {config["lora_dropout"]},
+- {family} base; LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]}, dropout {config["lora_dropout"]},
   modules {", ".join(config["target_modules"])}
 - {report["steps"]} optimizer steps of {config["batch_size"]} x {config["gradient_accumulation"]} examples,
   learning rate {config["learning_rate"]} ({config["schedule"]}), precision {report["precision"]}, seed {config["seed"]}
@@ -90,9 +93,9 @@ The prompt is `personafleet.prompt.render_prompt` with the template in `persona.
 
 ```python
 from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import {auto_class}, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
-model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("{report["base_model"]}"), "THIS_DIR")
+model = PeftModel.from_pretrained({auto_class}.from_pretrained("{report["base_model"]}"), "THIS_DIR")
 ```
 """
