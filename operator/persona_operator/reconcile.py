@@ -229,6 +229,7 @@ class Reconciler:
         version = int(status["latestVersion"])
         replicas = await self._replicas(spec)
         if not replicas:  # e.g. serving still starting at install: wait, without spending retries
+            selector = self.settings.replica_selector(spec.base_model)  # the fleet of the persona's base
             message = f"version {version} waits for a ready TorchServe pod ({selector})"
             if status.get("phase") != Phase.PENDING:
                 update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
