@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/operator.py --trials 1 --canary-trials 1 --chats 8 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/fleet.py --skip-memory --clients 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/knowledge.py --retrieval-only --results $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/fidelity.py --quick --results $(BENCH_OUT)
 	test -f .persona/asr/report.json || $(VENV)/bin/persona init-asr --out .persona/asr
 	$(VENV)/bin/python benchmarks/asr.py --model .persona/asr --repeats 1 --out $(BENCH_OUT)/asr.json
 

@@ -14,6 +14,7 @@ all read it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from personafleet.routing import version_dir
 VERSION_FILE = "version.json"
 ADAPTER_DIR = "adapter"
 RUN_DIR = "run"
+# Written by `persona eval` into the run: per held-out prompt the person's real reply ("real") and
+# the generated ones. Serving reads the real replies to warn about a reply filter that blocks them.
+FIDELITY_SAMPLES_FILE = "fidelity_samples.jsonl"
 VERSION_FOLDER = re.compile(r"v([1-9][0-9]*)")  # `version_dir`'s names: no leading zeros
 
 
@@ -80,7 +84,8 @@ def published_version(store: Path, persona: str, version: int) -> VersionInfo:
 
 
 def _served_files(folder: Path) -> list[Path]:
-    """What a serving worker reads from a version folder (the run/ inside it is never loaded)."""
+    """What a serving worker loads from a version folder (of run/ it reads only the held-out replies,
+    `held_out_replies`, which checks its own path)."""
     top = [child for child in folder.iterdir() if child.name != RUN_DIR] if folder.is_dir() else []
     adapter = folder / ADAPTER_DIR
     return top + (list(adapter.iterdir()) if adapter.is_dir() and adapter.resolve().is_dir() else [])
@@ -101,3 +106,16 @@ def published_versions(store: Path) -> dict[str, list[int]]:
             continue
         found.setdefault(persona, []).append(version)
     return {persona: sorted(versions) for persona, versions in found.items()}
+
+
+def held_out_replies(folder: Path) -> list[str]:
+    """The person's real held-out replies a published version was judged on (`run/` of the version
+    folder); [] for a version trained before `persona eval` existed, an unreadable file, or one
+    that leads out of the version folder."""
+    path = folder / RUN_DIR / FIDELITY_SAMPLES_FILE
+    if not path.resolve().is_relative_to(folder.resolve()):
+        return []
+    try:
+        return [json.loads(line)["real"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

@@ -62,10 +62,12 @@ def serve(
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
     asr: Annotated[Optional[Path], typer.Option("--asr", help="ASR archive to serve as `asr`. [default: STORE/asr/asr.mar if present]")] = None,
+    reply_filter: Annotated[Optional[Path], typer.Option("--reply-filter", help="YAML of the fleet's reply filter (blocklist, patterns, pii, fallback), added to each persona's.")] = None,
 ) -> None:
     """Run TorchServe with one fleet model per base: every persona of the store on its base (background by default; token auth on)."""
     from persona_serving import server
     from persona_serving.archive import ArchiveOptions
+    from persona_serving.reply_filter import load_rules
 
     if stop:
         print("stopped" if server.stop(workdir) else f"no server running from {workdir}")
@@ -84,6 +86,7 @@ def serve(
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
         management_token_file=management_token_file, token_expiration_min=token_expiration_min,
         backend_ports=backend_ports, grpc_ports=grpc_ports, torch_threads=torch_threads, asr=asr,
+        reply_filter=load_rules(reply_filter) if reply_filter else None,
     )
     log_steps()
     if foreground:

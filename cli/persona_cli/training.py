@@ -60,6 +60,26 @@ def train(
         raise typer.Exit(PREEMPTED_EXIT_CODE) from None
 
 
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", help="Training run directory (adapter, persona.json, report.json).")],
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="`persona prepare` output dir (repeatable). [default: the run's training data]")] = None,
+    base_only: Annotated[bool, typer.Option("--base-only", help="Judge the base alone (the floor); the run is left unchanged.")] = False,
+    prompts: Annotated[int, typer.Option(min=30, help="Most held-out prompts to judge (a figure needs 30).")] = 200,
+) -> None:
+    """Does it sound like the person? Fidelity of the run's replies on held-out prompts (report.json, model card)."""
+    from persona_training.eval_run import evaluate_run
+    from persona_training.report import fidelity_section
+
+    log_steps()
+    block = evaluate_run(run, data or [], prompts=prompts, base_only=base_only)
+    print(fidelity_section(block))
+    if "skipped" in block:
+        raise PersonaError(f"fidelity not judged: {block['skipped']}")
+    if not base_only:
+        print(f"written to {run / 'report.json'} (fidelity) and {run / 'README.md'}")
+
+
 @app.command("init-asr")
 def init_asr(
     out: Annotated[Path, typer.Option("--out", help="Directory for the speech model, its processor and report.json.")],

@@ -47,13 +47,16 @@ from persona_serving.bases import BaseRouter, Fleet, fleet_names
 from persona_serving.config import DEFAULT_MAX_PERSONA_LABELS, MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
+from persona_serving.reply_filter import ReplyFilter, held_out_warning
 from personafleet.client import ENDPOINTS_FILE, TokenSource
 from personafleet.errors import PersonaError
 from personafleet.family import base_reference
 from personafleet.files import write_text_atomic
 from personafleet.inference import GenerationLimits
-from personafleet.routing import RoutingTable, read_routing, update_routing
-from personafleet.store import published_version, published_versions
+from personafleet.persona import PERSONA_FILE, PersonaSpec
+from personafleet.reply_rules import ReplyFilterRules
+from personafleet.routing import RoutingTable, read_routing, update_routing, version_dir
+from personafleet.store import held_out_replies, published_version, published_versions
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class ServeOptions(BaseModel):
     auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
     management_token_file: Path | None = Field(None, description="Secret file: the management token")
     asr: Path | None = Field(None, description="ASR archive to serve as `asr` (default: STORE/asr/asr.mar if present)")
+    reply_filter: ReplyFilterRules | None = Field(None, description="the fleet's reply filter (added to each persona's)")
 
     @property
     def auth(self) -> bool:
@@ -298,6 +302,8 @@ def start(options: ServeOptions, models: Sequence[str]) -> int:
         raise PersonaError(f"model store {options.model_store} is not a directory")
     if (pid := running_pid(workdir)) is not None:
         raise PersonaError(f"TorchServe already runs from {workdir} (pid {pid}); `persona serve --stop` first")
+    for warning in reply_filter_warnings(options.model_store, options.reply_filter):
+        logger.warning("%s", warning)
     config = write_config(options, models)
     for name in (KEY_FILE, INFERENCE_TOKEN_FILE):
         (workdir / name).unlink(missing_ok=True)
@@ -344,8 +350,26 @@ def fleet_config(options: ServeOptions, base: str) -> FleetConfig:
     return FleetConfig(
         base=base_reference(base), bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
         max_resident_adapters=options.max_resident_adapters, max_persona_labels=options.max_persona_labels,
-        limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
+        limits=GenerationLimits(max_new_tokens=options.max_new_tokens), reply_filter=options.reply_filter,
     )
+
+
+def reply_filter_warnings(store: Path, fleet_rules: ReplyFilterRules | None) -> list[str]:
+    """At start-up: for each persona's serving version, a warning when its reply filter (the
+    fleet's rules and its own) blocks most of its real held-out replies. Workers warn again when
+    they load a version."""
+    warnings = []
+    for persona, route in read_routing(store).personas.items():
+        folder = version_dir(store, persona, route.serving)
+        try:
+            published_version(store, persona, route.serving)
+            spec = PersonaSpec.model_validate_json((folder / PERSONA_FILE).read_bytes())
+        except (PersonaError, OSError, ValueError):
+            continue  # the worker reports a version it cannot load
+        label = f"{persona} v{route.serving}"
+        if warning := held_out_warning(ReplyFilter(fleet_rules, spec.reply_filter), held_out_replies(folder), label):
+            warnings.append(warning)
+    return warnings
 
 
 async def wait_until_up(options: ServeOptions, pid: int) -> None:

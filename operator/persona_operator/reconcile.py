@@ -158,7 +158,8 @@ class Reconciler:
                  message=f"training version {version} in Job {job['metadata']['name']}")
             .training(version=str(version), jobName=job["metadata"]["name"],
                       startedAt=rfc3339(job["metadata"].get("creationTimestamp") or now()),
-                      finishedAt=None, durationSeconds=None, evalLoss=None, evalPerplexity=None)
+                      finishedAt=None, durationSeconds=None, evalLoss=None, evalPerplexity=None,
+                      fidelity=None, leaks=None)
             .condition("Trained", False, "Training", f"Job {job['metadata']['name']} trains version {version}")
             .ready_from(status.get("servingVersion"))
         )
@@ -194,8 +195,9 @@ class Reconciler:
         except PersonaError as exc:
             await self.cluster.patch_status(name, update.patch)
             return await self._fail(body, spec, TRAINING_FAILED, str(exc), logger)
-        verdict = judge(evaluation, self._serving_evaluation(name, status, logger), spec.rollout.max_eval_loss_increase)
-        update.training(evalLoss=evaluation.loss, evalPerplexity=evaluation.perplexity)
+        verdict = judge(evaluation, self._serving_evaluation(name, status, logger), spec.rollout)
+        update.training(evalLoss=evaluation.loss, evalPerplexity=evaluation.perplexity,
+                        fidelity=evaluation.fidelity, leaks=evaluation.leaks)
         update.condition("Trained", True, "TrainingSucceeded", f"version {version}: {verdict.message}")
         if not verdict.passed:
             metrics.ROLLOUTS.labels(name, "rejected").inc()

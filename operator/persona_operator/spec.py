@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.names import MAX_NEW_TOKENS
+from personafleet.reply_rules import ReplyFilterRules
 
 SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
 
@@ -106,10 +107,11 @@ class GenerationSection(_Camel):
 
 
 class ServingSection(_Camel):
-    """What a persona says about its serving: only its generation defaults. Batching, workers and
-    timeouts belong to the fleet model every persona shares (the chart's serving values)."""
+    """What a persona says about its serving: its generation defaults and its reply filter. Batching,
+    workers and timeouts belong to the fleet model every persona shares (the chart's serving values)."""
 
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    reply_filter: ReplyFilterRules | None = None  # validated here: a bad pattern is InvalidSpec, never a failed Job
 
 
 QUERY_PLACEHOLDERS = frozenset({"persona", "version", "window"})
@@ -168,6 +170,10 @@ class CanarySection(_Camel):
 class RolloutSection(_Camel):
     keep_versions: int = Field(2, ge=1)
     max_eval_loss_increase: float = Field(0.05, ge=0)
+    # Fidelity (issue 24, report.json `fidelity`): unset rules are not checked; maxLeaks always is.
+    min_fidelity: float | None = Field(None, ge=0, le=1)
+    max_fidelity_drop: float | None = Field(None, ge=0, le=1)
+    max_leaks: int = Field(0, ge=0)
     smoke_test: bool = True
     retry_limit: int = Field(3, ge=0)
     strategy: Literal["Immediate", "Canary"] = "Immediate"

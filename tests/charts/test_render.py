@@ -360,7 +360,8 @@ def test_scrape_annotations_without_the_prometheus_operator_and_monitors_with_it
     monitored = render(SCENARIOS["service-monitor"])
     monitor = find(monitored, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kps"
-    assert all("annotations" not in w["spec"]["template"]["metadata"] for w in workloads(monitored))
+    assert not [key for w in workloads(monitored) for key in w["spec"]["template"]["metadata"].get("annotations", {})
+                if key.startswith("prometheus.io/")]
 
 
 def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(render):
@@ -511,3 +512,35 @@ def test_with_several_bases_serving_pods_may_call_each_others_inference_port_onl
     single = {r["ports"][0]["port"]: r["from"] for r in find(render(), "NetworkPolicy", "-serving")["spec"]["ingress"]}
     serving = find(render(), "Deployment", "-serving")["spec"]["template"]["metadata"]["labels"]
     assert not any(selects(peer["podSelector"], serving) for peer in single["inference"])
+
+
+def test_the_fleet_reply_filter_is_mounted_where_persona_serve_reads_it(render, tmp_path):
+    """serving.replyFilter -> a ConfigMap -> the file `persona serve --reply-filter` loads with the
+    real rules (a pattern that does not compile would stop the pod with its name)."""
+    from persona_serving.reply_filter import load_rules
+
+    rules = {"blocklist": ["дурак"], "patterns": [{"name": "insults", "regex": r"\bидиот\w*"}], "pii": ["phone"],
+             "fallback": "Не буду."}
+    objects = render({"serving": {"replyFilter": rules}})
+    serving = find(objects, "Deployment", "-serving")
+    params = parse_cli(container(serving)["args"])
+    mount = next(m for m in container(serving)["volumeMounts"] if m["name"] == "reply-filter")
+    assert str(params["reply_filter"]) == f"{mount['mountPath']}/reply-filter.yaml" and mount["readOnly"]
+    volume = next(v for v in pod_spec(serving)["volumes"] if v["name"] == "reply-filter")
+    config_map = find(objects, "ConfigMap", "-reply-filter")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    (tmp_path / "reply-filter.yaml").write_text(config_map["data"]["reply-filter.yaml"], encoding="utf-8")
+    assert load_rules(tmp_path / "reply-filter.yaml").model_dump(exclude_none=True) == rules
+    default = find(render(), "Deployment", "-serving")["spec"]["template"]["metadata"]["annotations"]
+    assert serving["spec"]["template"]["metadata"]["annotations"]["checksum/reply-filter"] != default["checksum/reply-filter"]
+
+
+@pytest.mark.parametrize("reply_filter", [
+    {"patterns": [{"name": "Bad Name", "regex": "x"}]},
+    {"pii": ["passport"]},
+    {"blocklist": [""]},
+    {"typo": []},
+])
+def test_bad_reply_filter_values_are_refused_by_the_schema(render, reply_filter):
+    with pytest.raises(Exception, match="replyFilter"):
+        render({"serving": {"replyFilter": reply_filter}})

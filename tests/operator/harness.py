@@ -360,15 +360,19 @@ def _listening(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True) -> Path:
+def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True,
+                  fidelity: dict | None = None) -> Path:
     """What a successful training Job leaves in the model store (contract 1): the run in `vN/run/`
-    (the tiny run, with `report.json` given this eval loss) and, with `publish`, the version folder
-    as the Job's last step publishes it (the real `persona package` code). Returns the version folder."""
+    (the tiny run, with `report.json` given this eval loss and, if given, these fidelity figures) and,
+    with `publish`, the version folder as the Job's last step publishes it (the real `persona package`
+    code). Returns the version folder."""
     from persona_training.package import publish_version
 
     out = version_dir(store, persona, version)
     shutil.copytree(run, out / "run", ignore=shutil.ignore_patterns("merged"), dirs_exist_ok=True)
     report = json.loads((run / "report.json").read_text())
     report.setdefault("eval", {})["after"] = {"loss": loss, "perplexity": round(2.718281828 ** loss, 4)}
+    if fidelity is not None:
+        report["fidelity"] = report.get("fidelity", {}) | fidelity
     (out / "run" / "report.json").write_text(json.dumps(report))
     return publish_version(out / "run", persona, version, out) if publish else out

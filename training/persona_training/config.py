@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.knowledge import KnowledgeSource
 from personafleet.persona import PersonaSpec
+from persona_training.fidelity import MIN_PROMPTS
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -64,6 +65,14 @@ class TrainConfig(BaseModel):
     # bookkeeping
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    fidelity_prompts: int = Field(200, ge=0, description="most held-out prompts the fidelity evaluation judges at the end (0: none)")
+
+    @model_validator(mode="after")
+    def _fidelity_can_judge(self) -> TrainConfig:
+        if 0 < self.fidelity_prompts < MIN_PROMPTS:
+            raise ValueError(f"fidelity_prompts ({self.fidelity_prompts}) is below the {MIN_PROMPTS} prompts "
+                             f"a fidelity figure needs (0 turns the evaluation off)")
+        return self
 
     def with_knowledge_files(self, files: list[Path]) -> TrainConfig:
         """The config with more knowledge files (`--knowledge`), after those train.yaml names."""

@@ -24,7 +24,9 @@ from persona_training import checkpoint, report as reports
 from persona_training.config import TrainConfig
 from persona_training.data import LengthGroupedBatches, collate, data_fingerprint, load_dialogues, \
     token_stats, tokenize_records
+from persona_training.authorship import read_authored_texts
 from persona_training.evaluate import evaluate
+from persona_training.fidelity import evaluate_fidelity
 from persona_training.modeling import load_base_model, load_tokenizer, lora_targets, merge_adapter, \
     pick_hardware, with_lora
 
@@ -201,6 +203,12 @@ def train(
     (out / PERSONA_FILE).write_text(persona.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if knowledge is not None:
         knowledge_store.save(knowledge, out)  # `persona package` publishes it with the adapter
+    fidelity = None
+    if config.fidelity_prompts:
+        fidelity = evaluate_fidelity(model, tokenizer, family, dialogues, read_authored_texts(data_dirs), persona,
+                                     knowledge=knowledge, max_source_tokens=config.max_source_tokens,
+                                     device=hardware.device, autocast=autocast, prompts=config.fidelity_prompts,
+                                     seed=config.seed, run_dir=out)
     report = {
         "persona": persona.model_dump(mode="json"),
         "base_model": base,
@@ -227,6 +235,8 @@ def train(
         },
         "train_loss": [{"step": step, "loss": loss} for step, loss in progress.losses],
     }
+    if fidelity is not None:
+        report["fidelity"] = fidelity
     reports.plot_loss_curve(out / reports.LOSS_CURVE_FILE, progress.losses, progress.evals,
                             progress.before["loss"])
     if merge:
