@@ -22,7 +22,7 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME, MODEL_VERSION, REASON = "model_name", "model_version", "reason"
+MODEL_NAME, MODEL_VERSION, REASON, TIER = "model_name", "model_version", "reason", "tier"
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,13 @@ FACTS_PER_PROMPT = MetricSpec(
     "persona_handler_facts_per_prompt", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
     "facts retrieved into a request's prompt (0: none matched); versions without facts record none",
 )
-RESIDENT_ADAPTERS = MetricSpec(
-    "persona_handler_resident_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
-    "persona versions whose LoRA adapter is loaded in a worker (at most maxResidentAdapters)",
+SLOTS_IN_USE = MetricSpec(
+    "persona_handler_slots_in_use", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapter slots holding a persona version in a worker (at most maxResidentAdapters)",
+)
+HOST_ADAPTERS = MetricSpec(
+    "persona_handler_host_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapters kept in a worker's host tier (at most maxHostAdapters; 0 when it is off)",
 )
 ADAPTER_LOADS = MetricSpec(
     "persona_handler_adapter_loads_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
@@ -70,9 +74,14 @@ ADAPTER_EVICTIONS = MetricSpec(
     "persona_handler_adapter_evictions_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
     "adapters dropped to make room (LRU): a steady rate means maxResidentAdapters is too small",
 )
-ADAPTER_LOAD_SECONDS = MetricSpec(
-    "persona_handler_adapter_load_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
-    "time to read and load one adapter (what a cold persona adds to its first request)",
+SLOT_LOAD_SECONDS = MetricSpec(
+    "persona_handler_slot_load_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION, TIER),
+    "time to put one adapter into a slot, by where it came from: tier=disk (the model store) or "
+    "tier=host (the host tier); what a cold persona adds to its first request",
+)
+ADAPTERS_PER_BATCH = MetricSpec(
+    "persona_handler_adapters_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "distinct adapters (slots) in one generate: the mix one pass of the slot layers serves",
 )
 PERSONAS_PER_BATCH = MetricSpec(
     "persona_handler_personas_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
@@ -90,9 +99,9 @@ ASR_ERRORS = MetricSpec(
     "persona_asr_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
 )
-HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
-                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, FACTS_PER_PROMPT,
-                   ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, SLOTS_IN_USE, HOST_ADAPTERS, ADAPTER_LOADS,
+                   ADAPTER_EVICTIONS, SLOT_LOAD_SECONDS, ADAPTERS_PER_BATCH, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS,
+                   FACTS_PER_PROMPT, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
 
 
 def observe(context: Any, spec: MetricSpec, value: float, dimensions: list[str]) -> None:

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from personafleet.errors import first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
 from personafleet.knowledge import Knowledge, retrieve
-from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
 from personafleet.routing import RoutingTable
@@ -30,7 +29,7 @@ from personafleet.routing import RoutingTable
 
 @dataclass(frozen=True)
 class PersonaVersion:
-    """A version resident on a worker: what its prompts are built from and its adapter's name."""
+    """A version resident on a worker: what its prompts are built from (its adapter sits in a slot)."""
 
     persona: str
     version: int
@@ -39,9 +38,8 @@ class PersonaVersion:
     knowledge: Knowledge | None = None  # the facts this version was trained with (issue 14)
 
     @property
-    def adapter_name(self) -> str:
-        # PEFT keeps adapters in ModuleDicts: no dots in the name.
-        return f"{self.persona}--v{self.version}"
+    def key(self) -> tuple[str, int]:
+        return self.persona, self.version
 
 
 @dataclass(frozen=True)

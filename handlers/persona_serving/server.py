@@ -37,6 +37,7 @@ from persona_serving.metrics import write_metrics_config
 from personafleet.client import ENDPOINTS_FILE
 from personafleet.errors import PersonaError
 from personafleet.inference import FLEET_MODEL, GenerationLimits
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.routing import RoutingTable, update_routing
 from personafleet.store import published_versions
 
@@ -52,7 +53,9 @@ class ServeOptions(BaseModel):
     model_store: Path
     base: str = Field(description="the base model every adapter of the store was trained on (hub id or path)")
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
-    max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
+    max_resident_adapters: int = Field(32, ge=1, description="adapter slots of each worker (LRU)")
+    max_lora_rank: int = Field(MAX_LORA_RANK, ge=1, le=MAX_LORA_RANK, description="widest adapter rank a slot takes")
+    max_host_adapters: int = Field(0, ge=0, description="adapters each worker keeps in (pinned) host memory; 0: off")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
     archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
@@ -247,7 +250,8 @@ def fleet_config(options: ServeOptions) -> FleetConfig:
     base = str(Path(options.base).resolve()) if Path(options.base).exists() else options.base
     return FleetConfig(
         base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
-        max_resident_adapters=options.max_resident_adapters,
+        max_resident_adapters=options.max_resident_adapters, max_lora_rank=options.max_lora_rank,
+        max_host_adapters=options.max_host_adapters,
         limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
     )
 

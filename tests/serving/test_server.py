@@ -101,12 +101,12 @@ async def test_custom_metrics_are_exported_after_traffic(torchserve):
     metrics = httpx.get(torchserve.metrics_url, timeout=10).text  # no token needed
     assert "# TYPE persona_handler_generation_seconds histogram" in metrics
     assert 'persona_handler_generation_seconds_bucket{model_name="fleet",model_version="1"' in metrics
-    for name in ("persona_handler_resident_adapters", "persona_handler_adapter_loads_total",
-                 "persona_handler_adapter_evictions_total", "persona_handler_adapter_load_seconds",
-                 "persona_handler_personas_per_batch"):
+    for name in ("persona_handler_slots_in_use", "persona_handler_host_adapters", "persona_handler_adapter_loads_total",
+                 "persona_handler_adapter_evictions_total", "persona_handler_slot_load_seconds",
+                 "persona_handler_adapters_per_batch", "persona_handler_personas_per_batch"):
         assert f"# TYPE {name} " in metrics
-    assert 1 <= _sample(metrics, "persona_handler_resident_adapters") <= 2
-    assert _sample(metrics, "persona_handler_adapter_load_seconds_count") >= 1
+    assert 1 <= _sample(metrics, "persona_handler_slots_in_use") <= 2
+    assert _sample(metrics, "persona_handler_slot_load_seconds_count", 'tier="disk"') >= 1
     assert _sample(metrics, "persona_handler_generated_tokens_total") > 0
     assert _sample(metrics, "persona_handler_errors_total", 'reason="invalid_json"') >= 1
     assert "ts_inference_requests_total" in metrics

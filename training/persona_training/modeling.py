@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personafleet.errors import PersonaError
+from personafleet.lora import check_config, check_targets
 from persona_training.config import TrainConfig
 
 
@@ -111,11 +112,36 @@ def with_lora(model, config: TrainConfig):
         lora_dropout=config.lora_dropout,
         target_modules=config.target_modules,
     )
+    servable(model, lora)
     try:
         with quiet_peft():
             return get_peft_model(model, lora)
     except ValueError as exc:
         raise PersonaError(f"target_modules {config.target_modules}: {_first_line(exc)}") from None
+
+
+def servable(model, lora) -> None:
+    """Refuse, before any step, a LoRA the fleet's slots could not serve (personafleet.lora): an
+    unservable option, or a target module that is no linear layer (an embedding, ...)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    check_config(lora.to_dict() | {"peft_type": "LORA"}, "the LoRA settings")
+    check_targets(model, [name for name, _ in model.named_modules() if name and check_target_module_exists(lora, name)])
+
+
+def base_skeleton(base: str):
+    """The base's module tree on the meta device (no weights read), or None when its config
+    cannot be read here (e.g. a hub id without network)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError):
+        return None
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
 
 
 def merge_adapter(base: str, run_dir: Path, out: Path) -> Path:
