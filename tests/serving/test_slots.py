@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM
 
 from persona_serving.decoding import decode_replies
 from persona_serving.fleet import DISK, HOST, AdapterUnavailable, FleetModel
-from persona_training.package import publish_version
-from personafleet.persona import PERSONA_FILE, PersonaSpec
+from personafleet.persona import PERSONA_FILE
+from tests.fixtures.lora_adapters import make_adapter, publish_adapter
 
 PROMPTS = ["что там с деплоем?", "как дела у команды?", "кто сегодня дежурит", "го обедать",
            "почему графана красная?", "перезапусти под", "когда релиз?", "привет"]
@@ -35,28 +35,6 @@ PERSONAS = [
     ("rank64-ff-o", 64, 32, ["o", "FF"], {}),
 ]
 NAMES = [name for name, *_ in PERSONAS]
-
-
-def feed_forward(base: Path) -> list[str]:
-    gated = "gated" in json.loads((base / "config.json").read_text())["feed_forward_proj"]
-    return ["wi_0", "wi_1", "wo"] if gated else ["wi", "wo"]
-
-
-def make_adapter(base: Path, out: Path, seed: int, rank: int, alpha: float, targets: list[str], **settings) -> Path:
-    """A PEFT LoRA adapter with random A and B (so it changes the answers), saved as `persona train` does."""
-    torch.manual_seed(seed)
-    targets = [t for target in targets for t in (feed_forward(base) if target == "FF" else [target])]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False,
-                        task_type="SEQ_2_SEQ_LM", **settings)
-    get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(base), config).save_pretrained(out)
-    return out
-
-
-def publish_adapter(base: Path, store: Path, name: str, seed: int, rank: int, alpha: float, targets: list[str],
-                    **settings) -> Path:
-    run = make_adapter(base, store.parent / "runs" / name, seed, rank, alpha, targets, **settings)
-    (run / PERSONA_FILE).write_text(PersonaSpec(name=name).model_dump_json(), encoding="utf-8")
-    return publish_version(run, name, 1, store / name / "v1")
 
 
 @pytest.fixture(scope="module", params=["tiny", "fred"])
@@ -240,8 +218,7 @@ def test_what_slots_cannot_express_is_refused_at_load_and_the_others_keep_servin
     served = fleet.load(bench["store"], "rank4-qv", 1)
     before, _ = fleet.generate(PROMPTS[:2], [served] * 2, {"max_new_tokens": 6, "do_sample": False})
     store = tmp_path / "store"
-    run = make(bench["base"], tmp_path / "run")
-    (run / PERSONA_FILE).write_text(PersonaSpec(name="odd").model_dump_json())
+    run = make(bench["base"], tmp_path / "odd")
     shutil.copytree(run, store / "odd" / "v1" / "adapter")
     shutil.copy(run / PERSONA_FILE, store / "odd" / "v1" / PERSONA_FILE)
     (store / "odd" / "v1" / "version.json").write_text(json.dumps({"persona": "odd", "version": 1, "base": "x"}))

@@ -125,7 +125,7 @@ def servable(model, lora) -> None:
     unservable option, or a target module that is no linear layer (an embedding, ...)."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    check_config(lora.to_dict() | {"peft_type": "LORA"}, "the LoRA settings")
+    check_config(lora.to_dict(), "the LoRA settings")
     check_targets(model, [name for name, _ in model.named_modules() if name and check_target_module_exists(lora, name)])
 
 
