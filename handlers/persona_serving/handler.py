@@ -65,7 +65,7 @@ class FleetHandler(BaseHandler):
         self.initialized = True
         logger.info("Fleet worker ready on %s (%s, base %s, store %s, %d slots of rank <= %d, %d host adapters, %s kernel)",
                     device, dtype, base, self.store, self.config.max_resident_adapters, self.config.max_lora_rank,
-                    self.config.max_host_adapters, "grouped" if self.fleet.rows.grouped else "gather")
+                    self.config.max_host_adapters, "grouped" if self.fleet.slots.rows.grouped else "gather")
 
     # Every request is a prediction. BaseHandler would send the whole batch down the explain or
     # describe path when only its FIRST request asks for it, failing everyone else's request.
@@ -151,8 +151,8 @@ class FleetHandler(BaseHandler):
             return Rejected(503, "adapter_unavailable", str(exc))
         finally:
             self._observe(SLOTS_IN_USE, self.fleet.slots_in_use)
-            if self.fleet.host is not None:
-                self._observe(HOST_ADAPTERS, len(self.fleet.host))
+            if self.fleet.slots.host is not None:
+                self._observe(HOST_ADAPTERS, len(self.fleet.slots.host))
         return entry
 
     def _load_adapter(self, key: Key) -> PersonaVersion:

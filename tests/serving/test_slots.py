@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM
 
 from persona_serving.decoding import decode_replies
-from persona_serving.fleet import DISK, HOST, AdapterUnavailable, FleetModel
+from persona_serving.adapter_slots import DISK, HOST
+from persona_serving.fleet import AdapterUnavailable, FleetModel
 from personafleet.persona import PERSONA_FILE
 from tests.fixtures.lora_adapters import make_adapter, publish_adapter
 
@@ -53,7 +54,7 @@ def fleet_of(bench: dict, kernel: str = "grouped", **settings) -> FleetModel:
     fleet = FleetModel(str(bench["base"]), torch.device("cpu"), torch.float32,
                        **({"max_resident_adapters": len(PERSONAS)} | settings))
     if kernel == "gather":
-        for layer in fleet.layers.values():
+        for layer in fleet.slots.layers.values():
             layer.grouped = False
     return fleet
 
@@ -182,7 +183,7 @@ def test_the_host_tier_serves_a_reload_without_the_disk(bench: dict, tmp_path: P
     assert loads == [DISK, HOST]
     fleet.unload(again)
     fleet.load(store, "rank4-qv", 1)  # the host tier holds one adapter: this one pushes the other out
-    assert len(fleet.host) == 1 and loads[-1] == DISK
+    assert len(fleet.slots.host) == 1 and loads[-1] == DISK
     with pytest.raises(AdapterUnavailable, match="unreadable"):
         fleet.load(store, "rank8-patterns", 1)
 
