@@ -11,9 +11,11 @@ the module graph. Per forward, the shared `RowSlots` plan says which rows use wh
 
 - no row has an adapter (or none that targets this layer): the base layer's output, untouched;
 - one adapter for every row that has one: two plain matmuls at that adapter's own rank;
-- a mix: one grouped GEMM per factor over the rows in slot order (torch's `_grouped_mm`, the
-  segmented kernel S-LoRA and Punica use), or, where it does not run, one gather of each row's
-  A and B and a batched matmul (the reference).
+- a mix with as many rows for every adapter (e.g. one row each, or beams): one batched matmul
+  per factor over views of the rows and of the slots, nothing copied;
+- any other mix: one grouped GEMM per factor over the rows in slot order (torch's `_grouped_mm`,
+  the segmented kernel S-LoRA and Punica use), or, where it does not run, one gather of each
+  row's A and B and a batched matmul (the reference).
 
 Rows without an adapter are skipped; the product runs at the widest rank present, not the
 table's width. Linear and transformers' GPT-2 `Conv1D` compute the same `x @ W + bias` with
@@ -152,6 +154,13 @@ class SlotLoRA(nn.Module):
                 out[plan.start:].view(-1, self.out_features).addmm_(hidden, self.b[slot, :, :rank].T)
                 return
             delta = hidden @ self.b[slot, :, :rank].T
+        elif plan.equal:  # n rows per slot: one batched matmul over views of the rows and the slots
+            a, b = self._groups(plan, rank)
+            hidden = torch.bmm(tokens.view(a.shape[0], -1, self.in_features), a.transpose(1, 2))
+            if rows_in_order:
+                out[plan.start:].view(a.shape[0], -1, self.out_features).baddbmm_(hidden, b.transpose(1, 2))
+                return
+            delta = torch.bmm(hidden, b.transpose(1, 2))
         elif self.grouped:
             a, b = self._groups(plan, rank)
             hidden = torch._grouped_mm(tokens, a.transpose(1, 2), offs=plan.offs)

@@ -14,6 +14,7 @@ decoder its expansion, and the slots stay right for both.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Plan:
     row_slots: torch.Tensor  # physical slot of each taken row (the gather kernel)
     groups: torch.Tensor | None  # physical slots the grouped product runs over; None: the range slots[0]..slots[-1]
     offs: torch.Tensor  # int32 end (in tokens) of each group's rows
+    equal: bool  # every group has the same number of rows (none empty): a batched matmul over views
 
 
 class RowSlots:
@@ -81,18 +83,19 @@ class RowSlots:
             return None
         in_order = taken == list(range(rows - len(taken), rows))
         physical = [per_row[i] - 1 for i in taken]
-        present = sorted(set(physical))
-        counts = [physical.count(p) for p in present]
+        counts = Counter(physical)
+        present = sorted(counts)
         span = present[-1] - present[0] + 1
         if span <= RANGE_SLACK * len(present):  # read the range in place; absent slots are empty groups
-            groups, sizes = None, [physical.count(p) for p in range(present[0], present[-1] + 1)]
+            groups, sizes = None, [counts[p] for p in range(present[0], present[-1] + 1)]
         else:
-            groups, sizes = self._tensor(present), counts
+            groups, sizes = self._tensor(present), [counts[p] for p in present]
         ends = torch.tensor(sizes).cumsum(0) * tokens
         return Plan(
             rows=rows, tokens=tokens, start=rows - len(taken) if in_order else 0,
             order=None if in_order else self._tensor(taken), slots=tuple(present),
             row_slots=self._tensor(physical), groups=groups, offs=ends.to(torch.int32).to(self.device),
+            equal=len(set(sizes)) == 1,
         )
 
     def _tensor(self, values: list[int]) -> torch.Tensor:

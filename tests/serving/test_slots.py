@@ -59,9 +59,10 @@ def fleet_of(bench: dict, kernel: str = "grouped", **settings) -> FleetModel:
     return fleet
 
 
-def mixed_rows() -> list[str]:
-    """Two rows per persona, interleaved (not in slot order): row i is persona i % 8."""
-    return [NAMES[i % len(NAMES)] for i in range(2 * len(NAMES))]
+def mixed_rows(equal: bool = False) -> list[str]:
+    """Rows of all eight personas, interleaved (not in slot order): two each, or 1, 2 or 3 each."""
+    counts = [2] * len(NAMES) if equal else [1 + i % 3 for i in range(len(NAMES))]
+    return [name for round_ in range(3) for name, count in zip(NAMES, counts) if count > round_]
 
 
 def reference_generate(bench: dict, persona: str, prompts: list[str], tokenizer, options: dict, seed: int | None = None):
@@ -73,12 +74,15 @@ def reference_generate(bench: dict, persona: str, prompts: list[str], tokenizer,
     return decode_replies(tokenizer, output[:, 1:])
 
 
-@pytest.mark.parametrize("kernel", ["grouped", "gather"])
+@pytest.mark.parametrize(("kernel", "equal"), [("grouped", False), ("gather", False), ("views", True)])
 @pytest.mark.parametrize("in_slot_order", [False, True])
-def test_a_mixed_batch_gives_each_row_its_personas_peft_logits(bench: dict, kernel: str, in_slot_order: bool):
+def test_a_mixed_batch_gives_each_row_its_personas_peft_logits(bench: dict, kernel: str, equal: bool,
+                                                               in_slot_order: bool):
+    """Each of the mixed-batch kernels: a grouped GEMM, the gather reference, and batched
+    matmuls over views when every persona has as many rows."""
     fleet = fleet_of(bench, kernel)
     entries = {name: fleet.load(bench["store"], name, 1) for name in NAMES}
-    rows = sorted(mixed_rows(), key=NAMES.index) if in_slot_order else mixed_rows()
+    rows = sorted(mixed_rows(equal), key=NAMES.index) if in_slot_order else mixed_rows(equal)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(rows))]
     encoded = fleet.tokenizer(prompts, return_tensors="pt", padding=True)
     decoder = torch.randint(3, fleet.tokenizer.vocab_size, (len(rows), 5), generator=torch.Generator().manual_seed(0))
@@ -188,16 +192,26 @@ def test_the_host_tier_serves_a_reload_without_the_disk(bench: dict, tmp_path: P
         fleet.load(store, "rank8-patterns", 1)
 
 
-def test_the_fast_paths_run_no_grouped_product_for_one_adapter(bench: dict, monkeypatch: pytest.MonkeyPatch):
+def test_each_mix_takes_its_fast_path(bench: dict, monkeypatch: pytest.MonkeyPatch):
+    """One adapter (rows without one skipped): plain matmuls; as many rows per adapter: batched
+    matmuls over views; any other mix: the grouped GEMM."""
     fleet = fleet_of(bench)
     one, other = fleet.load(bench["store"], NAMES[0], 1), fleet.load(bench["store"], NAMES[3], 1)
-    calls = []
-    grouped = torch._grouped_mm
-    monkeypatch.setattr(torch, "_grouped_mm", lambda *args, **kwargs: calls.append(1) or grouped(*args, **kwargs))
-    fleet.generate(PROMPTS[:4], [None, one, None, one], {"max_new_tokens": 3, "do_sample": False})
-    assert calls == []
-    fleet.generate(PROMPTS[:4], [one, other, one, other], {"max_new_tokens": 3, "do_sample": False})
-    assert calls
+    calls = {"grouped": 0, "bmm": 0}
+    grouped, bmm = torch._grouped_mm, torch.bmm
+
+    def counting(kind, function):
+        return lambda *args, **kwargs: calls.__setitem__(kind, calls[kind] + 1) or function(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_grouped_mm", counting("grouped", grouped))
+    monkeypatch.setattr(torch, "bmm", counting("bmm", bmm))
+    greedy = {"max_new_tokens": 3, "do_sample": False}
+    fleet.generate(PROMPTS[:4], [None, one, None, one], greedy)
+    assert calls == {"grouped": 0, "bmm": 0}
+    fleet.generate(PROMPTS[:4], [one, other, one, other], greedy)
+    assert calls["grouped"] == 0 and calls["bmm"] > 0
+    fleet.generate(PROMPTS[:4], [one, other, other, other], greedy)
+    assert calls["grouped"] > 0
 
 
 # --- refusals: what slots cannot express is refused at load, that version alone ------------------
