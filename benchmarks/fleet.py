@@ -114,8 +114,9 @@ class Setups:
             self.peft.load_adapter(str(path), adapter_name=f"a{index}")
         self.paths = paths
 
-    def generate(self, setup: str, ids, adapters: list[int], new_tokens: int) -> float:
-        """Seconds of one greedy `generate` of exactly `new_tokens` tokens; row i uses adapter adapters[i]."""
+    def generate(self, setup: str, ids, adapters: list[int], new_tokens: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of one greedy `generate` of exactly `new_tokens` tokens; row i uses
+        adapter adapters[i]. The process's CPU time is the steadier figure on a shared machine."""
         import torch
 
         options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
@@ -128,11 +129,11 @@ class Setups:
         else:
             model = self.merged
         with torch.inference_mode():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             model.generate(**options)
             if ids.device.type == "cuda":
                 torch.cuda.synchronize()
-            return time.perf_counter() - started
+            return time.perf_counter() - started, time.process_time() - cpu
 
 
 def mix(batch: int, k: int) -> list[int]:
@@ -157,17 +158,21 @@ def sweep(work: Path, args: argparse.Namespace) -> dict:
             for setup, k in [("merged", 1), *((s, k) for k in args.ks for s in ("slots", "peft"))]:
                 if repeat == 0:
                     setups.generate(setup, ids[:, :8], mix(batch, k), 2)  # warm-up
-                seconds = setups.generate(setup, ids, mix(batch, k), args.new_tokens)
-                runs.setdefault(f"{setup}|{threads}|{batch}|{k}", []).append(seconds)
-                logger.info("%s threads=%d batch=%d %s k=%d: %.2f s", shape, threads, batch, setup, k, seconds)
+                wall, cpu = setups.generate(setup, ids, mix(batch, k), args.new_tokens)
+                runs.setdefault(f"{setup}|{threads}|{batch}|{k}", []).append(wall)
+                runs.setdefault(f"{setup}|{threads}|{batch}|{k}|cpu", []).append(cpu)
+                logger.info("%s threads=%d batch=%d %s k=%d: %.2f s (CPU %.2f s)", shape, threads, batch, setup, k, wall, cpu)
         table = []
         for threads, batch in itertools.product(args.threads, args.batch):
-            merged = batch / min(runs[f"merged|{threads}|{batch}|1"])
+            def rate(setup: str, k: int, clock: str = "") -> float:
+                return batch / min(runs[f"{setup}|{threads}|{batch}|{k}{clock}"])
+
             for k in args.ks:
-                slots = batch / min(runs[f"slots|{threads}|{batch}|{k}"])
-                peft = batch / min(runs[f"peft|{threads}|{batch}|{k}"])
+                slots, peft, merged = rate("slots", k), rate("peft", k), rate("merged", 1)
                 table.append({"threads": threads, "batch": batch, "k": k, "slots_rps": slots, "peft_rps": peft,
-                              "merged_rps": merged, "slots_vs_merged": slots / merged, "slots_vs_peft": slots / peft})
+                              "merged_rps": merged, "slots_vs_merged": slots / merged, "slots_vs_peft": slots / peft,
+                              "cpu_slots_vs_merged": rate("slots", k, "|cpu") / rate("merged", 1, "|cpu"),
+                              "cpu_slots_vs_peft": rate("slots", k, "|cpu") / rate("peft", k, "|cpu")})
         report[shape] = {"table": table, "runs": runs, "base_bytes": setups.base_bytes}
         if device.type == "cuda":
             report[shape]["decode_step"] = decode_steps(setups, args)
@@ -186,8 +191,8 @@ def decode_steps(setups: Setups, args: argparse.Namespace) -> dict:
     for batch in args.batch:
         ids = torch.randint(2, 1000, (batch, args.input_tokens)).to(args.device)
         for setup, k in (("merged", 1), ("slots", max(args.ks)), ("peft", max(args.ks))):
-            long = min(setups.generate(setup, ids, mix(batch, k), args.new_tokens) for _ in range(args.repeats))
-            short = min(setups.generate(setup, ids, mix(batch, k), 1) for _ in range(args.repeats))
+            long = min(setups.generate(setup, ids, mix(batch, k), args.new_tokens)[0] for _ in range(args.repeats))
+            short = min(setups.generate(setup, ids, mix(batch, k), 1)[0] for _ in range(args.repeats))
             steps[f"{setup}|{batch}"] = (long - short) / (args.new_tokens - 1)
     floor = setups.base_bytes / (args.bandwidth_gbs * 1e9) if args.bandwidth_gbs else None
     return {"seconds": steps, "bandwidth_floor_s": floor}
@@ -345,11 +350,11 @@ def print_table(report: dict, args: argparse.Namespace) -> None:
         print(f"\nSweep, {shape}-shaped base (random weights), {args.device}, LoRA r={args.rank} on q,v, "
               f"{args.input_tokens} input / {args.new_tokens} new tokens greedy; requests/s, best of {args.repeats}")
         print(f"{'threads':>7} | {'batch':>5} | {'k':>3} | {'slots':>7} | {'PEFT':>7} | {'merged':>7} | "
-              f"{'slots/merged':>12} | {'slots/PEFT':>10}")
+              f"{'slots/merged':>12} | {'slots/PEFT':>10} | {'same, by CPU time':>19}")
         for row in result["table"]:
             print(f"{row['threads']:>7} | {row['batch']:>5} | {row['k']:>3} | {row['slots_rps']:>7.2f} | "
                   f"{row['peft_rps']:>7.2f} | {row['merged_rps']:>7.2f} | {row['slots_vs_merged']:>11.3f}x | "
-                  f"{row['slots_vs_peft']:>9.3f}x")
+                  f"{row['slots_vs_peft']:>9.3f}x | {row['cpu_slots_vs_merged']:>7.3f}x / {row['cpu_slots_vs_peft']:.3f}x")
         if "decode_step" in result:
             steps = result["decode_step"]
             print("decode step (s): " + ", ".join(f"{key} {value * 1000:.2f} ms" for key, value in steps["seconds"].items())
