@@ -95,7 +95,8 @@ class AdapterSlots:
         return sum(layer.nbytes for layer in self.layers.values())
 
     def _read(self, adapter: Path) -> AdapterWeights:
-        return read_adapter(adapter, self.dtype, self.max_rank, pin=self.device.type == "cuda")
+        """Pinned when the host tier keeps it on CUDA (pinning a one-off copy would cost more than it saves)."""
+        return read_adapter(adapter, self.dtype, self.max_rank, pin=self.host is not None and self.device.type == "cuda")
 
     def _write(self, index: int, weights: AdapterWeights) -> None:
         """Copy an adapter into physical slot `index` of every layer (zeros where it targets none)."""

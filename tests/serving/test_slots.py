@@ -263,3 +263,21 @@ def test_target_modules_the_base_lacks_and_misfit_shapes_are_refused(bench: dict
     assert fleet.slots_in_use == 0
     fleet.load(bench["store"], NAMES[0], 1)
     fleet.load(bench["store"], NAMES[1], 1)  # both slots (resident + spare) are still free
+
+
+def test_16_bit_slots_pad_ranks_for_the_grouped_kernel_and_agree_with_fp32(bench: dict):
+    """The dtype the GPU serves in (bf16), run on CPU: rank-4 adapters sit in tables padded with
+    zeros to 8 (16 bytes, what torch's grouped GEMM needs) and agree with the fp32 slots."""
+    rows = ["rank4-qv", "rank4-rslora", "rank4-rslora", "rank4-qv", "rank4-rslora"]  # unequal: the grouped GEMM
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        fleet = FleetModel(str(bench["base"]), torch.device("cpu"), dtype, max_resident_adapters=2)
+        entries = {name: fleet.load(bench["store"], name, 1) for name in set(rows)}
+        encoded = fleet.tokenizer(PROMPTS[:len(rows)], return_tensors="pt", padding=True)
+        fleet.set_row_slots([fleet.slot(entries[name]) for name in rows])
+        with torch.inference_mode():
+            results[dtype] = fleet.model(**encoded, decoder_input_ids=torch.zeros((len(rows), 1), dtype=torch.long)).logits
+        widths = {layer.width for layer in fleet.slots.layers.values()} - {0}
+    assert widths == {8} and fleet.slots.rows.grouped
+    error = (results[torch.bfloat16].float() - results[torch.float32]).norm() / results[torch.float32].norm()
+    assert error < 0.02  # bf16's rounding through the whole model; a wrong slot or scale is far off
