@@ -19,7 +19,7 @@ from typing import Any, Literal, Self, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse
+from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse, PersonaAbout
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,17 @@ class InferenceClient(PredictionClient):
     async def reply(self, persona: str, request: InferenceRequest, version: int | str | None = None) -> InferenceResponse:
         """The persona's reply (its serving version, or `version` pinned); raises `InferenceRejected`
         (4xx: e.g. unknown_persona) or `InferenceUnavailable`."""
-        body = request.model_dump(exclude_none=True) | {"persona": persona}
+        return await self._ask(persona, request, version, InferenceResponse)
+
+    async def about(self, persona: str, version: int | str | None = None) -> PersonaAbout:
+        """What the persona's serving version (or `version`) is - its base, when it was trained, how
+        many facts it knows - without generating anything; raises as `reply` does."""
+        return await self._ask(persona, InferenceRequest(about=True), version, PersonaAbout)
+
+    async def _ask(self, persona: str, request: InferenceRequest, version: int | str | None, answer: type[Answer]) -> Answer:
+        # Optional fields left at their defaults stay out of the body: a server that predates them
+        # (a rolling upgrade) takes the request.
+        body = request.model_dump(exclude_defaults=True) | {"persona": persona}
         if version is not None:
             body["version"] = version
-        return await self._predict(f"/predictions/{self.model}", InferenceResponse, json=body)
+        return await self._predict(f"/predictions/{self.model}", answer, json=body)

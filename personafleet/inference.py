@@ -2,15 +2,21 @@
 
 `POST /predictions/fleet` (contract 3):
 Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
-           "message": TEXT, "generation": {...}?}
-Response: {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N}
+           "message": TEXT, "generation": {...}?, "show_facts": BOOL?}
+Response: {"reply": TEXT, "persona": NAME, "model_version": "N", "tokens": N,
+           "facts": [FACT, ...] (only when show_facts: the facts retrieved into the prompt)}
+About:    {"persona": NAME, "version": N?, "about": true} (no message, nothing generated) ->
+          {"persona": NAME, "model_version": "N", "base": BASE, "trained_at": ISO|null, "facts": N}
 Errors:   {"error": REASON_CODE, "detail": HUMAN_READABLE} with a 4xx/5xx status: 404
           `unknown_persona` / `unknown_version`, 503 `adapter_unavailable`, 400/413 for bad bodies.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from personafleet.errors import PersonaError
 from personafleet.names import MAX_CONTEXT_TURNS, MAX_NEW_TOKENS, MAX_TEXT_CHARS, parse_version
@@ -77,9 +83,18 @@ class InferenceRequest(BaseModel):
     # Required by the fleet; clients build a conversation first and `InferenceClient.reply` names it.
     persona: str | None = Field(None, max_length=64)
     version: int | None = Field(None, description="pin a version (any the routing table lists); default: the serving one")
+    about: bool = Field(False, description="describe the version that would answer instead of answering")
     context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
-    message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    message: str = Field("", max_length=MAX_TEXT_CHARS, validate_default=True, description="required unless `about`")
     generation: GenerationOptions | None = None
+    show_facts: bool = Field(False, description="return the facts retrieved into the prompt with the reply")
+
+    @field_validator("message")
+    @classmethod
+    def _a_message_to_answer(cls, message: str, info: ValidationInfo) -> str:
+        if not message and not info.data.get("about"):
+            raise PydanticCustomError("missing", "Field required")
+        return message
 
     @field_validator("version", mode="before")
     @classmethod
@@ -101,6 +116,17 @@ class InferenceResponse(BaseModel):
     persona: str
     model_version: str
     tokens: int
+    facts: list[str] | None = Field(None, description="the facts retrieved into the prompt (asked with show_facts)")
+
+
+class PersonaAbout(BaseModel):
+    """What a version is (the answer to an `about` request; the bot's /persona shows it)."""
+
+    persona: str
+    model_version: str
+    base: str = Field(description="the base model its adapter was trained on")
+    trained_at: datetime | None = Field(None, description="when its training run finished")
+    facts: int = Field(0, description="facts it knows (its knowledge.json)")
 
 
 class InferenceError(BaseModel):

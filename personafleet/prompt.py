@@ -27,10 +27,16 @@ class Turn(BaseModel):
 
 
 class TimedTurn(Turn):
-    """A turn with the Unix time of its last message: what the bot keeps as history, so that the
-    same window and merge rules as `persona prepare` can be applied to it."""
+    """A turn with the Unix time of its last message and its author: what the bot keeps as
+    history, so that the same window and merge rules as `persona prepare` can be applied to it."""
 
     time: float = Field(0.0, description="0: unknown (kept before times were), outside every window")
+    author: str | None = Field(None, description="who wrote it (`user42`); None: the role alone says (the persona)")
+
+    @property
+    def speaker(self) -> str:
+        """Whom the merge rule compares: consecutive messages of one author are one turn."""
+        return self.author or self.role
 
 
 # The context budget, one for the whole pipeline: `persona prepare` builds records with it, the
@@ -92,14 +98,15 @@ def conversation(
 ) -> list[Turn]:
     """Stored turns (oldest first, the newest being the message to answer) shaped as `persona
     prepare` shapes a record's context: turns older than `window` before `now` left out, consecutive
-    turns of one role within `gap` merged, each cut to `max_chars`. The newest is always kept."""
+    turns of one author (of one role where no author is known) within `gap` merged, each cut to
+    `max_chars`. The newest is always kept."""
     *history, newest = turns
     recent = [turn for turn in history if turn.time >= now - window] + [newest]
     merged: list[TimedTurn] = []
     for turn in recent:
         last = merged[-1] if merged else None
-        if last is not None and continues_turn(last.role, last.time, turn.role, turn.time, gap):
-            merged[-1] = TimedTurn(role=turn.role, text=join_turn([last.text, turn.text]), time=turn.time)
+        if last is not None and continues_turn(last.speaker, last.time, turn.speaker, turn.time, gap):
+            merged[-1] = turn.model_copy(update={"text": join_turn([last.text, turn.text])})
         else:
             merged.append(turn)
     return [Turn(role=turn.role, text=cap_text(turn.text, max_chars)) for turn in merged]

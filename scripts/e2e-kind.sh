@@ -6,6 +6,7 @@
 # message through the inference API.
 #
 #   scripts/e2e-kind.sh            # KEEP_CLUSTER=1 keeps the cluster for a look afterwards
+#   NODE_IMAGE=kindest/node:v1.33.7 scripts/e2e-kind.sh   # another Kubernetes version
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +41,15 @@ docker build -f Dockerfile.serve -t "personafleet-serve:$TAG" \
 docker build -f Dockerfile.bot -t "personafleet:$TAG" .
 
 log "creating kind cluster $CLUSTER"
-kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s
+kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s ${NODE_IMAGE:+--image "$NODE_IMAGE"}
 kind load docker-image --name "$CLUSTER" "personafleet-serve:$TAG" "personafleet:$TAG"
+kubectl --context "kind-$CLUSTER" version
+
+log "checking the PersonaModel CRD against this API server (structural schema, CEL rule cost budget)"
+# Helm reports a refused CRD in crds/ as one line among others and goes on with the templates;
+# a server-side dry-run shows the API server's own reasons and stops here.
+kubectl --context "kind-$CLUSTER" apply --dry-run=server -f charts/personafleet/crds/personamodel.yaml \
+    || die "the API server refuses the PersonaModel CRD (reasons above; docs/kubernetes.md, CEL cost budgets)"
 
 log "installing the chart"
 # kind's local-path storage is ReadWriteOnce; one node makes that enough for the shared store.
@@ -56,6 +64,8 @@ helm install "$RELEASE" charts/personafleet --kube-context "kind-$CLUSTER" \
     --set-json 'training.resources={"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}' \
     --set-json 'store.accessModes=["ReadWriteOnce"]' --set store.size=2Gi \
     --set bot.enabled=false --set asr.enabled=false
+kubectl --context "kind-$CLUSTER" wait --for=condition=Established --timeout=60s crd/personamodels.personafleet.io \
+    || die "the PersonaModel CRD is not established"
 
 log "seeding the model store: the sample export and a tiny base model"
 STORE_CLAIM=$(kc get pvc -l app.kubernetes.io/instance="$RELEASE",app.kubernetes.io/component=store -o jsonpath='{.items[0].metadata.name}')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install personafleet into .venv/ at the repository root, and check (or, as root with apt,
 # install) the system prerequisites: Java 17 for TorchServe, espeak-ng for the embedded speech
-# model, PostgreSQL 15 for the tests.
+# model, PostgreSQL 15 and Prometheus (unpacked into .venv/prometheus) for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +44,20 @@ fi
 # installing it first in its own command keeps pip from ever resolving a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The tests run a real Prometheus and promtool (dashboards, alert rules). Debian's package is
+# unpacked into .venv/prometheus rather than installed: installing it starts a system daemon on
+# 0.0.0.0:9090. Any Linux user can do this (apt-get download needs no root, only package lists).
+if [ "${PERSONA_WITH_POSTGRES:-0}" = 1 ] && ! command -v prometheus >/dev/null \
+        && [ ! -x .venv/prometheus/usr/bin/promtool ]; then
+    echo "setup: unpacking Debian's prometheus package into .venv/prometheus"
+    deb_dir=$(mktemp -d)
+    if ! (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1); then
+        if [ "$(id -u)" = 0 ]; then apt-get update -qq; fi
+        (cd "$deb_dir" && apt-get download prometheus >/dev/null) || {
+            echo "setup: cannot fetch Debian's prometheus package; install prometheus (>= 2.42) so that" \
+                 "prometheus and promtool are on PATH, and re-run" >&2; exit 1; }
+    fi
+    dpkg-deb -x "$deb_dir"/prometheus_*.deb .venv/prometheus
+    rm -rf "$deb_dir"
+fi
 echo "setup: .venv ready ($(.venv/bin/persona --help >/dev/null && echo 'persona CLI ok'))"

@@ -24,6 +24,7 @@ from persona_bot.middlewares import (
     ChatSettingsMiddleware,
     OneAtATimePerChat,
     RateLimiter,
+    RememberUnanswered,
     UpdateObserver,
     limit_every_update,
 )
@@ -58,9 +59,11 @@ def build_dispatcher(
     dispatcher = Dispatcher(settings=settings, store=store, client=client, asr=asr)
     dispatcher.update.outer_middleware(observer)
     # A chat's messages are handled one after another (each reply must see the previous
-    # exchange); the chat's settings are read inside that turn.
+    # exchange); the chat's settings are read inside that turn, and a message nobody answered
+    # is kept in the history after it.
     dispatcher.message.outer_middleware(OneAtATimePerChat())
     dispatcher.message.outer_middleware(ChatSettingsMiddleware(store, settings))
+    dispatcher.message.outer_middleware(RememberUnanswered(store))
     limit_every_update(dispatcher, RateLimiter(settings.rate_limit_messages, settings.rate_limit_seconds), settings)
     dispatcher.include_routers(
         commands.create_router(),

@@ -43,6 +43,14 @@ class AddressedToBot(Filter):
         return False
 
 
+def author_of(message: Message) -> str:
+    """Who wrote a message, as Telegram Desktop's export names authors (`user42`, `channel7` for
+    one sent on behalf of a chat): the history merges one author's bursts as `persona prepare` does."""
+    if message.sender_chat is not None:
+        return f"channel{message.sender_chat.id}"
+    return f"user{message.from_user.id}" if message.from_user else f"chat{message.chat.id}"
+
+
 def replies_to(message: Message, user_id: int) -> bool:
     """The message replies to one of `user_id`'s messages."""
     reply = message.reply_to_message

@@ -1,12 +1,14 @@
 """What cuts across handlers: observing updates (metrics, in-flight count for a graceful
 shutdown), handling a chat's messages one at a time, loading the chat's settings from the
-store, and per-sender rate limiting of every update the bot acts on."""
+store, remembering the messages no handler answers, and per-sender rate limiting of every
+update the bot acts on."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from aiogram import BaseMiddleware, Dispatcher
@@ -14,8 +16,10 @@ from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from persona_bot import metrics
+from persona_bot.filters import author_of
 from persona_bot.settings import BotSettings
 from persona_bot.store import ChatSettings, Store, StoreUnavailable
+from personafleet.prompt import TimedTurn
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -73,6 +77,27 @@ class ChatSettingsMiddleware(BaseMiddleware):
         chosen = chat_settings.persona
         data["persona"] = chosen if chosen in self.settings.available_personas else self.settings.persona
         return await handler(event, data)
+
+
+class RememberUnanswered(BaseMiddleware):
+    """Outer message middleware (inside the chat's settings): a text message no handler took -
+    group chatter not addressed to the bot - still goes into the chat's history, so the next
+    reply sees the conversation as `persona prepare` sees a chat's export (one author's burst is
+    one turn). Commands, recordings and rate-limited messages are not kept; with the database
+    down the message is simply not kept."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        result = await handler(event, data)
+        assert isinstance(event, Message)
+        text = " ".join((event.text or "").split())
+        if result is UNHANDLED and text and not text.startswith("/"):
+            turn = TimedTurn(role="user", text=text, time=event.date.timestamp(), author=author_of(event))
+            with suppress(StoreUnavailable):
+                await self.store.hear(event.chat.id, data["persona"], turn)
+        return result
 
 
 class RateLimiter:

@@ -18,7 +18,7 @@ from typing import Literal
 import asyncpg
 
 from persona_bot import metrics
-from personafleet.prompt import PromptTemplate, TimedTurn, Turn
+from personafleet.prompt import CONTEXT_WINDOW_SECONDS, PromptTemplate, TimedTurn, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,23 @@ OUTAGE_ERRORS = (
 )
 # Any constant works; it keeps two bot replicas from migrating at the same time.
 MIGRATION_LOCK = 7_326_101
+# History retention: a chat's history holds every message the bot saw (group chatter included)
+# only while it can still be a reply's context: the newest HISTORY_MESSAGES messages within the
+# context window of the newest one. Bursts merge into one turn when the history is used, so the
+# prompt's 3 turns may span many messages; 50 covers them.
+HISTORY_MESSAGES = 50
+# Appends $3 (a JSONB list of turns) to the history of chat $1 and persona $2 when $6, keeping the
+# newest $4 turns no older than Unix time $5. Appending in SQL (rather than writing back a history
+# loaded earlier) keeps what other replicas stored meanwhile, and a history cleared meanwhile stays
+# cleared.
+APPEND_TURNS = (
+    "INSERT INTO histories (chat_id, persona, turns) SELECT $1, $2, $3 WHERE $6"
+    " ON CONFLICT (chat_id, persona) DO UPDATE SET updated_at = now(), turns = ("
+    "  SELECT coalesce(jsonb_agg(turn ORDER BY position), '[]'::jsonb)"
+    "  FROM jsonb_array_elements(histories.turns || EXCLUDED.turns) WITH ORDINALITY AS newest(turn, position)"
+    "  WHERE position > jsonb_array_length(histories.turns || EXCLUDED.turns) - $4"
+    "  AND (turn ->> 'time')::float8 >= $5)"
+)
 
 
 class StoreUnavailable(Exception):
@@ -72,10 +89,9 @@ class Exchange:
     persona: str
     model_version: str
     context: list[Turn]
-    message: str
+    message: str  # the newest turn as the model saw it (a burst of messages merged)
     reply: str
-    message_time: float = 0.0  # Unix times of the message and the reply (Telegram's), kept in the history
-    reply_time: float = 0.0
+    reply_time: float = 0.0  # Unix time of the reply (Telegram's), kept in the history
     voice: bool = False  # the message was a voice message (audio, video note): `message` is its transcript
 
 
@@ -126,6 +142,12 @@ def _history(rows: object) -> list[TimedTurn]:
 
 def _dump(turns: list[Turn]) -> list[dict]:
     return [turn.model_dump() for turn in turns]
+
+
+def _appending(chat_id: int, persona: str, turn: TimedTurn, update: bool = True) -> tuple:
+    """APPEND_TURNS' parameters $1-$6 for one turn: the retention window ends at its time."""
+    stored = turn.model_dump(exclude_none=True)
+    return chat_id, persona, [stored], HISTORY_MESSAGES, turn.time - CONTEXT_WINDOW_SECONDS, update
 
 
 class Store:
@@ -235,41 +257,33 @@ class Store:
             )
         return _history(turns)
 
+    async def hear(self, chat_id: int, persona: str, turn: TimedTurn) -> list[TimedTurn]:
+        """Keep a message the bot saw in the chat's history (within the retention rule,
+        HISTORY_MESSAGES) and return the history with it, oldest first: one round trip."""
+        async with self._connection() as connection:
+            turns = await connection.fetchval(APPEND_TURNS + " RETURNING turns", *_appending(chat_id, persona, turn))
+        return _history(turns)
+
     async def clear_history(self, chat_id: int, persona: str) -> None:
         async with self._connection() as connection:
             await connection.execute("DELETE FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona)
 
     async def record(self, exchange: Exchange, *, update_history: bool = True) -> None:
-        """Keep the reply (for feedback) and append the message and reply to the chat's history,
-        keeping its newest turns. One statement, one round trip. Appending in SQL (rather than
-        writing back the history the caller loaded) keeps exchanges that other replicas stored
-        meanwhile, and a history cleared meanwhile stays cleared. `update_history=False` when the
-        history could not be loaded (an outage): the exchange is then not part of it. The
-        time window and the budgets are applied when the history is used (before each call)."""
-        pair = [
-            TimedTurn(role="user", text=exchange.message, time=exchange.message_time),
-            TimedTurn(role="persona", text=exchange.reply, time=exchange.reply_time),
-        ]
+        """Keep the reply (for feedback) and append it to the chat's history, where `hear` put the
+        message it answers. One statement, one round trip. `update_history=False` when the
+        history could not be loaded (an outage): the reply is then not part of it."""
+        reply = TimedTurn(role="persona", text=exchange.reply, time=exchange.reply_time)
         async with self._connection() as connection:
             await connection.execute(
-                "WITH history AS ("
-                "  INSERT INTO histories (chat_id, persona, turns) SELECT $1, $3, $8 WHERE $9"
-                "  ON CONFLICT (chat_id, persona) DO UPDATE SET updated_at = now(), turns = ("
-                "    SELECT jsonb_agg(turn ORDER BY position) FROM jsonb_array_elements(histories.turns || EXCLUDED.turns)"
-                "    WITH ORDINALITY AS newest(turn, position)"
-                "    WHERE position > jsonb_array_length(histories.turns || EXCLUDED.turns) - $10))"
+                f"WITH history AS ({APPEND_TURNS})"
                 " INSERT INTO replies (chat_id, message_id, persona, model_version, context, message, reply, voice)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $11)",
-                exchange.chat_id,
+                " VALUES ($1, $7, $2, $8, $9, $10, $11, $12)",
+                *_appending(exchange.chat_id, exchange.persona, reply, update_history),
                 exchange.message_id,
-                exchange.persona,
                 exchange.model_version,
                 _dump(exchange.context),
                 exchange.message,
                 exchange.reply,
-                _dump(pair),
-                update_history,
-                self.budget.max_context_turns,
                 exchange.voice,
             )
 

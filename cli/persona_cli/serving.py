@@ -43,6 +43,7 @@ def serve(
     max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapter slots of each worker (LRU).")] = 32,
     max_lora_rank: Annotated[int, typer.Option(min=1, max=MAX_LORA_RANK, help="Widest adapter rank a slot takes; wider versions are refused.")] = MAX_LORA_RANK,
     max_host_adapters: Annotated[int, typer.Option(min=0, help="Adapters each worker keeps in (pinned, on CUDA) host memory: a slot miss they hold is a copy, not a disk read (0: off).")] = 0,
+    max_persona_labels: Annotated[int, typer.Option(min=0, help='Personas with their own label in the serving metrics; the rest are persona="other".')] = 100,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(min=1, help="How long TorchServe waits to fill a batch (ms; TorchServe reads 0 as 100).")] = 30,
@@ -77,7 +78,7 @@ def serve(
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
         model_store=model_store, base=base, bundle_base=bundle_base, max_resident_adapters=max_resident_adapters,
-        max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters,
+        max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters, max_persona_labels=max_persona_labels,
         max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),
@@ -121,12 +122,14 @@ def chat(
     version: Annotated[Optional[str], typer.Option(help="Pin a version (default: the one the routing table serves).")] = None,
     model: Annotated[str, typer.Option(help="TorchServe model of the fleet.")] = "fleet",
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 60,
+    show_facts: Annotated[bool, typer.Option("--show-facts", help="Print the facts retrieved into each reply's prompt (stderr).")] = False,
 ) -> None:
     """Chat with a served persona; piped stdin gives one reply per line."""
     from persona_serving.chat import run_chat
 
     pinned = parse_version(version) if version is not None else None
-    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model)
+    refused = run_chat(persona, url=url, token_file=token_file, workdir=workdir, version=pinned, timeout=timeout, model=model,
+                       show_facts=show_facts)
     if refused:
         sys.exit(1)
 

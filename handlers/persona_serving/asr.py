@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona_serving.requests import Rejected
 from personafleet import audio
+from personafleet.whisper import transcribe_windows
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,8 @@ class Transcriber:
     """A speech-to-text checkpoint on one device, transcribing batches of clips."""
 
     def __init__(self, source: str, device: Any, dtype: Any, max_new_tokens: int) -> None:
-        import torch
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-        self.torch = torch
         self.processor = AutoProcessor.from_pretrained(source)
         self.model = AutoModelForSpeechSeq2Seq.from_pretrained(source, dtype=dtype).to(device).eval()
         self.device, self.dtype = device, dtype
@@ -149,12 +148,5 @@ class Transcriber:
         return [" ".join(" ".join(pieces[owner]).split()) for owner in range(len(clips))]
 
     def _generate(self, samples: list[np.ndarray], language: str | None) -> list[str]:
-        features = self.processor.feature_extractor(
-            samples, sampling_rate=audio.SAMPLE_RATE, return_tensors="pt"
-        ).input_features.to(self.device, self.dtype)
-        options: dict[str, Any] = {"task": "transcribe", "max_new_tokens": self.max_new_tokens}
-        if language is not None:
-            options["language"] = language
-        with self.torch.inference_mode():
-            ids = self.model.generate(features, **options)
-        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        return transcribe_windows(self.model, self.processor, samples, language=language, max_tokens=self.max_new_tokens,
+                                  device=self.device, dtype=self.dtype)

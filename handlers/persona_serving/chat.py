@@ -56,8 +56,10 @@ async def chat(
     *,
     interactive: bool,
     version: int | None = None,
+    show_facts: bool = False,
 ) -> int:
-    """Answer each input line; returns the number of refused messages."""
+    """Answer each input line; returns the number of refused messages. With `show_facts`, the facts
+    retrieved into each prompt go to `err` after the reply (piped output keeps one line per reply)."""
     conversation, refused = Conversation(), 0
     prompt = "you> " if interactive else ""
     if interactive:
@@ -70,7 +72,8 @@ async def chat(
             conversation = Conversation()
             continue
         try:
-            response = await client.reply(persona, conversation.request(message), version=version)
+            request = conversation.request(message).model_copy(update={"show_facts": show_facts})
+            response = await client.reply(persona, request, version=version)
         except (InferenceRejected, ValidationError) as exc:
             refused += 1
             reason = f"{exc.error}): {exc.detail}" if isinstance(exc, InferenceRejected) else f"invalid_request): {exc.errors()[0]['msg']}"
@@ -83,7 +86,14 @@ async def chat(
         conversation.record(message, response.reply)
         # Piped: exactly one line per reply, whatever the model generated.
         print(f"{persona}> {response.reply}" if interactive else " ".join(response.reply.splitlines()), file=out, flush=True)
+        if show_facts:
+            print(facts_line(response.facts or []), file=err, flush=True)
     return refused
+
+
+def facts_line(facts: list[str]) -> str:
+    """The facts retrieved into a reply's prompt, on one line."""
+    return "facts: " + (" | ".join(facts) if facts else "(none retrieved)")
 
 
 def _prompted(lines: Iterable[str], prompt: str, err: TextIO) -> Iterable[str]:
@@ -107,6 +117,7 @@ def run_chat(
     version: int | None,
     timeout: float,
     model: str = FLEET_MODEL,
+    show_facts: bool = False,
 ) -> int:
     local_url, local_key = local_endpoint(workdir)
     url = url or local_url
@@ -116,6 +127,7 @@ def run_chat(
 
     async def main() -> int:
         async with InferenceClient(url, token_file=token_file or local_key, timeout=timeout, model=model) as client:
-            return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version)
+            return await chat(persona, client, sys.stdin, sys.stdout, sys.stderr, interactive=interactive, version=version,
+                              show_facts=show_facts)
 
     return asyncio.run(main())

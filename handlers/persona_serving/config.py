@@ -18,6 +18,7 @@ BASE_DIR = "base"
 # Set by `persona serve` for its workers: the model store wins over the archive's record, so one
 # archive serves a store mounted anywhere.
 MODEL_STORE_ENV = "PERSONA_MODEL_STORE"
+DEFAULT_MAX_PERSONA_LABELS = 100
 
 
 class FleetConfig(BaseModel):
@@ -29,6 +30,8 @@ class FleetConfig(BaseModel):
     max_resident_adapters: int = Field(32, ge=1, description="adapter slots of a worker (LRU); the next adapter evicts the oldest")
     max_lora_rank: int = Field(MAX_LORA_RANK, ge=1, le=MAX_LORA_RANK, description="widest adapter rank a slot takes; wider ones are refused")
     max_host_adapters: int = Field(0, ge=0, description="adapters kept in (pinned, on CUDA) host memory so a slot miss is a copy, not a disk read; 0: off")
+    max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description="personas with their own metrics "
+                                    'label; the rest are persona="other" (persona_serving.metrics.persona_label)')
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
 

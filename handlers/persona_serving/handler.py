@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +24,21 @@ from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
     ADAPTER_EVICTIONS, ADAPTER_LOADS, ADAPTERS_PER_BATCH, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
-    HOST_ADAPTERS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE, TOKENS_GENERATED, MetricSpec,
-    observe,
+    HOST_ADAPTERS, PERSONAS_PER_BATCH, REQUESTS, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE, TOKENS_GENERATED,
+    MetricSpec, observe, persona_label, version_label,
 )
 from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
+    PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
 )
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
-from personafleet.inference import InferenceResponse
+from personafleet.inference import InferenceResponse, PersonaAbout
 
 logger = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 Key = tuple[str, int]
-Outcome = InferenceResponse | Rejected
+Outcome = InferenceResponse | PersonaAbout | Rejected
 
 
 class FleetHandler(BaseHandler):
@@ -80,12 +81,18 @@ class FleetHandler(BaseHandler):
         self._refresh_routing()
         table = self.routing.table
         parsed = [parse(item) for item in data]
-        return [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
+        routed = [item if isinstance(item, Rejected) else route(item, table) for item in parsed]
+        for item in routed:
+            if isinstance(item, Routed):
+                self._observe(REQUESTS, 1, *self._persona_dimensions(item.persona, item.version))
+        return routed
 
     def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
-        """Errors pass through; per chunk of at most `max_resident_adapters` versions, the adapters
-        are put into slots and each group of equal options is one `generate`, its rows in slot
-        order (every slot layer then reads contiguous groups, no gather)."""
+        """Errors pass through and `about` requests are answered from the store; per chunk of at
+        most `max_resident_adapters` versions, the adapters are put into slots and each group of
+        equal options is one `generate`, its rows in slot order (every slot layer then reads
+        contiguous groups, no gather)."""
+        data = [describe(item, self.store) if isinstance(item, Routed) and item.request.about else item for item in data]
         outcomes: list[Any] = list(data)
         self._observe(PERSONAS_PER_BATCH, len({item.persona for item in data if isinstance(item, Routed)}))
         for chunk in key_chunks(data, self.adapters.capacity):
@@ -104,7 +111,7 @@ class FleetHandler(BaseHandler):
         prepared = prepare(routed, entry, self.config.limits)
         if entry.knowledge is not None:
             self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
-            self._observe(FACTS_PER_PROMPT, prepared.facts)
+            self._observe(FACTS_PER_PROMPT, len(prepared.facts))
         return prepared
 
     def _generate(self, group: list[Prepared]) -> list[Outcome]:
@@ -116,13 +123,19 @@ class FleetHandler(BaseHandler):
             texts, counts = self.fleet.generate([item.prompt for item in group], entries, group[0].options)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
             logger.exception("generate() failed for %d requests", len(group))
-            return [Rejected(503, "generation_failed", f"{exc.__class__.__name__}: {exc}")] * len(group)
+            detail = f"{exc.__class__.__name__}: {exc}"
+            return [Rejected(503, "generation_failed", detail, item.entry.persona, item.entry.version) for item in group]
         elapsed = time.perf_counter() - started
-        for _ in group:
-            self._observe(GENERATION_SECONDS, elapsed)
-        self._observe(TOKENS_GENERATED, sum(counts))
+        tokens: Counter[tuple[str, ...]] = Counter()
+        for item, count in zip(group, counts):
+            dimensions = self._persona_dimensions(item.entry.persona, item.entry.version)
+            self._observe(GENERATION_SECONDS, elapsed, *dimensions)
+            tokens[dimensions] += count
+        for dimensions, count in tokens.items():
+            self._observe(TOKENS_GENERATED, count, *dimensions)
         return [
-            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count)
+            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count,
+                              facts=list(item.facts) if item.show_facts else None)
             for item, text, count in zip(group, texts, counts)
         ]
 
@@ -133,10 +146,10 @@ class FleetHandler(BaseHandler):
             self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
             if isinstance(outcome, Rejected):
                 self.context.set_response_status(outcome.status, outcome.error, index)
-                self._observe(ERRORS, 1, outcome.error)
+                self._observe(ERRORS, 1, *self._persona_dimensions(outcome.persona, outcome.version), outcome.error)
                 bodies.append(outcome.body())
-            else:
-                bodies.append(json.dumps(outcome.model_dump(), ensure_ascii=False))
+            else:  # optional fields a request did not ask for (facts) are left out
+                bodies.append(json.dumps(outcome.model_dump(mode="json", exclude_none=True), ensure_ascii=False))
         return bodies
 
     # --- adapters and routing ------------------------------------------------------------
@@ -148,7 +161,7 @@ class FleetHandler(BaseHandler):
             if (key, str(exc)) not in self._reported:  # logged once per version and reason
                 self._reported.add((key, str(exc)))
                 logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
-            return Rejected(503, "adapter_unavailable", str(exc))
+            return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
             self._observe(SLOTS_IN_USE, self.fleet.slots_in_use)
             if self.fleet.slots.host is not None:
@@ -181,6 +194,10 @@ class FleetHandler(BaseHandler):
                 self._resident((persona, entry.serving))
         self.routing.accept(table)
         logger.info("Routing table in force: %s", {p: r.serving for p, r in table.personas.items()})
+
+    def _persona_dimensions(self, persona: str | None, version: int | None) -> tuple[str, str]:
+        """The `persona` and `version` label values (contract 3), bounded by `persona_label`."""
+        return persona_label(persona, self.routing.table, self.config.max_persona_labels), version_label(version)
 
     def _observe(self, spec: MetricSpec, value: float, *extra_dimensions: str) -> None:
         observe(self.context, spec, value, [self.model_name, self.version, *extra_dimensions])

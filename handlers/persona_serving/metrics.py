@@ -8,6 +8,12 @@ counters: averages only.) Declaring the metrics here, rather than letting
 `model_metrics_auto_detect` discover them, makes them appear on /metrics (HELP/TYPE lines) before
 the first request and keeps label names fixed. Label order below is the order the handler passes
 values in.
+
+Per-persona metrics (contract 3) add `persona` and `version` (the persona version, "3"). Their
+cardinality is bounded by ONE rule, `persona_label`: the first `max_persona_labels` personas of the
+routing table have their own label value, every other name is "other" - including names no
+version serves, so what a client writes in a request never becomes a series. A request refused
+before a version was chosen has `version="none"` (docs/serving.md, "Series per persona").
 """
 
 from __future__ import annotations
@@ -15,14 +21,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from personafleet.routing import RoutingTable
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME, MODEL_VERSION, REASON, TIER = "model_name", "model_version", "reason", "tier"
+PERSONA, VERSION = "persona", "version"
+OTHER_PERSONA = "other"  # the `persona` value of every persona beyond the cap, and of unserved names
+NO_VERSION = "none"  # the `version` value of a request refused before a version was chosen
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,16 @@ class MetricSpec:
     help: str
 
 
+REQUESTS = MetricSpec(
+    "persona_handler_requests_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
+    "requests routed to a persona version (answered or failed after routing)",
+)
 GENERATION_SECONDS = MetricSpec(
-    "persona_handler_generation_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
+    "persona_handler_generation_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
     "model.generate() time of each request's batch group (what a request waits on the GPU/CPU)",
 )
 TOKENS_GENERATED = MetricSpec(
-    "persona_handler_generated_tokens_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
+    "persona_handler_generated_tokens_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION),
     "reply tokens generated",
 )
 BATCH_SIZE = MetricSpec(
@@ -47,8 +63,9 @@ BATCH_SIZE = MetricSpec(
     "requests TorchServe handed to one handler call (dynamic batching at work)",
 )
 ERRORS = MetricSpec(
-    "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
-    "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...)",
+    "persona_handler_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, VERSION, REASON),
+    "requests answered with an error, by reason (invalid_json, invalid_request, too_large, ...); "
+    'version="none": refused before routing',
 )
 RETRIEVAL_SECONDS = MetricSpec(
     "persona_handler_retrieval_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
@@ -99,9 +116,23 @@ ASR_ERRORS = MetricSpec(
     "persona_asr_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
 )
-HANDLER_METRICS = (GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, SLOTS_IN_USE, HOST_ADAPTERS, ADAPTER_LOADS,
-                   ADAPTER_EVICTIONS, SLOT_LOAD_SECONDS, ADAPTERS_PER_BATCH, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS,
-                   FACTS_PER_PROMPT, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+HANDLER_METRICS = (REQUESTS, GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, SLOTS_IN_USE, HOST_ADAPTERS,
+                   ADAPTER_LOADS, ADAPTER_EVICTIONS, SLOT_LOAD_SECONDS, ADAPTERS_PER_BATCH, PERSONAS_PER_BATCH,
+                   RETRIEVAL_SECONDS, FACTS_PER_PROMPT, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+
+
+def persona_label(persona: str | None, table: RoutingTable, most: int) -> str:
+    """The `persona` label value of a request: its name when it is among the first `most` personas
+    of the routing table, else "other". Table order is the order personas were first routed, the
+    same in every worker and replica, so a newly routed persona never takes another's label."""
+    if persona is not None and persona in islice(table.personas, most):
+        return persona
+    return OTHER_PERSONA
+
+
+def version_label(version: int | None) -> str:
+    """The `version` label value: the routed version ("3"), or "none" before routing chose one."""
+    return NO_VERSION if version is None else str(version)
 
 
 def observe(context: Any, spec: MetricSpec, value: float, dimensions: list[str]) -> None:

@@ -4,7 +4,8 @@ the reason it is refused.
 Kept apart from the handler (and free of torch) so every rule about bad input is plain,
 testable code: errors are values, one per request, never exceptions that would fail the batch.
 The steps, in the handler's order: `parse` (the body), `route` (which version answers, from the
-routing table), then - once that version's adapter is resident - `prepare` (the prompt).
+routing table), then - once that version's adapter is resident - `prepare` (the prompt); an
+`about` request is answered by `describe` instead, from the store, with no adapter and no prompt.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from personafleet.errors import first_error
-from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, clamp_generation
+from personafleet import knowledge
+from personafleet.errors import PersonaError, first_error
+from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import render_prompt
-from personafleet.routing import RoutingTable
+from personafleet.routing import RoutingTable, version_dir
+from personafleet.store import read_version_info
+
+RUN_REPORT = Path("run") / "report.json"  # written as a training run ends (contract 1's run/, contract 4)
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,15 @@ class Routed:
 @dataclass(frozen=True)
 class Prepared:
     """A request ready for `generate`: its prompt, clamped options and the adapter that answers;
-    `facts` and `retrieval_seconds` are for the handler's metrics."""
+    `facts` (retrieved into the prompt; returned when the request shows them) and
+    `retrieval_seconds` are also for the handler's metrics."""
 
     prompt: str
     options: dict[str, Any]
     entry: PersonaVersion
-    facts: int = 0
+    facts: tuple[str, ...] = ()
     retrieval_seconds: float = 0.0
+    show_facts: bool = False
 
     def options_key(self) -> tuple:
         return tuple(sorted(self.options.items()))
@@ -72,9 +80,13 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Rejected:
+    """A request's error value; `persona` and `version` say how far it got (for the metrics' labels)."""
+
     status: int
     error: str
     detail: str
+    persona: str | None = None
+    version: int | None = None
 
     def body(self) -> str:
         return InferenceError(error=self.error, detail=self.detail).model_dump_json()
@@ -123,9 +135,10 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
     if version is not None:
         return Routed(request, persona, version)
     if persona not in table.personas:
-        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here")
+        return Rejected(404, "unknown_persona", f"no persona {persona!r} is served here", persona)
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
-    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})")
+    return Rejected(404, "unknown_version", f"{persona} has no version {request.version} being served (listed: {listed})",
+                    persona)
 
 
 def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
@@ -142,7 +155,25 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> 
     facts = retrieve(entry.knowledge, turns)
     elapsed = time.perf_counter() - started
     return Prepared(render_prompt(spec.template, spec.description, turns, facts), options, entry,
-                    facts=len(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0)
+                    facts=tuple(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0,
+                    show_facts=request.show_facts)
+
+
+def describe(routed: Routed, store: Path) -> PersonaAbout | Rejected:
+    """The answer to an `about` request: the routed version as published in the store (its base,
+    when its run finished, how many facts it knows), read without loading its adapter."""
+    folder = version_dir(store, routed.persona, routed.version)
+    try:
+        info = read_version_info(folder)
+        facts = knowledge.count(folder)
+    except PersonaError as exc:
+        return Rejected(503, "adapter_unavailable", str(exc), *routed.key)
+    try:
+        trained_at = datetime.fromtimestamp((folder / RUN_REPORT).stat().st_mtime, timezone.utc)
+    except OSError:
+        trained_at = None  # published from a run that kept no report
+    return PersonaAbout(persona=routed.persona, model_version=str(routed.version), base=info.base,
+                        trained_at=trained_at, facts=facts)
 
 
 def option_groups(items: Sequence[object]) -> dict[tuple, list[int]]:

@@ -31,7 +31,7 @@ import psutil
 from pydantic import BaseModel, Field
 
 from persona_serving.archive import ArchiveOptions, build_fleet_archive
-from persona_serving.config import MODEL_STORE_ENV, FleetConfig
+from persona_serving.config import DEFAULT_MAX_PERSONA_LABELS, MODEL_STORE_ENV, FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
 from persona_serving.metrics import write_metrics_config
 from personafleet.client import ENDPOINTS_FILE
@@ -57,6 +57,7 @@ class ServeOptions(BaseModel):
     max_lora_rank: int = Field(MAX_LORA_RANK, ge=1, le=MAX_LORA_RANK, description="widest adapter rank a slot takes")
     max_host_adapters: int = Field(0, ge=0, description="adapters each worker keeps in (pinned) host memory; 0: off")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
+    max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description='personas with their own metrics label (the rest: persona="other")')
     archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     workdir: Path = DEFAULT_WORKDIR
     host: str = Field("127.0.0.1", description="address the public listeners bind (0.0.0.0 in a pod)")
@@ -251,7 +252,7 @@ def fleet_config(options: ServeOptions) -> FleetConfig:
     return FleetConfig(
         base=base, bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
         max_resident_adapters=options.max_resident_adapters, max_lora_rank=options.max_lora_rank,
-        max_host_adapters=options.max_host_adapters,
+        max_host_adapters=options.max_host_adapters, max_persona_labels=options.max_persona_labels,
         limits=GenerationLimits(max_new_tokens=options.max_new_tokens),
     )
 

@@ -58,10 +58,35 @@ JOBS_CREATED = Counter(
     "Training Jobs the operator created (first attempts and retries).",
     ["persona"],
 )
+TRAINING_STARTED = Gauge(
+    "persona_operator_training_started_timestamp_seconds",
+    "Unix time the current training began (status.lastTraining.startedAt); present only while the "
+    "PersonaModel's phase is Training, so time() minus it is how long it has been training.",
+    ["persona"],
+)
+
+
+def initialize(persona: str) -> None:
+    """Export the outcome series the alerts watch at zero before anything happens: a series that
+    first appears at 1 is no rise to Prometheus's increase(), so the first failure would go unseen."""
+    for outcome in ("succeeded", "failed"):
+        TRAINING_DURATION.labels(persona, outcome)
+    for outcome in ("succeeded", "failed", "rejected"):
+        ROLLOUTS.labels(persona, outcome)
+
+
+def track_training(persona: str, started: float | None) -> None:
+    """Show when `persona`'s training began while it is in phase Training (`started`), nothing otherwise."""
+    if started is not None:
+        TRAINING_STARTED.labels(persona).set(started)
+    else:
+        with contextlib.suppress(KeyError):
+            TRAINING_STARTED.remove(persona)
 
 
 def forget(persona: str) -> None:
     """Drop a deleted persona's gauges (its counters and histograms keep their totals, as Prometheus expects)."""
+    track_training(persona, None)
     with contextlib.suppress(KeyError):
         DRIFTED_REPLICAS.remove(persona)
 

@@ -76,6 +76,8 @@ class Reconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         status = body.get("status") or {}
+        metrics.initialize(name)
+        metrics.track_training(name, _training_since(status))
         generation = body["metadata"]["generation"]
         try:
             spec = PersonaModelSpec.parse(body.get("spec") or {})
@@ -143,6 +145,7 @@ class Reconciler:
             .ready_from(status.get("servingVersion"))
         )
         await self.cluster.patch_status(name, update.patch)
+        metrics.track_training(name, _training_since(update.patch))
         return None
 
     async def _track_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
@@ -155,6 +158,7 @@ class Reconciler:
         outcome, why = job_outcome(job)
         if outcome == "running":
             return None
+        metrics.track_training(name, None)
         finished = rfc3339((job.get("status") or {}).get("completionTime") or _failed_at(job) or now())
         started = parse_time(training.get("startedAt") or job["metadata"].get("creationTimestamp"))
         duration = max(0.0, (parse_time(finished) - started).total_seconds()) if started else None
@@ -389,6 +393,14 @@ def _failed_at(job: dict) -> str | None:
         if c.get("type") == "Failed" and c.get("status") == "True":
             return c.get("lastTransitionTime")
     return None
+
+
+def _training_since(status: dict) -> float | None:
+    """Unix time the current training began, while the phase is Training (the stuck-training alert's input)."""
+    if status.get("phase") != Phase.TRAINING:
+        return None
+    started = parse_time((status.get("lastTraining") or {}).get("startedAt"))
+    return started.timestamp() if started else None
 
 
 def _waits_for_knowledge(status: dict) -> bool:

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from personafleet.inference import FLEET_MODEL, InferenceRequest
 
 STUB_TOKEN = "stub-inference-token"
+STUB_BASE = "ai-forever/FRED-T5-large"
+STUB_FACTS = ["Работаю DevOps-инженером"]  # "retrieved" for every request that asks for its facts
 
 
 class StubModel:
@@ -63,12 +65,16 @@ class StubModel:
         if request.match_info["model"] != FLEET_MODEL or body.persona is None:
             return web.json_response({"error": "unknown_persona", "detail": "no such model or persona"}, status=404)
         persona = body.persona
+        if body.about:  # what the fleet handler answers from the store (persona_serving.requests.describe)
+            return web.json_response({"persona": persona, "model_version": "1", "base": STUB_BASE,
+                                      "trained_at": "2026-12-01T14:03:00Z", "facts": len(STUB_FACTS)})
         self.requests.append((persona, body))
         if self.delay:
             await asyncio.sleep(self.delay)
         reply = f"[{persona}] re: {body.message}"
         self.busy_seconds.append(time.perf_counter() - started)
-        return web.json_response({"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())})
+        answer = {"reply": reply, "persona": persona, "model_version": "1", "tokens": len(reply.split())}
+        return web.json_response(answer | ({"facts": STUB_FACTS} if body.show_facts else {}))
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from persona_bot.store import Exchange, Store
-from personafleet.prompt import CONTEXT_WINDOW_SECONDS, MESSAGE_CHARS
+from personafleet.prompt import CONTEXT_WINDOW_SECONDS, MESSAGE_CHARS, TimedTurn
 
 
 async def test_private_reply_uses_the_stored_history(running_bot, telegram, model, postgres_database):
@@ -81,13 +81,21 @@ async def test_persona_switch_keeps_separate_histories(running_bot, telegram, mo
         telegram.message("hello devops", chat_id=10)
         await telegram.wait_sent(1)
         telegram.message("/persona", chat_id=10)
-        assert "➤ devops-dude" in (await telegram.wait_sent(2))[1]["text"]
+        listing = (await telegram.wait_sent(2))[1]["text"]
+        assert "➤ devops-dude" in listing
+        # What answers as the chat's persona, asked of the fleet without generating (issue 26).
+        assert ("devops-dude: version 1, base ai-forever/FRED-T5-large, trained 2026-12-01 14:03 UTC, knows 1 fact."
+                in listing)
+        model.failing = True
+        telegram.message("/persona", chat_id=10)
+        assert "can't tell which version of devops-dude" in (await telegram.wait_sent(3))[2]["text"]
+        model.failing = False
         telegram.message("/persona nobody", chat_id=10)
-        assert "don't know" in (await telegram.wait_sent(3))[2]["text"]
+        assert "don't know" in (await telegram.wait_sent(4))[3]["text"]
         telegram.message("/persona avtobus", chat_id=10)
-        assert "Switched to avtobus" in (await telegram.wait_sent(4))[3]["text"]
+        assert "Switched to avtobus" in (await telegram.wait_sent(5))[4]["text"]
         telegram.message("hello bus", chat_id=10)
-        await telegram.wait_sent(5)
+        await telegram.wait_sent(6)
     persona, request = model.requests[-1]
     assert persona == "avtobus" and request.persona == "avtobus" and request.context == []
 
@@ -110,20 +118,22 @@ async def test_limits_long_messages_replies_and_rate(running_bot, telegram, mode
 
 
 async def test_only_history_inside_the_training_window_is_sent(running_bot, telegram, model, postgres_database):
-    """Training contexts reach back 3 hours: older stored turns stay stored but are not sent."""
+    """Training contexts reach back 3 hours: turns stored earlier than that before the new message
+    are not sent (and are deleted as the new message is stored)."""
     now = time.time()
     store = Store(postgres_database)
     await store.open()
     try:
         for message_id, age, text in ((1, CONTEXT_WINDOW_SECONDS + 600, "yesterday"), (2, 3600, "an hour ago")):
+            await store.hear(12, "devops-dude", TimedTurn(role="user", text=text, time=now - age, author="user12"))
             await store.record(Exchange(
                 chat_id=12, message_id=message_id, persona="devops-dude", model_version="1", context=[],
-                message=text, reply=f"re: {text}", message_time=now - age, reply_time=now - age + 5,
+                message=text, reply=f"re: {text}", reply_time=now - age + 5,
             ))
         stored = [t.text for t in await store.history(12, "devops-dude")]
     finally:
         await store.close()
-    assert stored == ["re: yesterday", "an hour ago", "re: an hour ago"]
+    assert stored == ["yesterday", "re: yesterday", "an hour ago", "re: an hour ago"]
     async with running_bot():
         telegram.message("and now?", chat_id=12)
         await telegram.wait_sent(1)

@@ -30,7 +30,8 @@ async def test_model_down_or_slow_gets_an_apology_and_the_bot_stays_up(running_b
 
         model.delay = 0.0
         telegram.message("and now?", chat_id=31)
-        assert (await telegram.wait_sent(3))[2]["text"] == "[devops-dude] re: and now?"
+        # The unanswered messages were heard: with the new one they are one burst, one turn.
+        assert (await telegram.wait_sent(3))[2]["text"] == "[devops-dude] re: are you there? still there? and now?"
         counted = await scrape(service, "persona_bot_replies_total")
     assert 'outcome="inference_unavailable",persona="devops-dude"} 2.0' in counted
 

@@ -2,39 +2,69 @@
 
 from __future__ import annotations
 
-from persona_bot.store import Exchange, Store
-from personafleet.prompt import PromptTemplate
+import time
+
+from persona_bot.store import HISTORY_MESSAGES, Exchange, Store
+from personafleet.prompt import CONTEXT_WINDOW_SECONDS, TimedTurn
+
+PERSONA = "devops-dude"
 
 
-def exchange(message_id: int, text: str, context: list) -> Exchange:
-    return Exchange(chat_id=5, message_id=message_id, persona="devops-dude", model_version="1",
-                    context=context, message=text, reply=f"re: {text}")
+def said(text: str, at: float, author: str = "user42") -> TimedTurn:
+    return TimedTurn(role="user", text=text, time=at, author=author)
 
 
-async def test_replicas_keep_each_others_exchanges_and_a_clear_stays_cleared(postgres_database):
-    budget = PromptTemplate(max_context_turns=6)
-    first, second = Store(postgres_database, budget=budget), Store(postgres_database, budget=budget)
+def exchange(message_id: int, text: str, at: float) -> Exchange:
+    return Exchange(chat_id=5, message_id=message_id, persona=PERSONA, model_version="1",
+                    context=[], message=text, reply=f"re: {text}", reply_time=at)
+
+
+async def texts(store: Store) -> list[str]:
+    return [t.text for t in await store.history(5, PERSONA)]
+
+
+async def test_replicas_keep_each_others_turns_and_a_clear_stays_cleared(postgres_database):
+    first, second = Store(postgres_database), Store(postgres_database)
     await first.open()
     await second.open()
+    now = time.time()
     try:
-        # Both replicas loaded the same (empty) history, then answered different messages.
-        seen = await first.history(5, "devops-dude")
-        await first.record(exchange(1, "one", seen))
-        await second.record(exchange(2, "two", seen))
-        assert [t.text for t in await first.history(5, "devops-dude")] == ["one", "re: one", "two", "re: two"]
+        # Two replicas each heard a message, then answered it: every turn is kept, in order.
+        assert [t.text for t in await first.hear(5, PERSONA, said("one", now))] == ["one"]
+        assert [t.text for t in await second.hear(5, PERSONA, said("two", now + 1))] == ["one", "two"]
+        await first.record(exchange(1, "one", now + 2))
+        await second.record(exchange(2, "two", now + 3))
+        assert await texts(first) == ["one", "two", "re: one", "re: two"]
+        assert (await first.history(5, PERSONA))[0].author == "user42"
 
-        for number in range(3, 6):  # the newest max_context_turns turns are kept
-            await first.record(exchange(number, f"m{number}", []))
-        assert [t.text for t in await first.history(5, "devops-dude")] == ["m3", "re: m3", "m4", "re: m4", "m5", "re: m5"]
-
-        # /clear on one replica while the other was answering with the old history loaded.
-        loaded = await second.history(5, "devops-dude")
-        await first.clear_history(5, "devops-dude")
-        await second.record(exchange(9, "late", loaded))
-        assert [t.text for t in await first.history(5, "devops-dude")] == ["late", "re: late"]
+        # /clear on one replica while the other was answering: what came before stays gone.
+        await second.hear(5, PERSONA, said("late", now + 4))
+        await first.clear_history(5, PERSONA)
+        await second.record(exchange(9, "late", now + 5))
+        assert await texts(first) == ["re: late"]
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_history_keeps_only_what_can_still_be_context(postgres_database):
+    """Retention: the newest HISTORY_MESSAGES messages within the context window of the newest."""
+    store = Store(postgres_database)
+    await store.open()
+    now = time.time()
+    try:
+        for number in range(HISTORY_MESSAGES + 5):
+            await store.hear(5, PERSONA, said(f"m{number}", now + number))
+        kept = await texts(store)
+        assert kept == [f"m{number}" for number in range(5, HISTORY_MESSAGES + 5)]
+
+        later = now + CONTEXT_WINDOW_SECONDS + 20  # m0..m19 are out of its window
+        await store.hear(5, PERSONA, said("much later", later))
+        assert await texts(store) == [f"m{number}" for number in range(20, HISTORY_MESSAGES + 5)] + ["much later"]
+        await store.hear(5, PERSONA, said("next day", later + 2 * CONTEXT_WINDOW_SECONDS))
+        assert await texts(store) == ["next day"]
+    finally:
+        await store.close()
 
 
 async def test_a_recreated_database_is_an_outage_then_migrated_again(postgres_database):
@@ -46,13 +76,13 @@ async def test_a_recreated_database_is_an_outage_then_migrated_again(postgres_da
     store = Store(postgres_database)
     await store.open()
     try:
-        await store.record(exchange(1, "one", []))
+        await store.record(exchange(1, "one", time.time()))
         connection = await asyncpg.connect(postgres_database)
         await connection.execute("DROP TABLE votes, replies, histories, chats, schema_migrations CASCADE")
         await connection.close()
         with pytest.raises(StoreUnavailable):
-            await store.history(5, "devops-dude")
-        assert await store.history(5, "devops-dude") == []  # the schema is back, the bot answers again
+            await store.history(5, PERSONA)
+        assert await store.history(5, PERSONA) == []  # the schema is back, the bot answers again
         assert store.available
     finally:
         await store.close()

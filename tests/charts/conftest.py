@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,18 @@ def chart():
 
 
 @pytest.fixture(scope="session")
-def render_text(chart) -> Callable[[dict], dict[str, str]]:
-    """Template file name -> rendered text, for a first install of release `fleet` in `chat`."""
+def render_text(chart) -> Callable[..., dict[str, str]]:
+    """Template file name -> rendered text, for a first install of release `fleet` in `chat`;
+    `api_versions` are what the cluster serves beyond the built-ins (`helm template --api-versions`)."""
 
-    def render(values: dict) -> dict[str, str]:
-        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    def render(values: dict, api_versions: tuple[str, ...] = ()) -> dict[str, str]:
+        if not api_versions:
+            return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        # helm-python's render() does not expose them; its native call takes Helm's own option.
+        from helm_python import _native
+
+        options = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True, "api_versions": list(api_versions)}
+        return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(options)))
 
     return render
 
@@ -50,8 +58,9 @@ def render_text(chart) -> Callable[[dict], dict[str, str]]:
 def render(render_text) -> Render:
     """The rendered Kubernetes objects for MINIMAL deep-merged with `overrides` (or `values` exactly)."""
 
-    def objects(overrides: dict | None = None, *, values: dict | None = None) -> list[dict[str, Any]]:
-        rendered = render_text(values if values is not None else merge(MINIMAL, overrides or {}))
+    def objects(overrides: dict | None = None, *, values: dict | None = None,
+                api_versions: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        rendered = render_text(values if values is not None else merge(MINIMAL, overrides or {}), api_versions)
         return [doc for name, text in sorted(rendered.items()) if not name.endswith("NOTES.txt")
                 for doc in yaml.safe_load_all(text) if doc]
 

@@ -240,3 +240,105 @@ def test_absolute_export_paths_are_refused(schema, example):
     resource = broken(example, "dataset.exports", ["/etc/passwd"])
     for validator in validators(schema):
         assert not validator.is_valid(resource)
+
+
+def test_dot_dot_segments_in_store_paths_are_refused_by_a_cel_rule(schema, example):
+    """docs/kubernetes.md: exports (and knowledge files) stay inside the model store, refused at apply time."""
+    from tests.operator.admission import custom_resource_errors
+
+    for path, refused in (("../secrets/result.json", True), ("exports/../../etc/passwd", True), ("exports/..", True),
+                          ("..", True), ("exports/a..b/result.json", False), ("exports/.hidden/result.json", False),
+                          ("exports/devops-chat/result.json", False)):
+        for field in ("dataset.exports", "knowledge.files"):
+            errors = custom_resource_errors(broken(example, field, [path]), schema)
+            assert bool(errors) == refused, (field, path, errors)
+            if refused:
+                assert "no '..' path segment" in errors[0]
+
+
+# ---- what a real API server charges for the rules (issue 27) --------------------------------------
+# The API server estimates every rule's worst-case cost from the schema's bounds and refuses the
+# whole CRD when one is over budget; cel-python estimates nothing, so tests/operator/cel_cost.py
+# mirrors the estimate. These tests walk every rule of every version: a field or rule another
+# branch adds is checked without anyone listing it here.
+MARGIN = 2  # the calibrated (1.34+) estimate must stay under half of each limit
+
+
+def every_rule(crd: dict, *, legacy: bool = False) -> list:
+    from tests.operator.cel_cost import rule_costs, version_schemas
+
+    return [rule for where, schema in version_schemas(crd) for rule in rule_costs(schema, where, legacy=legacy)]
+
+
+def test_every_rule_reads_only_bounded_strings_lists_and_maps(crd):
+    """What a rule reads must have maxLength / maxItems / maxProperties: without one the API
+    server assumes a 3 MiB string or as many items as fit in a request."""
+    rules = every_rule(crd)
+    assert len(rules) >= 4
+    for rule in rules:
+        assert not rule.unbounded, f"{rule.where} reads {', '.join(rule.unbounded)} with no declared bound"
+
+
+def test_every_rule_and_the_whole_crd_fit_the_api_servers_cost_budget_with_a_margin(crd):
+    from tests.operator.cel_cost import PER_CRD_LIMIT, PER_RULE_LIMIT
+
+    rules = every_rule(crd)
+    for rule in rules:
+        assert rule.total * MARGIN <= PER_RULE_LIMIT, f"{rule.where}: estimated {rule.total:,} ({rule.expression})"
+    assert sum(rule.total for rule in rules) * MARGIN <= PER_CRD_LIMIT
+    # API servers before 1.34 ignore maxLength on an int-or-string (a quantity costs as 3 MiB);
+    # the chart must install there too.
+    legacy = every_rule(crd, legacy=True)
+    for rule in legacy:
+        assert rule.total <= PER_RULE_LIMIT, f"{rule.where}: estimated {rule.total:,} before Kubernetes 1.34"
+    assert sum(rule.total for rule in legacy) <= PER_CRD_LIMIT
+
+
+def test_the_estimate_refuses_the_rule_a_real_api_server_refused(crd):
+    """kube-apiserver 1.36.2 refused the chart's first requests <= limits rule, its quantities without
+    maxLength: "estimated rule cost exceeds budget by factor of 4.0x" (issue 27). The estimate
+    must say the same, word for word."""
+    from tests.operator.cel_cost import budget_errors
+
+    refused = copy.deepcopy(crd)
+    resources = refused["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["resources"]
+    resources["x-kubernetes-validations"][0]["rule"] = (
+        "!has(self.requests) || !has(self.limits) || self.requests.all(name, !(name in self.limits)"
+        " || !isQuantity(string(self.requests[name])) || !isQuantity(string(self.limits[name]))"
+        " || quantity(string(self.requests[name])).compareTo(quantity(string(self.limits[name]))) <= 0)")
+    for section in ("limits", "requests"):
+        resources["properties"][section]["maxProperties"] = 16
+        resources["properties"][section]["additionalProperties"].pop("maxLength", None)  # one anchor
+    assert budget_errors(refused) == [
+        "spec.validation.openAPIV3Schema.properties[spec].properties[resources].x-kubernetes-validations[0].rule: "
+        "Forbidden: estimated rule cost exceeds budget by factor of 4.0x (try simplifying the rule, or adding "
+        "maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"]
+    assert budget_errors(crd) == []
+
+
+@pytest.mark.parametrize(("rule", "schema_of_self", "expected"), [
+    ("self > 0.0", {"type": "number"}, 2),  # ident 1 + comparison 1 (cel-go's own tests)
+    ("has(self.a)", {"type": "object", "properties": {"a": {"type": "string"}}}, 2),
+    ("self.matches('^[a-z]+$')", {"type": "string", "maxLength": 10}, 5 * 2 + 1),  # ceil(41*0.1) * ceil(8*0.25) + self
+    ("self.all(x, x.startsWith('ab'))", {"type": "array", "maxItems": 10, "items": {"type": "string"}},
+     1 + 1 + 10 * (2 + 1 + 1 + 1)),
+    ("self.exists(x, x == 'a')", {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 5}},
+     1 + 1 + 4 * (3 + 1 + 1 + 1)),
+    ("size(self) < 3", {"type": "object", "maxProperties": 5, "additionalProperties": {"type": "string"}}, 3),
+])
+def test_the_estimate_of_single_constructs(rule, schema_of_self, expected):
+    from tests.operator.cel_cost import rule_costs
+
+    (cost,) = rule_costs(schema_of_self | {"x-kubernetes-validations": [{"rule": rule}]})
+    assert cost.cost == expected
+
+
+def test_unbounded_reads_and_unknown_constructs_are_named():
+    from tests.operator.cel_cost import UnsupportedRule, rule_costs
+
+    tags = {"type": "object", "x-kubernetes-validations": [{"rule": "self.tags.all(t, t.size() < 10)"}],
+            "properties": {"tags": {"type": "array", "items": {"type": "string"}}, "note": {"type": "string"}}}
+    (cost,) = rule_costs(tags)
+    assert cost.unbounded == ("self.tags", "self.tags[*]")  # the list and its strings; `note` is not read
+    with pytest.raises(UnsupportedRule, match="format"):
+        rule_costs({"type": "string", "x-kubernetes-validations": [{"rule": "'%s'.format([self]) != ''"}]})

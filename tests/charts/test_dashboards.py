@@ -20,6 +20,9 @@ from tests.charts.conftest import CHART
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 # Exported outside this project: NVIDIA's DCGM exporter (GPU panels, shown when it is installed).
 EXTERNAL = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"}
+# The variable each label is filtered by: a panel selecting a metric that carries `persona` shows the
+# chosen personas, one carrying only `model_name` (TorchServe's models) the chosen models.
+VARIABLE_OF_LABEL = {"persona": 'persona=~"$persona"', "model_name": 'model_name=~"$model"'}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -48,6 +51,33 @@ def queries(dashboard: dict) -> Iterator[tuple[str, str]]:
         for inner in [panel, *panel.get("panels", [])]:
             for target in inner.get("targets", []):
                 yield inner["title"], target["expr"]
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, its label matchers) of each series selector in a PromQL expression."""
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    found = re.findall(r'(?<![\w.$"])([A-Za-z_:][\w:]*)(?![\w:])\s*(\{[^}]*\})?(?!\s*\()', expr)
+    return [(name, matchers) for name, matchers in found if name not in PROMQL_WORDS and not name.startswith("__")]
+
+
+def label_names(torchserve_metrics: str) -> dict[str, set[str]]:
+    """Label names of every series name the dashboards may select: the handler's declared dimensions,
+    the bot's and operator's collectors (labelled ones have no sample until first used), and
+    TorchServe's built-ins as its real exposition shows them."""
+    from persona_serving.metrics import HANDLER_METRICS
+
+    labels: dict[str, set[str]] = {}
+    for line in torchserve_metrics.splitlines():
+        sample = re.match(r"([A-Za-z_:][\w:]*)\{([^}]*)\}", line)
+        if sample:
+            labels.setdefault(sample[1], set()).update(re.findall(r'(\w+)="', sample[2]))
+    families = {spec.name: set(spec.dimensions) for spec in HANDLER_METRICS}
+    families |= {name: set(collector._labelnames) for collector, names in REGISTRY._collector_to_names.items()
+                 for name in names if hasattr(collector, "_labelnames")}
+    for family, names in families.items():
+        for suffix in ("", *HISTOGRAM_SUFFIXES):
+            labels[family + suffix] = names
+    return labels
 
 
 def metric_names(expr: str) -> set[str]:
@@ -94,7 +124,7 @@ def exported(torchserve_metrics) -> dict[str, set[str]]:
 def test_the_components_export_what_contract_7_names(exported):
     assert "persona_bot_reply_latency_seconds_bucket" in exported["bot"]
     assert "persona_operator_rollouts_total" in exported["operator"]
-    assert {"ts_inference_requests_total", "ts_queue_latency_microseconds",
+    assert {"ts_inference_requests_total", "ts_queue_latency_microseconds", "persona_handler_requests_total",
             "persona_handler_generation_seconds_bucket", "persona_handler_errors_total"} <= exported["torchserve"]
 
 
@@ -120,6 +150,34 @@ def test_every_query_names_a_metric_a_component_exports(path, exported):
         assert metric in known
 
 
+def test_the_selector_parser_sees_each_metric_with_its_matchers():
+    expr = ('sum by (persona) (rate(a_total{persona=~"$persona", version!="none"}[5m])) / ignoring (version) '
+            'group_left sum(rate(b_bucket[$__rate_interval])) + histogram_quantile(0.5, c)')
+    assert selectors(expr) == [("a_total", '{persona=~"$persona", version!="none"}'), ("b_bucket", ""), ("c", "")]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_panel_is_filtered_by_the_variable_of_its_metrics(path, torchserve_metrics, exported):
+    """`persona` filters what carries a persona label, `model` what carries TorchServe's model_name,
+    and no panel is filtered by a label its metric lacks (which would empty it)."""
+    dashboard = json.loads(path.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["model"]["query"]["query"] == "label_values(ts_inference_requests_total, model_name)"
+    assert variables["persona"]["query"]["query"] == "label_values(persona_handler_requests_total, persona)"
+    labels = label_names(torchserve_metrics)
+    checked = 0
+    for title, expr in queries(dashboard):
+        for name, matchers in selectors(expr):
+            carried = labels.get(name, set())
+            filters = [VARIABLE_OF_LABEL[label] for label in sorted(carried) if label in VARIABLE_OF_LABEL]
+            if filters:  # per-persona serving metrics carry both: a model panel or a persona panel
+                assert any(f in matchers for f in filters), f"{title}: {name}{matchers} is filtered by none of {filters}"
+                checked += 1
+            assert "$persona" not in matchers or "persona" in carried, f"{title}: {name} has no persona label"
+            assert "$model" not in matchers or "model_name" in carried, f"{title}: {name} has no model_name label"
+    assert checked > 30
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_the_dashboard_covers_what_operators_watch(path):
     """Request rate, p50/p95/p99 of inference by persona and version, queue latency, bot end-to-end
@@ -130,6 +188,12 @@ def test_the_dashboard_covers_what_operators_watch(path):
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le, model_name, model_version) (rate(persona_handler_generation_seconds_bucket" in text
         assert f"histogram_quantile({quantile}, sum by (le, persona) (rate(persona_bot_reply_latency_seconds_bucket" in text
+    # The per-persona row: rate, p95, errors and which version serves, by persona (contract 3).
+    for fragment in ("sum by (persona, version) (rate(persona_handler_requests_total",
+                     "histogram_quantile(0.95, sum by (le, persona) (rate(persona_handler_generation_seconds_bucket",
+                     "sum by (persona, reason) (rate(persona_handler_errors_total",
+                     "/ ignoring (version) group_left sum by (persona) (rate(persona_handler_requests_total"):
+        assert fragment in text, fragment
     for metric in ("ts_inference_requests_total", "ts_queue_latency_microseconds", "persona_handler_errors_total",
                    "persona_bot_replies_total", "persona_operator_training_duration_seconds_sum",
                    "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_slots_in_use",
@@ -138,3 +202,5 @@ def test_the_dashboard_covers_what_operators_watch(path):
                    "persona_handler_adapters_per_batch_bucket", "persona_handler_personas_per_batch_bucket"):
         assert metric in text, metric
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "Grafana needs unique panel ids"

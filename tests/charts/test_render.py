@@ -43,6 +43,7 @@ SCENARIOS: dict[str, dict] = {
                                 "ingress": {"enabled": True, "className": "nginx",
                                             "tls": [{"hosts": ["bot.example.com"], "secretName": "bot-tls"}]}}},
     "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "replicated-serving": {"serving": {"replicas": 3, "topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}},
     "serving-only": {"bot": {"enabled": False}, "operator": {"enabled": False}, "postgres": {"enabled": False},
                      "database": {"external": {"existingSecret": "unused"}}},
 }
@@ -223,13 +224,14 @@ def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):
 # ---- serving -------------------------------------------------------------------------------
 def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(render):
     objects = render({"serving": {"baseModel": "/store/bases/fred", "maxResidentAdapters": 5, "maxLoraRank": 32,
-                                  "maxHostAdapters": 7}})
+                                  "maxHostAdapters": 7}, "metrics": {"maxPersonaLabels": 7}})
     serving = find(objects, "Deployment", "-serving")
     params = parse_cli(container(serving)["args"])
     assert params["foreground"] and params["host"] == "0.0.0.0"
     assert (str(params["model_store"]), params["base"], params["max_resident_adapters"]) == ("/store", "/store/bases/fred", 5)
-    assert (params["max_lora_rank"], params["max_host_adapters"]) == (32, 7)
-    assert parse_cli(container(find(render(), "Deployment", "-serving"))["args"])["base"] == "ai-forever/FRED-T5-large"
+    assert (params["max_lora_rank"], params["max_host_adapters"], params["max_persona_labels"]) == (32, 7, 7)
+    defaults = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
+    assert (defaults["base"], defaults["max_persona_labels"]) == ("ai-forever/FRED-T5-large", 100)
     assert params.get("models_file") is None  # what serves is the store's routing table (contract 2)
     assert str(params["auth_token_file"]) == "/var/run/secrets/persona/inference-token"
     assert str(params["management_token_file"]) == "/var/run/secrets/persona/management-token"
@@ -388,3 +390,56 @@ def test_asr_off_serves_no_speech_model_and_the_bot_ignores_recordings(render):
 def test_bad_asr_values_are_refused_by_the_schema(render, values):
     with pytest.raises(Exception):
         render(values)
+
+
+# ---- availability: disruption budgets and topology spread (issue 26) ------------------------
+def budgets(objects: list[dict]) -> dict[str, dict]:
+    return {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in objects if o["kind"] == "PodDisruptionBudget"}
+
+
+def test_replicated_serving_and_bot_get_budgets_that_select_their_pods(render):
+    objects = render({**SCENARIOS["webhook-ingress"], "serving": {"replicas": 3}})
+    found = budgets(objects)
+    assert set(found) == {"serving", "bot"}
+    for component, budget in found.items():
+        kubernetes_validate.validate(budget, KUBERNETES, strict=True)
+        assert budget["spec"]["maxUnavailable"] == 1 and budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        (deployment,) = [w for w in workloads(objects) if w["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        assert selects(budget["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+        others = [w for w in workloads(objects) if w is not deployment]
+        assert not any(selects(budget["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"]) for w in others)
+
+
+@pytest.mark.parametrize("values", [
+    {},  # one serving replica, a polling bot
+    {"bot": {"replicas": 1, "mode": "webhook", "webhook": {"url": "https://bot.example.com/t"}}},
+    {"serving": {"replicas": 3, "podDisruptionBudget": {"enabled": False}}},
+])
+def test_no_budget_for_a_single_replica_or_when_switched_off(render, values):
+    assert "serving" not in budgets(render(values)) and "bot" not in budgets(render(values))
+
+
+def test_serving_replicas_spread_over_the_gpu_pools_nodes(render):
+    pool = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    serving = find(render({"serving": {"replicas": 2, "nodeSelector": pool}}), "Deployment", "-serving")
+    spec = pod_spec(serving)
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    # The domains are the nodes the pod may run on: the GPU pool's (its selector and tolerations).
+    assert spec["nodeSelector"] == pool and spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert (spread["nodeAffinityPolicy"], spread["nodeTaintsPolicy"]) == ("Honor", "Honor")
+    assert spread["matchLabelKeys"] == ["pod-template-hash"]
+    assert selects(spread["labelSelector"], serving["spec"]["template"]["metadata"]["labels"])
+    assert "topologySpreadConstraints" not in pod_spec(find(render({}), "Deployment", "-serving"))  # one replica
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"serving": {"topologySpread": {"whenUnsatisfiable": "Sometimes"}}}, "whenUnsatisfiable"),
+    ({"serving": {"podDisruptionBudget": {"maxUnavailable": 0}}}, "maxUnavailable"),
+    ({"bot": {"podDisruptionBudget": {"enabeld": True}}}, "enabeld"),
+])
+def test_bad_availability_values_are_refused_by_the_schema(render_text, values, says):
+    from tests.charts.conftest import merge
+
+    with pytest.raises(Exception, match=says):
+        render_text(merge(MINIMAL, values))

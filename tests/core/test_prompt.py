@@ -78,6 +78,17 @@ def test_conversation_merges_one_roles_turns_within_the_gap_like_prepare():
     assert all(type(t) is Turn for t in shaped)  # what the inference API takes
 
 
+def test_conversation_merges_one_authors_burst_not_a_groups_like_prepare():
+    """prepare merges by author: two members talking in a group are two turns, as in training."""
+    now = 100_000.0
+    turns = [TimedTurn(role="user", text=text, time=now - age, author=author) for text, age, author in (
+        ("the deploy failed", 60, "user1"), ("again", 50, "user1"), ("it was the disk", 40, "user2"),
+        ("any idea?", 0, "user1"))]
+    assert [t.text for t in conversation(turns, now)] == ["the deploy failed again", "it was the disk", "any idea?"]
+    unnamed = [TimedTurn(role="user", text="kept before authors", time=now - 30), turns[-1]]
+    assert [t.text for t in conversation(unnamed, now)] == ["kept before authors", "any idea?"]
+
+
 def test_conversation_cuts_every_turn_to_the_message_cap_keeping_its_end():
     now = 100_000.0
     shaped = conversation(_timed(("persona", "a" * 300 + "end", now - 5), ("user", "b" * 250, now)), now, max_chars=200)

@@ -1,4 +1,5 @@
-"""What the API server refuses, for the fake API: a CRD's schema and CEL rules, and the Job rules
+"""What the API server refuses, for the fake API: a CRD itself (a non-structural schema, CEL rules
+over the cost budget), a custom resource against its CRD's schema and CEL rules, and the Job rules
 that matter for the fields the operator sets (quantities, requests <= limits).
 
 The CEL rules run in cel-python (a maintained CEL implementation), with the values typed as the
@@ -18,6 +19,8 @@ from typing import Any
 import celpy
 import jsonschema
 from celpy import celtypes
+
+from tests.operator.cel_cost import budget_errors, version_schemas
 
 QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
                       r"(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$")
@@ -157,4 +160,41 @@ def job_errors(job: dict) -> list[str]:
             if limit is not None and request > limit:
                 errors.append(f'{where}.requests[{name}]: Invalid value: "{resources["requests"][name]}": '
                               f"must be less than or equal to {name} limit of {resources['limits'][name]}")
+    return errors
+
+
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+BRANCH_GENERICS = ("type", "description", "nullable", "default", "additionalProperties", "title")
+
+
+def crd_errors(crd: dict) -> list[str]:
+    """What the API server says about a CustomResourceDefinition it refuses: schemas that are not
+    structural (the checks a CRD author trips on), then CEL rules over the cost budget."""
+    errors = []
+    for where, schema in version_schemas(crd):
+        errors += _structural_errors(schema, where, root=True)
+    return errors or budget_errors(crd)
+
+
+def _structural_errors(schema: dict, where: str, *, root: bool = False, specified: bool = False) -> list[str]:
+    errors = []
+    int_or_string = schema.get("x-kubernetes-int-or-string")
+    if specified and not schema.get("type") and not int_or_string and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        errors.append(f"{where}.type: Required value: must not be empty for specified object fields")
+    for keyword in ("anyOf", "allOf", "oneOf"):
+        for index, branch in enumerate(schema.get(keyword) or []):
+            if int_or_string and keyword == "anyOf" and schema["anyOf"] == INT_OR_STRING:
+                continue  # the one shape of an int-or-string allowed to name types
+            errors += [f"{where}.{keyword}[{index}].{generic}: Forbidden: must be empty to be structural"
+                       for generic in BRANCH_GENERICS if generic in branch]
+    if root and "metadata" in (schema.get("properties") or {}):
+        metadata = schema["properties"]["metadata"]
+        if set(metadata) - {"type", "properties"} or set(metadata.get("properties") or {}) - {"name", "generateName"}:
+            errors.append(f"{where}.properties[metadata]: Forbidden: must not specify anything other than name and "
+                          "generateName, but metadata is implicitly specified")
+    for name, sub in (schema.get("properties") or {}).items():
+        errors += _structural_errors(sub, f"{where}.properties[{name}]", specified=True)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            errors += _structural_errors(schema[key], f"{where}.{key}", specified=True)
     return errors

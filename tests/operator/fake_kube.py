@@ -13,8 +13,10 @@ official `kubernetes` client use, with the semantics they depend on:
 - the status subresource: the main endpoint ignores `status`, `/status` changes only `status`;
 - deletion with finalizers (deletionTimestamp first) and garbage collection of dependents through
   ownerReferences (what the real garbage collector does, done at once);
-- custom resources pruned and validated against the CRD's openAPIV3Schema and its CEL rules when
-  one is given, Jobs checked as the API server checks their resources (422; `admission.py`);
+- CustomResourceDefinitions refused as the API server refuses them (a non-structural schema, CEL
+  rules over the static cost budget: `admission.py`, `cel_cost.py`), and once created their
+  resources pruned and validated against the openAPIV3Schema and its CEL rules; Jobs checked as
+  the API server checks their resources (422);
 - every request recorded as the (verb, resource) RBAC would authorise (`FakeKube.access`), with the
   `update` on the owner's `finalizers` that OwnerReferencesPermissionEnforcement demands for a
   `blockOwnerDeletion` owner reference (kubernetes.md #6).
@@ -37,7 +39,7 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
-from tests.operator.admission import custom_resource_errors, job_errors
+from tests.operator.admission import crd_errors, custom_resource_errors, job_errors
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ KINDS = (
     Kind("", "v1", "pods", "Pod", status=True),
     Kind("batch", "v1", "jobs", "Job", status=True),
     Kind("personafleet.io", "v1alpha1", "personamodels", "PersonaModel", status=True, custom=True),
+    Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
+         status=True),
 )
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -208,7 +212,14 @@ class FakeKube:
             meta["namespace"] = ns
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         self._validate(kind, obj)
+        if kind.plural == "customresourcedefinitions":
+            self._serve(obj)
         return self._store(kind, key, obj, "ADDED")
+
+    def _serve(self, crd: dict) -> None:
+        """Validate the resources of a created CRD against its storage version's schema."""
+        storage = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+        self._schemas[crd["spec"]["names"]["plural"]] = storage["schema"]["openAPIV3Schema"]
 
     def replace(self, plural: str, namespace: str | None, name: str, body: dict, *, subresource: str | None = None) -> dict:
         kind = self.kind(plural)
@@ -275,6 +286,8 @@ class FakeKube:
                 new_meta["generation"] = meta.get("generation", 1) + 1
         updated["apiVersion"], updated["kind"] = kind.api_version, kind.kind
         self._validate(kind, updated)
+        if kind.plural == "customresourcedefinitions":
+            self._serve(updated)
         if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get("finalizers"):
             return self._remove(kind, updated)
         if updated == current:
@@ -304,6 +317,8 @@ class FakeKube:
             errors = custom_resource_errors(obj, schema)
         elif kind.plural == "jobs":
             errors = job_errors(obj)
+        elif kind.plural == "customresourcedefinitions":
+            errors = crd_errors(obj)
         else:
             errors = []
         if errors:

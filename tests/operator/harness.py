@@ -39,13 +39,10 @@ SERVING_LABELS = {"app.kubernetes.io/component": "serving"}
 OPERATOR_RESIDENT_ADAPTERS = 4  # a test's versions stay loaded: a cold load per new version, as in a cluster
 
 
-def crd_schemas() -> dict[str, dict]:
-    """The chart's CRD schema, so the fake API refuses what a real one would (when the chart has it)."""
-    if not CRD_PATH.exists():
-        return {}
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    return {"personamodels": version["schema"]["openAPIV3Schema"]}
+def install_crd(kube: FakeKube) -> None:
+    """The chart's CRD, created as Helm creates it: the fake API refuses it where a real one would,
+    then refuses the PersonaModels a real one would."""
+    kube.create("customresourcedefinitions", yaml.safe_load(CRD_PATH.read_text()))
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -193,7 +190,8 @@ def operator_settings(cluster: Cluster, **overrides: Any) -> Settings:
 async def fake_cluster(workdir: Path, store: Path | None = None) -> AsyncIterator[Cluster]:
     """Serve a fresh FakeKube on 127.0.0.1 and point the kubernetes client (and so kopf) at it; the
     model store is `store` (a running fleet's) or a new empty one in `workdir`."""
-    kube = FakeKube(crd_schemas())
+    kube = FakeKube()
+    install_crd(kube)
     runner = web.AppRunner(kube.app(), handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

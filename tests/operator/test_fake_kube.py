@@ -4,13 +4,15 @@ but a fake that lies would make every operator test meaningless)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.operator.fake_kube import ApiError, FakeKube
-from tests.operator.harness import fake_cluster, persona_model
+from tests.operator.harness import CRD_PATH, fake_cluster, persona_model
 
 
 def test_generation_grows_with_the_spec_only_and_status_needs_its_subresource():
@@ -124,3 +126,56 @@ def test_jobs_are_refused_as_the_api_server_refuses_them(resources, expected):
     with pytest.raises(ApiError) as refused:
         kube.create("jobs", job)
     assert refused.value.code == 422 and expected in refused.value.message
+
+
+def chart_crd() -> dict:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+def resources_of(crd: dict) -> dict:
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["resources"]
+
+
+def test_the_charts_crd_is_taken_and_then_refuses_what_its_rules_refuse():
+    kube = FakeKube()
+    kube.create("customresourcedefinitions", chart_crd())
+    over = persona_model("alice")
+    over["spec"]["resources"] = {"requests": {"nvidia.com/gpu": 2}, "limits": {"nvidia.com/gpu": 1}}
+    with pytest.raises(ApiError) as refused:
+        kube.create("personamodels", over)
+    assert refused.value.code == 422 and "every request must be at most its limit" in refused.value.message
+    over["spec"]["resources"]["requests"]["nvidia.com/gpu"] = "1"
+    kube.create("personamodels", over)
+
+
+def test_a_crd_over_the_cel_cost_budget_is_refused_like_a_real_api_server():
+    """Issue 27: kube-apiserver 1.36.2 refused the chart's CRD (quantities without maxLength under a
+    rule that parses each one); the fake must too, with the same message, and serve nothing."""
+    crd = chart_crd()
+    resources = resources_of(crd)
+    resources["properties"]["requests"]["maxProperties"] = 16
+    resources["properties"]["requests"]["additionalProperties"].pop("maxLength")  # shared with limits
+    kube = FakeKube()
+    with pytest.raises(ApiError) as refused:
+        kube.create("customresourcedefinitions", crd)
+    assert refused.value.code == 422
+    assert refused.value.message.startswith(
+        'CustomResourceDefinition.apiextensions.k8s.io "personamodels.personafleet.io" is invalid: '
+        "spec.validation.openAPIV3Schema.properties[spec].properties[resources].x-kubernetes-validations[0].rule: "
+        "Forbidden: estimated rule cost exceeds budget by factor of")
+    assert kube.list("customresourcedefinitions") == []
+    unchecked = persona_model("alice")
+    unchecked["spec"]["typo"] = True
+    assert kube.create("personamodels", unchecked)["spec"]["typo"] is True  # no schema: nothing pruned
+
+
+def test_keywords_inside_an_int_or_strings_any_of_make_the_crd_non_structural():
+    """kubernetes.md (2026-12-04): maxLength goes beside the anyOf; a type in a branch is refused."""
+    crd = chart_crd()
+    quantity = resources_of(crd)["properties"]["limits"]["additionalProperties"]
+    quantity["anyOf"] = [{"type": "integer"}, {"type": "string", "maxLength": quantity.pop("maxLength")}]
+    with pytest.raises(ApiError) as refused:
+        FakeKube().create("customresourcedefinitions", copy.deepcopy(crd))
+    assert refused.value.code == 422
+    assert ("properties[resources].properties[limits].additionalProperties.anyOf[0].type: Forbidden: "
+            "must be empty to be structural") in refused.value.message

@@ -6,6 +6,7 @@ kopf runs for real against the fake API; no TorchServe is needed until a Job suc
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import httpx
 
@@ -105,7 +106,12 @@ async def test_restart_between_job_creation_and_status_write_creates_no_second_j
 
 
 async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
-    # The CRD's schema cannot see that a relative export path climbs out of the model store.
+    # The chart's CRD refuses `..` in exports, but Helm never upgrades crds/: a cluster may run an
+    # earlier CRD that lets it through, and the operator must still refuse it.
+    crd = cluster.kube.get("customresourcedefinitions", None, "personamodels.personafleet.io")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["dataset"]["properties"]["exports"]["items"]["x-kubernetes-validations"]
+    cluster.kube.replace("customresourcedefinitions", None, crd["metadata"]["name"], crd)
     cluster.apply(persona_model("bob", dataset={"exports": ["../secrets/result.json"]}))
     status = await eventually(lambda: cluster.status("bob").get("phase") == "Failed" and cluster.status("bob"))
     assert "spec.dataset.exports" in status["message"] and "not inside the model store" in status["message"]
@@ -204,3 +210,24 @@ async def test_the_readme_lists_the_phases_in_the_order_a_new_persona_goes_throu
     watch = next(line for line in readme.splitlines() if "get pm -w" in line)
     listed = re.findall(r"[A-Z][A-Za-z]+", watch.split("#", 1)[1].split("(", 1)[0])
     assert listed[0] == observed[0] and "Pending" not in listed[:listed.index("Training") + 1], watch
+
+
+async def test_the_training_start_is_exported_only_while_the_phase_is_training(cluster, operator):
+    """The stuck-training alert's input: time() minus it is how long the current training has run;
+    and the training-failure alert's series, at zero from the first pass."""
+    from prometheus_client import REGISTRY
+
+    def started() -> float | None:
+        return REGISTRY.get_sample_value("persona_operator_training_started_timestamp_seconds", {"persona": "slowpoke"})
+
+    cluster.apply(persona_model("slowpoke", rollout={"keepVersions": 2, "maxEvalLossIncrease": 0.05, "retryLimit": 0}))
+    status = await eventually(lambda: cluster.status("slowpoke").get("phase") == "Training" and cluster.status("slowpoke"))
+    # The failure alerts' series exist at zero before the first failure (increase() needs a rise).
+    assert REGISTRY.get_sample_value("persona_operator_rollouts_total", {"persona": "slowpoke", "outcome": "failed"}) == 0
+    assert REGISTRY.get_sample_value("persona_operator_training_duration_seconds_count",
+                                     {"persona": "slowpoke", "outcome": "failed"}) == 0
+    since = datetime.fromisoformat(status["lastTraining"]["startedAt"]).timestamp()
+    assert await eventually(lambda: started() == since)
+    cluster.finish_job(cluster.jobs("slowpoke")[0], succeeded=False, message="OOMKilled")
+    await eventually(lambda: cluster.status("slowpoke").get("phase") == "Failed")
+    await eventually(lambda: started() is None)

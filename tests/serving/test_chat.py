@@ -30,3 +30,31 @@ def test_conversation_carries_earlier_turns():
     request = conversation.request("как дела?")
     assert [(t.role, t.text) for t in request.context] == [("user", "привет"), ("persona", "здорово")]
     assert request.message == "как дела?"
+
+
+def test_facts_and_about_through_the_real_fleet(torchserve, tiny_base):
+    """Issue 26: `show_facts` returns the facts retrieved into the prompt (here none: the version
+    has no knowledge), only when asked; `about` describes the serving version without generating."""
+    import asyncio
+
+    from personafleet.client import InferenceClient
+    from personafleet.inference import InferenceRequest
+
+    async def ask():
+        async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file, timeout=120) as client:
+            shown = await client.reply(torchserve.persona, InferenceRequest(message="привет", show_facts=True))
+            plain = await client.reply(torchserve.persona, InferenceRequest(message="привет"))
+            return shown, plain, await client.about(torchserve.persona)
+
+    shown, plain, about = asyncio.run(ask())
+    assert shown.facts == [] and plain.facts is None
+    assert (about.persona, about.model_version, about.facts) == (torchserve.persona, "1", 0)
+    assert about.base == str(tiny_base) and about.trained_at is not None
+
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_cli", "chat", "--persona", torchserve.persona,
+         "--workdir", str(torchserve.workdir), "--show-facts"],
+        input="привет\nкак дела?\n", capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2  # still one reply per line
+    assert result.stderr.splitlines().count("facts: (none retrieved)") == 2

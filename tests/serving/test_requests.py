@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from persona_serving.requests import (
-    PersonaVersion, Prepared, Rejected, Routed, key_chunks, option_groups, parse, prepare, route,
+    PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
 )
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
@@ -96,3 +96,19 @@ def test_a_batch_needing_more_adapters_than_fit_is_split_by_version():
     items.insert(2, Rejected(404, "unknown_persona", "x"))
     assert key_chunks(items, 2) == [[0, 1, 3, 5], [4, 6]]
     assert key_chunks(items, 10) == [[0, 1, 3, 4, 5, 6]]
+
+
+def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_path):
+    from personafleet.store import VersionInfo, write_version_info
+
+    folder = tmp_path / "devops-dude" / "v1"
+    (folder / "run").mkdir(parents=True)
+    routed = Routed(InferenceRequest(persona="devops-dude", about=True), "devops-dude", 1)
+    assert describe(routed, tmp_path) == Rejected(
+        503, "adapter_unavailable", f"{folder} is not a published version (no version.json)", "devops-dude", 1)
+    write_version_info(folder, VersionInfo(persona="devops-dude", version=1, base="ai-forever/FRED-T5-large"))
+    about = describe(routed, tmp_path)
+    assert (about.base, about.facts, about.trained_at) == ("ai-forever/FRED-T5-large", 0, None)  # no run report
+    (folder / "run" / "report.json").write_text("{}")
+    (folder / "knowledge.json").write_text(json.dumps({"facts": ["Живу в Казани", "Мой кот Барсик"]}))
+    assert describe(routed, tmp_path).facts == 2 and describe(routed, tmp_path).trained_at is not None

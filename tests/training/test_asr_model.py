@@ -44,6 +44,25 @@ def test_it_loads_and_hears_through_the_production_classes(asr_model):
     assert transcribe(model, processor, clips, language="ru") == sentences
 
 
+@pytest.mark.slow
+def test_hearing_prints_no_library_warning(asr_model, capfd):
+    """Issue 26: Whisper's `generate` is called as transformers wants it (the features' attention
+    mask, one length bound), batched and with the language detected, and says nothing."""
+    import warnings
+
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(asr_model)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(asr_model).eval()
+    clips = [synthesize(sentence) for sentence in trained_sentences(asr_model)[:2]]
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        transcribe(model, processor, clips, language="ru")
+        transcribe(model, processor, clips, language=None)
+    assert capfd.readouterr().err == ""
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "{tmp}"], "is not a speech-to-text checkpoint"),
     (["--model", "openai/whisper-small", "--bundle"], "bundling needs a local checkpoint"),

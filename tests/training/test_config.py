@@ -62,7 +62,6 @@ def test_the_operators_job_config_is_accepted(tmp_path):
         ("use_dora: true\n", "use_dora: Extra inputs are not permitted"),  # nothing a slot cannot serve is trainable
         ("precision: int4\n", "precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
         ("schedule: exponential\n", "schedule: Input should be"),
-        ("max_steps: 10\nwarmup_steps: 50\n", "warmup_steps (50) exceeds max_steps (10)"),
         ("persona: {name: Not A Name}\n", "persona.name: String should match pattern"),
         ("- lora_rank\n", "a training config is a mapping of settings, got list"),
         ("lora_rank: [1\n", "not valid YAML at line"),
@@ -91,3 +90,15 @@ def test_the_cli_prints_the_config_error_as_one_line_and_exits_2(tmp_path):
     assert result.stderr.startswith("persona: error: ") and result.stderr.count("\n") == 1
     assert "batch_size: Input should be greater than or equal to 1" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_short_run_keeps_a_warm_up_cut_to_half_of_it(tmp_path, caplog):
+    """docs/training.md: warm-up longer than the run is cut to half the run (logged), not refused."""
+    from persona_training.train import warmup_for
+
+    config = load_config(write(tmp_path, "max_steps: 10\nwarmup_steps: 50\n"))
+    assert (config.max_steps, config.warmup_steps) == (10, 50)
+    with caplog.at_level("WARNING", logger="persona_training.train"):
+        assert warmup_for(config.warmup_steps, 10) == 5
+    assert "warmup_steps 50 cut to 5: the run has only 10 steps" in caplog.text
+    assert warmup_for(20, 100) == 20 and warmup_for(20, 1) == 0

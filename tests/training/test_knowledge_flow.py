@@ -155,7 +155,7 @@ def test_the_handler_renders_the_prompt_training_rendered(store, version, texts)
 ])
 def test_the_handler_puts_the_versions_own_facts_into_the_prompt(store, version, question, fact):
     prepared = served({"message": question}, store / "devops-dude" / f"v{version}", version)
-    assert prepared.facts == (1 if fact else 0)
+    assert prepared.facts == ((fact.removesuffix("."),) if fact else ())
     assert (fact in prepared.prompt.splitlines()[0]) if fact else prepared.prompt == served({"message": question}, None).prompt
 
 
@@ -189,6 +189,14 @@ def test_the_real_handler_loads_the_versions_facts_with_its_adapter_and_records_
                                      {"body": {"persona": "devops-dude", "message": "ну привет", "generation": greedy}}])
         answers = handler.inference(routed)  # postprocess needs TorchServe's request processor: left out
     assert [answer.model_version for answer in answers] == ["1", "1"]
+    assert [answer.facts for answer in answers] == [None, None]  # not asked for
+    # Issue 26: a request may ask for the facts retrieved into its prompt; `about` describes the version.
+    shown, about = handler.inference(handler.preprocess([
+        {"body": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy, "show_facts": True}},
+        {"body": {"persona": "devops-dude", "about": True}}]))
+    assert shown.facts == ["Работаю DevOps-инженером в Яндексе"]
+    assert (about.model_version, about.base, about.facts) == ("1", str(tiny_base), 3)
+    assert about.trained_at is not None and about.trained_at.tzinfo is not None
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     assert sum(line.startswith("[METRICS]persona_handler_retrieval_seconds.Seconds:") for line in lines) == 2
     assert sorted(line.split(":")[1].split("|")[0] for line in lines

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personafleet import audio
 from personafleet.errors import PersonaError
+from personafleet.whisper import transcribe_windows
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,7 @@ def build_model(tokenizer, options: AsrOptions):
 
 def transcribe(model, processor, clips: Sequence[audio.Audio], language: str = LANGUAGE) -> list[str]:
     """Greedy transcripts of clips that fit one window (what the report and the tests measure)."""
-    import torch
-
-    features = processor.feature_extractor([clip.samples for clip in clips], sampling_rate=audio.SAMPLE_RATE,
-                                           return_tensors="pt").input_features
-    with torch.inference_mode():
-        ids = model.generate(features, language=language, task="transcribe", max_new_tokens=96)
-    return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+    return transcribe_windows(model, processor, [clip.samples for clip in clips], language=language, max_tokens=96)
 
 
 def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = None) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.knowledge import KnowledgeSource
@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Schedule = "cosine"
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(20, ge=0, description="cut to half the run when the run is shorter (train.warmup_for)")
     epochs: float = Field(1.0, gt=0, description="passes over the training set, unless max_steps is set")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(16, ge=1)
@@ -62,12 +62,6 @@ class TrainConfig(BaseModel):
     # bookkeeping
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainConfig:
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
-        return self
 
     def with_knowledge_files(self, files: list[Path]) -> TrainConfig:
         """The config with more knowledge files (`--knowledge`), after those train.yaml names."""

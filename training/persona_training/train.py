@@ -63,6 +63,15 @@ class SigtermFlag:
         self.raised = True
 
 
+def warmup_for(requested: int, total_steps: int) -> int:
+    """The warm-up a run of `total_steps` gets: the requested steps, at most half the run. Short
+    runs on small chats are the common case; they keep a warm-up instead of being refused."""
+    warmup = min(requested, total_steps // 2)
+    if warmup < requested:
+        log.warning("warmup_steps %d cut to %d: the run has only %d steps", requested, warmup, total_steps)
+    return warmup
+
+
 def train(
     data_dirs: Sequence[Path],
     base: str,
@@ -103,10 +112,7 @@ def train(
     model = with_lora(load_base_model(base, config, hardware), config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup_steps = min(config.warmup_steps, total_steps // 2)
-    if warmup_steps < config.warmup_steps:
-        log.warning("warmup_steps %d cut to %d: the run has only %d steps", config.warmup_steps, warmup_steps, total_steps)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_steps,
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_for(config.warmup_steps, total_steps),
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(hardware.device, enabled=hardware.precision == "fp16")
     eval_batch = config.batch_size * 2

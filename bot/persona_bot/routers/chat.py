@@ -12,7 +12,7 @@ from aiogram.types import Message, ReplyParameters
 from aiogram.utils.chat_action import ChatActionSender
 
 from persona_bot import metrics
-from persona_bot.filters import AddressedToBot
+from persona_bot.filters import AddressedToBot, author_of
 from persona_bot.routers.feedback import VOTE_KEYBOARD
 from persona_bot.settings import BotSettings
 from persona_bot.store import Exchange, Store, StoreUnavailable
@@ -51,14 +51,16 @@ async def answer(
     """Answer one message; `text` is what the model should see (see `AddressedToBot`), `voice`
     marks it as a voice message's transcript in the store."""
     chat_id = message.chat.id
-    try:
-        history, remembered = await store.history(chat_id, persona), True
-    except StoreUnavailable:
-        history, remembered = [], False
-    # The history is shaped as training contexts are (time window, merged turns, message cap:
-    # `personafleet.prompt.conversation`); then the prompt's own budget decides what fits.
     now, budget = message.date.timestamp(), store.budget
-    turns = conversation([*history, TimedTurn(role="user", text=text, time=now)], now)
+    said = TimedTurn(role="user", text=text, time=now, author=author_of(message))
+    try:
+        history, remembered = await store.hear(chat_id, persona, said), True
+    except StoreUnavailable:
+        history, remembered = [said], False
+    # The history is shaped as training contexts are (time window, a burst of one author's
+    # messages merged, message cap: `personafleet.prompt.conversation`); then the prompt's own
+    # budget decides what fits.
+    turns = conversation(history, now)
     *context, newest = fit_context(turns, budget.max_context_turns, budget.max_context_chars)
     request = InferenceRequest(
         persona=persona,
@@ -97,8 +99,7 @@ async def answer(
     metrics.REPLIES.labels(persona, "ok").inc()
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
     exchange = Exchange(
-        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, now, sent.date.timestamp(),
-        voice,
+        chat_id, sent.message_id, persona, response.model_version, context, newest.text, reply, sent.date.timestamp(), voice
     )
     try:
         await store.record(exchange, update_history=remembered)
