@@ -33,8 +33,6 @@ class Plan:
     order (`order` None; the rows before `start` have no adapter and are skipped), else
     `x.index_select(0, order)`."""
 
-    rows: int
-    tokens: int
     start: int
     order: torch.Tensor | None
     slots: tuple[int, ...]  # physical slots present, ascending
@@ -92,7 +90,7 @@ class RowSlots:
             groups, sizes = self._tensor(present), [counts[p] for p in present]
         ends = torch.tensor(sizes).cumsum(0) * tokens
         return Plan(
-            rows=rows, tokens=tokens, start=rows - len(taken) if in_order else 0,
+            start=rows - len(taken) if in_order else 0,
             order=None if in_order else self._tensor(taken), slots=tuple(present),
             row_slots=self._tensor(physical), groups=groups, offs=ends.to(torch.int32).to(self.device),
             equal=len(set(sizes)) == 1,
