@@ -24,12 +24,13 @@ BENCH_OUT := .persona/bench
 bench: $(STAMP)
 	PERSONA_WITH_POSTGRES=1 bash scripts/setup.sh
 	$(VENV)/bin/python benchmarks/prepare.py --sizes 10000 --baseline-max 10000
-	$(VENV)/bin/python benchmarks/training.py --steps 10
+	$(VENV)/bin/python benchmarks/training.py --steps 10 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/serving.py --concurrency 1 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/bot.py --rates 50 200 --seconds 2
 	$(VENV)/bin/python benchmarks/operator.py --trials 1
 	$(VENV)/bin/python benchmarks/fleet.py --shapes t5-small --slots-shape t5-small --ks 1 4 --threads 1 --new-tokens 4 --repeats 1 --clients 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/knowledge.py --retrieval-only --results $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/fidelity.py --quick --results $(BENCH_OUT)
 	test -f .persona/asr/report.json || $(VENV)/bin/persona init-asr --out .persona/asr
 	$(VENV)/bin/python benchmarks/asr.py --model .persona/asr --repeats 1 --out $(BENCH_OUT)/asr.json
 

@@ -16,6 +16,9 @@
 3. Serving (tiny T5, a real TorchServe): 16 concurrent clients over 8 personas vs the same on one
    persona (one worker), vs one model per persona (the old layout); a routing switch -> the new
    version answering.
+4. Two bases in one `persona serve` (issue 22): a tiny T5 and a tiny causal (Llama) base, 2
+   personas each, `--clients` clients over the 4 personas (half per base) through the routing
+   front; each fleet's req/s against the same clients on a server with that base alone.
 
     flock /work/heavy.lock .venv/bin/python benchmarks/fleet.py        # everything (an hour and more on 2 cores)
     .venv/bin/python benchmarks/fleet.py --parts sweep --shapes t5-base --threads 2 --repeats 1
@@ -221,34 +224,40 @@ def slot_costs(setups: Setups, work: Path) -> dict:
     }
 
 
-# --- 3. serving: throughput and rollout----------------------------------------------------------
-def tiny_fleet(work: Path, personas: list[str]) -> tuple[Path, Path]:
-    """A tiny base and one random LoRA adapter per persona, published as v1 (and v2 of the first)."""
+# --- 3. serving: throughput and rollout --------------------------------------------------------
+def tiny_fleet(work: Path, personas: list[str], shape: str = "t5", store: Path | None = None,
+               second_version: bool = True) -> tuple[Path, Path]:
+    """A tiny base of `shape` (t5, or llama: causal) and one random LoRA adapter per persona
+    (PEFT's default modules for it), published as v1 (and v2 of the first)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base
     from persona_training.package import publish_version
+    from personafleet.family import load_base, load_family
     from personafleet.persona import PERSONA_FILE, PersonaSpec
 
-    base = work / "base"
-    init_base(base, [ROOT / DEFAULT_CORPUS], BaseModelOptions(d_model=128, d_ff=256, num_layers=2, num_heads=4, steps=5))
+    base = work / f"base-{shape}"
+    init_base(base, [ROOT / DEFAULT_CORPUS],
+              BaseModelOptions(shape=shape, d_model=128, d_ff=256, num_layers=2, num_heads=4, steps=5))
     generation = GenerationConfig.from_pretrained(base)
     generation.eos_token_id = None  # fixed reply length: every setup generates the same tokens
     generation.save_pretrained(base)
-    store = work / "store"
+    family = load_family(str(base))
+    store = store or work / "store"
     tokenizer = AutoTokenizer.from_pretrained(base)
     for index, name in enumerate(personas):
         torch.manual_seed(index)
         run = work / "runs" / name
-        model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(base),
-                               LoraConfig(r=16, lora_alpha=32, target_modules=["q", "v"], init_lora_weights=False))
+        lora = LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, task_type=family.peft_task_type)
+        model = get_peft_model(load_base(family, str(base)), lora)  # target modules: PEFT's default for the type
         model.save_pretrained(str(run))
         tokenizer.save_pretrained(str(run))
-        (run / PERSONA_FILE).write_text(PersonaSpec(name=name).model_dump_json(), encoding="utf-8")
+        template = family.default_template(tokenizer)
+        (run / PERSONA_FILE).write_text(PersonaSpec(name=name, template=template).model_dump_json(), encoding="utf-8")
         publish_version(run, name, 1, store / name / "v1")
-        if index == 0:
+        if index == 0 and second_version:
             publish_version(run, name, 2, store / name / "v2")
     return base, store
 
@@ -287,7 +296,7 @@ async def rollout_seconds(options, persona: str) -> float:
     from personafleet.inference import InferenceRequest
     from personafleet.routing import update_routing
 
-    async with InferenceClient(options.inference_url, token_file=options.key_file, retries=0) as client:
+    async with InferenceClient(options.inference_url, token_file=options.inference_token_file, retries=0) as client:
         request = InferenceRequest(message="привет", generation={"max_new_tokens": 2})
         await client.reply(persona, request)
         started = time.perf_counter()
@@ -299,20 +308,19 @@ async def rollout_seconds(options, persona: str) -> float:
 
 def serving(work: Path, args: argparse.Namespace) -> dict:
     from persona_serving.archive import ArchiveOptions, build_fleet_archive
-    from persona_serving.management import ManagementClient
-    from persona_serving.server import ServeOptions, fleet_config, free_port, serve_background, stop
+    from persona_serving.server import ServeOptions, fleet_config, free_port, serve_background, start, stop, wait_until_served
     from personafleet.client import TokenSource
 
     personas = [f"persona-{i}" for i in range(8)]
     base, store = tiny_fleet(work, personas)
     archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-    options = ServeOptions(model_store=store, base=str(base), workdir=work / "serve", archive=archive,
+    options = ServeOptions(model_store=store, bases=[str(base)], workdir=work / "serve", archive=archive,
                            max_resident_adapters=len(personas), inference_port=free_port(), management_port=free_port(),
                            metrics_port=free_port(), grpc_ports=(free_port(), free_port()), torch_threads=args.serving_threads)
     serve_background(options)
     results: dict = {}
     try:
-        headers = TokenSource(token_file=options.key_file).headers()
+        headers = TokenSource(token_file=options.inference_token_file).headers()
         fleet_url = lambda persona: f"{options.inference_url}/predictions/fleet"  # noqa: E731
         spread = [personas[i % len(personas)] for i in range(args.clients)]
         same = [personas[0]] * args.clients
@@ -321,26 +329,76 @@ def serving(work: Path, args: argparse.Namespace) -> dict:
             logger.info("throughput: %s", label)
             results[label] = asyncio.run(load(fleet_url, headers, clients, args.requests_per_client, args.serving_new_tokens))
         results["rollout_s"] = asyncio.run(rollout_seconds(options, personas[0]))
+    finally:
+        stop(options.workdir)
 
-        # Today's layout: one model (one worker, one copy of the base) per persona, on the same cores.
-        single = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
-        config = fleet_config(options).model_copy(update={"max_resident_adapters": 1})
-
-        async def register_all() -> None:
-            async with ManagementClient(options.management_url, token_file=options.key_file, timeout=600) as management:
-                await management.unregister("fleet", "1")
-                for persona in personas:
-                    build_fleet_archive(options.links, config, options=single, name=f"model-{persona}")
-                    await management.register(f"model-{persona}.mar", initial_workers=1, synchronous=True)
-
-        asyncio.run(register_all())
-        per_model_url = lambda persona: f"{options.inference_url}/predictions/model-{persona}"  # noqa: E731
+    # Today's layout: one model (one worker, one copy of the base) per persona, on the same cores,
+    # loaded at start by a second server (the model API is off: nothing registers later).
+    single = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
+    config = fleet_config(options, str(base)).model_copy(update={"max_resident_adapters": 1})
+    per_persona = options.model_copy(update={"workdir": work / "serve-per-persona"})
+    models = [f"model-{persona}" for persona in personas]
+    for name in models:
+        build_fleet_archive(per_persona.links, config, options=single, name=name)
+    pid = start(per_persona, models)
+    try:
+        asyncio.run(wait_until_served(per_persona, pid, models))
+        headers = TokenSource(token_file=per_persona.inference_token_file).headers()
+        per_model_url = lambda persona: f"{per_persona.inference_url}/predictions/model-{persona}"  # noqa: E731
         asyncio.run(load(per_model_url, headers, spread, 2, args.serving_new_tokens))
         logger.info("throughput: one model per persona")
         results["one model per persona, 8 personas"] = asyncio.run(
             load(per_model_url, headers, spread, args.requests_per_client, args.serving_new_tokens))
     finally:
-        stop(options.workdir)
+        stop(per_persona.workdir)
+    return results
+
+
+# --- 4. two bases in one `persona serve` (issue 22) --------------------------------------------
+def two_bases(work: Path, args: argparse.Namespace) -> dict:
+    """A tiny T5 and a tiny causal (Llama) base, 2 personas each, in ONE `persona serve` (one fleet
+    model per base, the routing front before them): `--clients` clients over the 4 personas, and
+    each fleet's req/s against the same clients of that fleet on a server with that base alone."""
+    from persona_serving.archive import ArchiveOptions
+    from persona_serving.server import ServeOptions, free_port, serve_background, stop
+    from personafleet.client import TokenSource
+
+    groups = {"t5": ["t5-a", "t5-b"], "llama": ["causal-a", "causal-b"]}
+    bases = {}
+    store = work / "two-bases" / "store"
+    for shape, personas in groups.items():
+        bases[shape], _ = tiny_fleet(work / "two-bases", personas, shape, store, second_version=False)
+    archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
+    per_fleet = args.clients // len(groups)
+
+    def serve(shapes: list[str], name: str) -> ServeOptions:
+        options = ServeOptions(model_store=store, bases=[str(bases[s]) for s in shapes], workdir=work / name,
+                               archive=archive, max_resident_adapters=4, inference_port=free_port(),
+                               management_port=free_port(), metrics_port=free_port(),
+                               grpc_ports=(free_port(), free_port()), backend_ports=(free_port(), free_port()),
+                               torch_threads=args.serving_threads)
+        serve_background(options)
+        return options
+
+    async def fleets(options: ServeOptions, shapes: list[str]) -> dict:
+        headers = TokenSource(token_file=options.inference_token_file).headers()
+        url = lambda persona: f"{options.inference_url}/predictions/fleet"  # noqa: E731
+        clients = {s: [groups[s][i % 2] for i in range(per_fleet)] for s in shapes}
+        await asyncio.gather(*(load(url, headers, c, 2, args.serving_new_tokens) for c in clients.values()))  # warm-up
+        runs = await asyncio.gather(*(load(url, headers, c, args.requests_per_client, args.serving_new_tokens)
+                                      for c in clients.values()))
+        return dict(zip(shapes, runs))
+
+    results: dict = {}
+    for label, shapes in [("together", ["t5", "llama"]), ("t5 alone", ["t5"]), ("llama alone", ["llama"])]:
+        logger.info("two bases: %s", label)
+        options = serve(shapes, label.replace(" ", "-"))
+        try:
+            results[label] = asyncio.run(fleets(options, shapes))
+        finally:
+            stop(options.workdir)
+    results["together_vs_alone"] = {shape: results["together"][shape]["req_per_s"] / results[f"{shape} alone"][shape]["req_per_s"]
+                                    for shape in groups}
     return results
 
 
@@ -376,6 +434,15 @@ def print_table(report: dict, args: argparse.Namespace) -> None:
         per_model = runs["one model per persona, 8 personas"]["req_per_s"]
         print(f"8 personas / 1 persona: {mixed / single:.2f}x; fleet / one model per persona: {mixed / per_model:.2f}x; "
               f"rollout (routing switch -> answering as v2): {serving['rollout_s']:.2f} s")
+    if "two_bases" in report:
+        two = report["two_bases"]
+        print(f"\nTwo bases in one `persona serve` (tiny T5 + tiny Llama, CPU), {args.clients} clients "
+              f"over 4 personas ({args.clients // 2} per base)")
+        print(f"{'fleet':>8} | {'together req/s':>14} | {'alone req/s':>11} | {'together / alone':>16} | errors")
+        for shape, ratio in two["together_vs_alone"].items():
+            together, alone = two["together"][shape], two[f"{shape} alone"][shape]
+            print(f"{shape:>8} | {together['req_per_s']:>14.1f} | {alone['req_per_s']:>11.1f} | {ratio:>15.2f}x | "
+                  f"{together['errors'] + alone['errors']}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -404,7 +471,8 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["sweep", "slots", "serving"], default=["sweep", "slots", "serving"],
+    parser.add_argument("--parts", nargs="+", choices=["sweep", "slots", "serving", "two-bases"],
+                        default=["sweep", "slots", "serving", "two-bases"],
                         help="slots rides on the sweep of --slots-shape")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["t5-base", "fred-large"])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="distinct adapters per batch")
@@ -435,6 +503,8 @@ def main() -> None:
             report["sweep"] = sweep(Path(tmp), args)
         if "serving" in args.parts:
             report["serving"] = serving(Path(tmp), args)
+        if "two-bases" in args.parts:
+            report["two_bases"] = two_bases(Path(tmp), args)
     print_table(report, args)
     plot(report, args.results / "fleet.png")
     (args.results / "fleet.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

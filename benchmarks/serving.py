@@ -272,7 +272,7 @@ def main() -> None:
                                  workers=args.workers)
         publish_version(run, PERSONA, 1, work / "store" / PERSONA / "v1")
         results: dict[str, list[dict]] = {"torchserve": [], "baseline": []}
-        options = ServeOptions(model_store=work / "store", base=str(base), archive=archive, workdir=work / "serve",
+        options = ServeOptions(model_store=work / "store", bases=[str(base)], archive=archive, workdir=work / "serve",
                                inference_port=free_port(),
                                management_port=free_port(), metrics_port=free_port(), grpc_ports=(free_port(), free_port()),
                                torch_threads=args.threads)
@@ -282,7 +282,7 @@ def main() -> None:
         process = start_baseline(base, run, port, work / "baseline.log")
         try:
             targets = {
-                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.key_file).headers()),
+                "torchserve": (f"{options.inference_url}/predictions/fleet", TokenSource(token_file=options.inference_token_file).headers()),
                 "baseline": (f"http://127.0.0.1:{port}/predict", {}),
             }
             # Levels interleaved server by server: on a shared machine, load drifts over minutes.

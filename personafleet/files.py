@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` beside `path`, flush it to disk, then rename it over `path` (mode 0644)."""
+def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> Path:
+    """Write `text` beside `path`, flush it to disk, then rename it over `path` (with `mode`: a
+    secret is never readable by others, not even for a moment)."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix,
                                      delete=False, encoding="utf-8") as tmp:
         tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
+    os.chmod(tmp.name, mode)
     os.replace(tmp.name, path)
     return path

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from personafleet.inference import GenerationOptions
 from personafleet.names import PERSONA_NAME_PATTERN
 from personafleet.prompt import PromptTemplate
+from personafleet.reply_rules import ReplyFilterRules
 
 # Production base models (FRED-T5 family). The tiny embedded base from `persona init-base`
 # is used on machines without a model hub.
@@ -33,5 +34,7 @@ class PersonaSpec(BaseModel):
             max_new_tokens=64, do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.2
         )
     )
+    reply_filter: ReplyFilterRules | None = Field(
+        None, description="what this persona's replies may not say (serving adds the fleet's rules)")
 
 PERSONA_FILE = "persona.json"

@@ -7,14 +7,17 @@ saved next to every trained adapter and packaged into every .mar.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from personafleet.errors import PersonaError
 from personafleet.records import DialogueRecord
 
 Role = Literal["user", "persona"]
+# A tokenizer's chat template as `render_prompt` uses it: chat messages -> the model's input text.
+ChatFormatter = Callable[[list[dict[str, str]]], str]
 
 
 class Turn(BaseModel):
@@ -55,10 +58,14 @@ MERGE_GAP_SECONDS = 300.0
 
 
 class PromptTemplate(BaseModel):
-    """The words around the conversation. Defaults follow SiberianPersonaFred's dialogue prompt."""
+    """The words around the conversation. Defaults follow SiberianPersonaFred's dialogue prompt;
+    a causal base gets its own default (`personafleet.family`): its chat template (`style: chat`)
+    or these labels without the task token and answer marker."""
 
     model_config = ConfigDict(extra="forbid")
 
+    style: Literal["plain", "chat"] = Field(
+        "plain", description="plain: the labelled lines below; chat: the base tokenizer's chat template")
     prefix: str = Field("<SC6>", description="task token FRED-T5 was pre-trained with")
     instruction: str = "Продолжи диалог:"
     user_label: str = "Собеседник"
@@ -141,16 +148,32 @@ def facts_text(facts: Sequence[str]) -> str:
 
 
 def render_prompt(
-    template: PromptTemplate, persona_description: str, turns: Sequence[Turn], facts: Sequence[str] = ()
+    template: PromptTemplate,
+    persona_description: str,
+    turns: Sequence[Turn],
+    facts: Sequence[str] = (),
+    chat: ChatFormatter | None = None,
 ) -> str:
     """Render the model input for the persona's next reply after `turns` (oldest first); `facts`
-    (from `personafleet.knowledge.retrieve`) follow the description. No facts: the description alone."""
+    (from `personafleet.knowledge.retrieve`) follow the description. No facts: the description alone.
+
+    Plain style: the first line (task token, description, instruction), one `label: text` line per
+    turn, then the persona's label and the answer marker. Chat style: the first line as the system
+    message, the turns as user/assistant messages, rendered by `chat` (the base's chat template)."""
     description = " ".join(filter(None, (persona_description.strip(), facts_text(facts))))
-    lines = [f"{template.prefix}{description} {template.instruction}".strip()]
-    for turn in fit_context(turns, template.max_context_turns, template.max_context_chars):
+    first = f"{template.prefix}{description} {template.instruction}".strip()
+    kept = fit_context(turns, template.max_context_turns, template.max_context_chars)
+    if template.style == "chat":
+        if chat is None:
+            raise PersonaError("the prompt template's style is chat but the base's tokenizer has no chat template")
+        messages = [{"role": "system", "content": first}]
+        messages += [{"role": "assistant" if t.role == "persona" else "user", "content": t.text} for t in kept]
+        return chat(messages)
+    lines = [first]
+    for turn in kept:
         label = template.persona_label if turn.role == "persona" else template.user_label
         lines.append(f"{label}: {turn.text}")
-    lines.append(f"{template.persona_label}: {template.answer_marker}")
+    lines.append(f"{template.persona_label}: {template.answer_marker}".rstrip())  # no marker: ends with "Ты:"
     return "\n".join(lines)
 
 

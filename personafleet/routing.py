@@ -2,12 +2,17 @@
 
 One small JSON file at the top of the model store, `STORE/routing.json`:
 
-    {"personas": {"devops-dude": {"serving": 2, "versions": [1, 2]}}}
+    {"personas": {"devops-dude": {"serving": 2, "versions": [1, 2], "bases": {"1": "B", "2": "B"}}}}
 
 `serving` answers requests that name no version; `versions` are the versions a request may pin
 (always including `serving`): the operator adds a new version there, smoke-tests it pinned, then
 switches `serving`, then prunes `versions` to `keepVersions`. The files of a version stay in the
 store (`STORE/<persona>/v<N>/`) whether or not the table lists it.
+
+`bases` (optional, issue 22) records the base model each listed version was published for (its
+`version.json`), set when the version is routed: with several bases served, it is how a request
+reaches the fleet of its version's base (persona_serving.bases). A table without it stays valid;
+a version without a recorded base is answered by the first fleet, as when one base served all.
 
 Writers (the operator, `persona switch`) change it under an exclusive lock and replace it with one
 atomic rename; readers (every serving worker) never see half a file. Version naming is one rule
@@ -43,12 +48,16 @@ class PersonaRoute(BaseModel):
 
     serving: int = Field(ge=1, description="the version answering requests that pin none")
     versions: list[int] = Field(description="versions a request may pin, oldest first; includes `serving`")
+    bases: dict[int, str] = Field(
+        default_factory=dict, exclude_if=lambda bases: not bases,  # a table without bases is written as before
+        description="the base model each listed version was published for (optional)")
 
     @model_validator(mode="after")
     def _serving_is_listed(self) -> PersonaRoute:
         self.versions = sorted(set(self.versions) | {self.serving})
         if any(v < 1 for v in self.versions):
             raise ValueError("versions are positive integers")
+        self.bases = {v: base for v, base in sorted(self.bases.items()) if v in self.versions and base}
         return self
 
 
@@ -73,14 +82,22 @@ class RoutingTable(BaseModel):
             return route.serving
         return version if version in route.versions else None
 
-    def add(self, persona: str, version: int, *, serve: bool) -> None:
-        """List `version` for pinned requests; with `serve`, make it the answering version too."""
+    def base_of(self, persona: str, version: int) -> str | None:
+        """The base `version` of `persona` was published for, when the table records it."""
         route = self.personas.get(persona)
+        return route.bases.get(version) if route is not None else None
+
+    def add(self, persona: str, version: int, *, serve: bool, base: str | None = None) -> None:
+        """List `version` for pinned requests; with `serve`, make it the answering version too;
+        `base` records the base model it was published for (kept from before when not given)."""
+        route = self.personas.get(persona)
+        recorded = {version: base} if base else {}
         if route is None:
-            self.personas[persona] = PersonaRoute(serving=version, versions=[version])
+            self.personas[persona] = PersonaRoute(serving=version, versions=[version], bases=recorded)
             return
         self.personas[persona] = PersonaRoute(
-            serving=version if serve else route.serving, versions=[*route.versions, version]
+            serving=version if serve else route.serving, versions=[*route.versions, version],
+            bases=route.bases | recorded,
         )
 
     def withdraw(self, persona: str, version: int) -> None:
@@ -88,6 +105,7 @@ class RoutingTable(BaseModel):
         route = self.personas.get(persona)
         if route is not None and version != route.serving:
             route.versions = [v for v in route.versions if v != version]
+            route.bases.pop(version, None)
 
     def prune(self, persona: str, keep: int) -> list[int]:
         """Keep the newest `keep` versions (never dropping `serving`); returns the versions dropped."""
@@ -97,6 +115,7 @@ class RoutingTable(BaseModel):
         kept = set(sorted(route.versions, reverse=True)[: max(keep, 1)]) | {route.serving}
         dropped = [v for v in route.versions if v not in kept]
         route.versions = sorted(kept)
+        route.bases = {v: base for v, base in route.bases.items() if v in kept}
         return dropped
 
     def remove(self, persona: str) -> None:

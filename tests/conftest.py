@@ -8,5 +8,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins: list[str] = [
-    "tests.fixtures.postgres", "tests.fixtures.tiny_model", "tests.fixtures.fred_model", "tests.fixtures.torchserve", "tests.fixtures.asr", "tests.fixtures.prometheus",
+    "tests.fixtures.postgres", "tests.fixtures.tiny_model", "tests.fixtures.fred_model", "tests.fixtures.causal_model",
+    "tests.fixtures.torchserve", "tests.fixtures.asr", "tests.fixtures.prometheus",
 ]

@@ -64,7 +64,7 @@ def build_dispatcher(
     dispatcher.message.outer_middleware(OneAtATimePerChat())
     dispatcher.message.outer_middleware(ChatSettingsMiddleware(store, settings))
     dispatcher.message.outer_middleware(RememberUnanswered(store))
-    limit_every_update(dispatcher, RateLimiter(settings.rate_limit_messages, settings.rate_limit_seconds), settings)
+    limit_every_update(dispatcher, RateLimiter(settings.rate_limit_messages, settings.rate_limit_seconds, store), settings)
     dispatcher.include_routers(
         commands.create_router(),
         persona.create_router(),

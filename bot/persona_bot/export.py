@@ -37,7 +37,7 @@ def to_record(exchange: Exchange) -> DialogueRecord:
 
 
 async def _rated(database_url: str, persona: str | None) -> tuple[list[Exchange], dict[str, int]]:
-    store = Store(database_url)
+    store = Store(database_url, migrates=False)  # a training Job's role reads, never migrates
     where = urlsplit(database_url).hostname or "localhost"
     try:
         await store.open()

@@ -65,6 +65,7 @@ VOICE_AUDIO_SECONDS = Histogram(
 VOICE_MESSAGES = Counter(
     "persona_bot_voice_messages_total",
     "Voice messages, audio files and video notes addressed to the bot, by outcome "
-    "(transcribed, too_long, too_large, undecodable, empty, asr_unavailable, asr_rejected).",
+    "(transcribed, too_long, too_large, file_not_found, invalid_file_id, download_not_found, fetch_failed, "
+    "undecodable, empty, asr_unavailable, asr_not_served, asr_rejected).",
     ["outcome"],
 )

@@ -1,7 +1,7 @@
 """What cuts across handlers: observing updates (metrics, in-flight count for a graceful
 shutdown), handling a chat's messages one at a time, loading the chat's settings from the
 store, remembering the messages no handler answers, and per-sender rate limiting of every
-update the bot acts on."""
+update the bot acts on (shared by every replica through the store)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,34 @@ class RememberUnanswered(BaseMiddleware):
 
 
 class RateLimiter:
-    """A token bucket per user: `capacity` messages, refilled evenly over `period` seconds."""
+    """The rate limit: `capacity` updates per sender, refilled evenly over `period` seconds. The
+    buckets live in the store (`Store.take_turn`), so every replica counts against the same limit and
+    a restart resets nothing; while the database is down each replica falls back to its own buckets
+    in memory, so the limit still holds, per replica."""
+
+    FORGET_EVERY_SECONDS = 600.0
+
+    def __init__(self, capacity: int, period: float, store: Store | None = None) -> None:
+        self.capacity, self.period, self.store = capacity, period, store
+        self.local = LocalBuckets(capacity, period)
+        self._forget_at = time.monotonic() + self.FORGET_EVERY_SECONDS
+
+    async def wait(self, sender_id: int) -> float:
+        """Seconds until `sender_id` may send again; 0: this update is allowed (and counted)."""
+        if self.store is not None:
+            try:
+                wait = await self.store.take_turn(sender_id, self.capacity, self.period)
+                if time.monotonic() >= self._forget_at:
+                    self._forget_at = time.monotonic() + self.FORGET_EVERY_SECONDS
+                    await self.store.forget_full_buckets()
+                return wait
+            except StoreUnavailable:
+                pass
+        return 0.0 if self.local.allow(sender_id) else self.local.retry_after(sender_id)
+
+
+class LocalBuckets:
+    """A token bucket per sender in this process's memory: the fallback while the database is down."""
 
     def __init__(self, capacity: int, period: float) -> None:
         self.capacity = capacity
@@ -146,12 +173,12 @@ class RateLimitMiddleware(BaseMiddleware):
         # Who is posting: a message sent on behalf of a chat carries a placeholder user shared by
         # everyone doing so (@GroupAnonymousBot, @Channel_Bot), so the sending chat is the key.
         sender = getattr(event, "sender_chat", None) or data.get("event_from_user") or data.get("event_chat")
-        if sender is None or self.limiter.allow(sender.id):
+        wait = 0.0 if sender is None else await self.limiter.wait(sender.id)
+        if not wait:
             if sender is not None:
                 self._warned.pop(sender.id, None)
             return await handler(event, data)
         metrics.REPLIES.labels(data.get("persona", self.settings.persona), "rate_limited").inc()
-        wait = self.limiter.retry_after(sender.id)
         now = time.monotonic()
         if self._warned.get(sender.id, 0.0) < now:
             self._warned[sender.id] = now + wait

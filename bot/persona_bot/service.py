@@ -19,7 +19,7 @@ from persona_bot.app import build_bot, build_dispatcher
 from persona_bot.middlewares import UpdateObserver
 from persona_bot.routers.commands import BOT_COMMANDS
 from persona_bot.settings import BotSettings
-from persona_bot.store import Store, StoreUnavailable
+from persona_bot.store import ExportRole, Store, StoreUnavailable
 from persona_bot.web import health_app, serve
 from personafleet.asr_client import AsrClient
 from personafleet.client import InferenceClient
@@ -33,7 +33,10 @@ class BotService:
 
     def __init__(self, settings: BotSettings, *, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or Store(settings.database_url.get_secret_value(), timeout=settings.database_timeout)
+        export_role = ExportRole(settings.feedback_export_role, settings.feedback_export_password.get_secret_value()) \
+            if settings.feedback_export_role and settings.feedback_export_password else None
+        self.store = store or Store(settings.database_url.get_secret_value(), timeout=settings.database_timeout,
+                                    export_role=export_role)
         self.client = InferenceClient(
             settings.inference_url,
             token=settings.inference_token.get_secret_value() if settings.inference_token else None,

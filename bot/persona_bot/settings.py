@@ -52,6 +52,10 @@ class BotSettings(BaseModel):
     max_reply_chars: int = Field(1000, ge=1, le=4096, description="longer model replies are cut")
     max_reply_tokens: int = Field(128, ge=1, description="generation cap sent with every request")
     database_timeout: float = Field(3.0, gt=0, description="seconds to connect or run one query")
+    feedback_export_role: str | None = Field(
+        None, pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="read-only role `persona export-feedback` runs as (training Jobs); the bot creates it after migrating")
+    feedback_export_password: SecretStr | None = Field(None, description="that role's password")
     shutdown_grace_seconds: float = Field(20.0, ge=0, description="time in-flight updates get on SIGTERM")
     voice: bool = Field(True, description="answer voice messages, audio files and video notes (through the ASR model)")
     asr_url: str | None = Field(None, description="inference API serving the `asr` model (default: INFERENCE_URL)")
@@ -113,6 +117,8 @@ class BotSettings(BaseModel):
             raise ValueError("INFERENCE_TOKEN and INFERENCE_TOKEN_FILE: set one, not both")
         if self.inference_token_file is not None and not self.inference_token_file.is_file():
             raise ValueError(f"INFERENCE_TOKEN_FILE: {self.inference_token_file} is not a readable file")
+        if (self.feedback_export_role is None) != (self.feedback_export_password is None):
+            raise ValueError("FEEDBACK_EXPORT_ROLE and FEEDBACK_EXPORT_PASSWORD: set both or neither")
         if self.personas and self.persona not in self.personas:
             raise ValueError(f"PERSONA: {self.persona!r} is not one of PERSONAS ({', '.join(self.personas)})")
         if self.bot_mode == "webhook":

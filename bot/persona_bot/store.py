@@ -18,6 +18,7 @@ from typing import Literal
 import asyncpg
 
 from persona_bot import metrics
+from personafleet.errors import PersonaError
 from personafleet.prompt import CONTEXT_WINDOW_SECONDS, PromptTemplate, TimedTurn, Turn
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,32 @@ class ChatSettings:
         return self.feedback_training if self.feedback_training is not None else not private
 
 
-# Why a rated exchange stays out of `persona export-feedback`, checked in this order. A chat that
-# made no choice: private chats (positive Telegram ids) stay out, groups are in.
-FEEDBACK_RULES = ("not_rated_up", "chat_opted_out", "private_chat_not_opted_in")
+# Why a rated exchange stays out of `persona export-feedback`, checked in this order. Forgotten: the
+# chat said /clear after it. A chat that made no choice: private chats (positive Telegram ids) stay
+# out, groups are in.
+FEEDBACK_RULES = ("forgotten", "not_rated_up", "chat_opted_out", "private_chat_not_opted_in")
 FEEDBACK_VERDICT = (
-    "CASE WHEN sum(v.value) <= 0 THEN 'not_rated_up'"
+    "CASE WHEN r.forgotten THEN 'forgotten'"
+    " WHEN sum(v.value) <= 0 THEN 'not_rated_up'"
     " WHEN c.feedback_training IS FALSE THEN 'chat_opted_out'"
     " WHEN c.feedback_training IS NULL AND r.chat_id > 0 THEN 'private_chat_not_opted_in'"
     " ELSE 'exported' END"
 )
+# Every column `persona export-feedback` reads, and all its role may read (`grant_export_role`).
+EXPORT_READS: dict[str, tuple[str, ...]] = {
+    "schema_migrations": ("version",),
+    "replies": ("id", "chat_id", "message_id", "persona", "model_version", "context", "message", "reply", "forgotten"),
+    "votes": ("reply_id", "value"),
+    "chats": ("chat_id", "feedback_training"),
+}
+
+
+@dataclass(frozen=True)
+class ExportRole:
+    """The login `persona export-feedback` runs as in training Jobs: SELECT on `EXPORT_READS` only."""
+
+    name: str
+    password: str
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,38 @@ async def migrate(connection: asyncpg.Connection) -> list[int]:
     return applied
 
 
+async def check_schema(connection: asyncpg.Connection) -> None:
+    """What a reader that may not migrate (the export role) does instead: the database must be at
+    least at the newest migration this code knows, or its queries would miss columns."""
+    have = await connection.fetchval("SELECT max(version) FROM schema_migrations") or 0
+    need = migrations()[-1][0]
+    if have < need:
+        raise PersonaError(f"the bot database is at schema version {have}, this needs {need}: "
+                           "start the bot once (it migrates the database), then export again")
+
+
+async def grant_export_role(connection: asyncpg.Connection, role: ExportRole) -> None:
+    """Create or update the export role: a login with its password, SELECT on `EXPORT_READS` and no
+    other privilege here (no history, no write). Needs CREATEROLE; the bot runs it after migrating."""
+    name, password, database, schema = await connection.fetchrow(  # quoted by the server itself
+        "SELECT quote_ident($1), quote_literal($2), quote_ident(current_database()), quote_ident(current_schema())",
+        role.name, role.password)
+    async with connection.transaction():
+        exists = await connection.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role.name)
+        await connection.execute(f"{'ALTER' if exists else 'CREATE'} ROLE {name} LOGIN PASSWORD {password}"
+                                 " NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT")
+        await connection.execute(f"GRANT CONNECT ON DATABASE {database} TO {name}")
+        await connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {name}")
+        await connection.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {name}")
+        await connection.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {name}")
+        for table, columns in EXPORT_READS.items():
+            present = await connection.fetchval(  # column grants outlive a table-wide REVOKE
+                "SELECT string_agg(quote_ident(attname), ', ') FROM pg_attribute"
+                " WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", table)
+            await connection.execute(f"REVOKE ALL ({present}) ON {table} FROM {name}")
+            await connection.execute(f"GRANT SELECT ({', '.join(columns)}) ON {table} TO {name}")
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -153,11 +203,14 @@ def _appending(chat_id: int, persona: str, turn: TimedTurn, update: bool = True)
 class Store:
     """Postgres-backed conversation store with a connection pool."""
 
-    def __init__(self, dsn: str, *, budget: PromptTemplate | None = None, timeout: float = 3.0, pool_size: int = 10):
+    def __init__(self, dsn: str, *, budget: PromptTemplate | None = None, timeout: float = 3.0, pool_size: int = 10,
+                 export_role: ExportRole | None = None, migrates: bool = True):
         self.dsn = dsn
         self.budget = budget or PromptTemplate()
         self.timeout = timeout
         self.pool_size = pool_size
+        self.export_role = export_role  # created or updated after migrating, when given
+        self.migrates = migrates  # False: a reader that may not (the export role) checks the schema instead
         self.available = True
         self._pool: asyncpg.Pool | None = None
         self._migrated = False
@@ -192,7 +245,7 @@ class Store:
         try:
             async with self._acquire() as connection:
                 if not self._migrated:
-                    await migrate(connection)
+                    await self._prepare(connection)
                     self._migrated = True
                 yield connection
         except OUTAGE_ERRORS as exc:
@@ -209,6 +262,23 @@ class Store:
             logger.info("Database is back")
             self.available = True
             self._told.clear()
+
+    async def _prepare(self, connection: asyncpg.Connection) -> None:
+        """Once per database: migrate it and keep the export role in step with the schema, or - for
+        a reader that may not migrate - check the schema is new enough."""
+        if not self.migrates:
+            return await check_schema(connection)
+        await migrate(connection)
+        if self.export_role is None:
+            return
+        try:
+            await grant_export_role(connection, self.export_role)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, OUTAGE_ERRORS):
+                raise
+            logger.error("Cannot set up the export role %s (%s): training Jobs with includeFeedback will fail "
+                         "to export; grant the bot's user CREATEROLE or create the role by hand (docs/bot.md)",
+                         self.export_role.name, exc)
 
     def outage_notice_due(self, chat_id: int) -> bool:
         """True once per chat per outage: the first answer without history says so."""
@@ -264,9 +334,13 @@ class Store:
             turns = await connection.fetchval(APPEND_TURNS + " RETURNING turns", *_appending(chat_id, persona, turn))
         return _history(turns)
 
-    async def clear_history(self, chat_id: int, persona: str) -> None:
-        async with self._connection() as connection:
-            await connection.execute("DELETE FROM histories WHERE chat_id = $1 AND persona = $2", chat_id, persona)
+    async def forget_chat(self, chat_id: int) -> None:
+        """/clear: the chat's history with every persona is deleted, and every reply recorded so far
+        keeps no text (`forgotten`): votes on it still count, `persona export-feedback` never exports it."""
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("DELETE FROM histories WHERE chat_id = $1", chat_id)
+            await connection.execute("UPDATE replies SET context = '[]', message = '', reply = '', forgotten = true"
+                                     " WHERE chat_id = $1 AND NOT forgotten", chat_id)
 
     async def record(self, exchange: Exchange, *, update_history: bool = True) -> None:
         """Keep the reply (for feedback) and append it to the chat's history, where `hear` put the
@@ -287,6 +361,30 @@ class Store:
                 exchange.voice,
             )
 
+    async def take_turn(self, sender_id: int, capacity: int, period: float) -> float:
+        """One update of `sender_id` against the rate limit every replica shares (`capacity` updates,
+        refilled evenly over `period` seconds): 0 when it is allowed (and counted), else the seconds
+        until one would be. GCRA in one statement: a sender's row holds when its bucket is full again
+        plus one interval (`tat`); an update is allowed when that stays within `period` of now, and
+        only then moves `tat` - the row lock makes concurrent replicas take turns."""
+        interval = period / capacity
+        async with self._connection() as connection:
+            return float(await connection.fetchval(
+                "WITH hit AS ("
+                "  INSERT INTO rate_limits AS bucket (sender_id, tat) VALUES ($1, now() + make_interval(secs => $2))"
+                "  ON CONFLICT (sender_id) DO UPDATE SET tat = greatest(bucket.tat, now()) + make_interval(secs => $2)"
+                "  WHERE greatest(bucket.tat, now()) + make_interval(secs => $2) <= now() + make_interval(secs => $3)"
+                "  RETURNING 1)"
+                " SELECT CASE WHEN EXISTS (SELECT 1 FROM hit) THEN 0"
+                "  ELSE extract(epoch FROM (SELECT tat FROM rate_limits WHERE sender_id = $1) - now()) + $2 - $3 END",
+                sender_id, interval, period,
+            ))
+
+    async def forget_full_buckets(self) -> None:
+        """Rows of senders whose bucket has refilled are the same as no row: keep the table small."""
+        async with self._connection() as connection:
+            await connection.execute("DELETE FROM rate_limits WHERE tat < now()")
+
     async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:
         """Store (or change) a user's vote on a reply; the reply's persona, None for an unknown reply."""
         async with self._connection() as connection:
@@ -302,12 +400,12 @@ class Store:
             )
 
     async def feedback_for_training(self, persona: str | None = None) -> tuple[list[Exchange], dict[str, int]]:
-        """The rated replies that may become training data (more 👍 than 👎, in a chat whose
-        settings allow it; oldest first, optionally of one persona), and how many rated replies
-        each of FEEDBACK_RULES kept out."""
+        """The rated replies that may become training data (not forgotten, more 👍 than 👎, in a chat
+        whose settings allow it; oldest first, optionally of one persona), and how many rated
+        replies each of FEEDBACK_RULES kept out. Reads only `EXPORT_READS`."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                f"SELECT r.*, {FEEDBACK_VERDICT} AS verdict"
+                f"SELECT {', '.join(f'r.{column}' for column in EXPORT_READS['replies'])}, {FEEDBACK_VERDICT} AS verdict"
                 " FROM replies r JOIN votes v ON v.reply_id = r.id LEFT JOIN chats c ON c.chat_id = r.chat_id"
                 " WHERE $1::text IS NULL OR r.persona = $1"
                 " GROUP BY r.id, c.feedback_training ORDER BY r.id",

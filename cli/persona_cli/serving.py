@@ -39,7 +39,8 @@ def package_asr(
 @app.command()
 def serve(
     model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model of the fleet (hub id or path; the one the adapters were trained on).")] = None,
+    base: Annotated[Optional[list[str]], typer.Option("--base", help="Base model to serve, one fleet each (hub id or path; repeatable). [default: every base the store's routing table uses]")] = None,
+    fleet: Annotated[Optional[list[str]], typer.Option("--fleet", help="Another base's fleet as BASE=URL (its serving Service; repeatable): its personas' requests are forwarded there.")] = None,
     max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapter slots of each worker (LRU).")] = 32,
     max_lora_rank: Annotated[int, typer.Option(min=1, max=MAX_LORA_RANK, help="Widest adapter rank a slot takes; wider versions are refused.")] = MAX_LORA_RANK,
     max_host_adapters: Annotated[int, typer.Option(min=0, help="Adapters each worker keeps in (pinned, on CUDA) host memory: a slot miss they hold is a copy, not a disk read (0: off).")] = 0,
@@ -50,7 +51,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the base once).")] = 1,
     response_timeout: Annotated[int, typer.Option(min=1, help="Seconds TorchServe allows one batch.")] = 120,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=MAX_NEW_TOKENS, help="Reply length cap in tokens.")] = 128,
-    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar and key_file.json of this server.")] = Path(".persona/serve"),
+    workdir: Annotated[Path, typer.Option(help="Config, logs, fleet.mar, key_file.json and the clients' inference-token of this server.")] = Path(".persona/serve"),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server started from --workdir.")] = False,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay in the foreground (container entrypoint).")] = False,
     host: Annotated[str, typer.Option(help="Address the public listeners bind.")] = "127.0.0.1",
@@ -59,32 +60,37 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8082,
     auth_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the inference token: enables the auth front (--foreground).")] = None,
     management_token_file: Annotated[Optional[Path], typer.Option(help="Secret file with the management token (auth front).")] = None,
-    token_expiration_min: Annotated[float, typer.Option(min=0.01, help="Lifetime of TorchServe's keys.")] = 60,
+    token_expiration_min: Annotated[Optional[float], typer.Option(min=0.01, help="Lifetime of TorchServe's keys. [default: 60 behind the auth front, which renews them; else the server's lifetime: clients hold W/inference-token, the inference key alone, which cannot renew itself]")] = None,
     backend_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's own inference/management ports behind the auth front.")] = (18080, 18081),
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
     asr: Annotated[Optional[Path], typer.Option("--asr", help="ASR archive to serve as `asr`. [default: STORE/asr/asr.mar if present]")] = None,
+    reply_filter: Annotated[Optional[Path], typer.Option("--reply-filter", help="YAML of the fleet's reply filter (blocklist, patterns, pii, fallback), added to each persona's.")] = None,
 ) -> None:
-    """Run TorchServe with the fleet model: every persona of the store on one base (background by default; token auth on)."""
+    """Run TorchServe with one fleet model per base: every persona of the store on its base (background by default; token auth on)."""
     from persona_serving import server
     from persona_serving.archive import ArchiveOptions
+    from persona_serving.reply_filter import load_rules
 
     if stop:
         print("stopped" if server.stop(workdir) else f"no server running from {workdir}")
         return
-    if model_store is None or base is None:
-        raise PersonaError("--model-store and --base are required")
+    if model_store is None:
+        raise PersonaError("--model-store is required")
+    fleets = dict(_fleet(entry) for entry in fleet or [])
     if auth_token_file and not (foreground and management_token_file):
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
-        model_store=model_store, base=base, bundle_base=bundle_base, max_resident_adapters=max_resident_adapters,
-        max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters, max_persona_labels=max_persona_labels,
+        model_store=model_store, bases=base or [], fleets=fleets, bundle_base=bundle_base,
+        max_resident_adapters=max_resident_adapters, max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters,
+        max_persona_labels=max_persona_labels,
         max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
         management_token_file=management_token_file, token_expiration_min=token_expiration_min,
         backend_ports=backend_ports, grpc_ports=grpc_ports, torch_threads=torch_threads, asr=asr,
+        reply_filter=load_rules(reply_filter) if reply_filter else None,
     )
     log_steps()
     if foreground:
@@ -96,6 +102,13 @@ def serve(
         print(f"{name:>10}: {where}")
 
 
+def _fleet(entry: str) -> tuple[str, str]:
+    base, sep, url = entry.partition("=")
+    if not sep or not base or not url.startswith(("http://", "https://")):
+        raise PersonaError(f"--fleet {entry}: give BASE=URL, e.g. ai-forever/FRED-T5-large=http://fred-serving:8080")
+    return base, url
+
+
 @app.command()
 def switch(
     model_store: Annotated[Path, typer.Option(help="Model store of the running `persona serve`.")],
@@ -103,12 +116,12 @@ def switch(
     version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
 ) -> None:
     """Make a published version the one a persona answers with (the routing-table write the operator does)."""
-    from personafleet.routing import update_routing, version_dir
-    from personafleet.store import read_version_info
+    from personafleet.routing import update_routing
+    from personafleet.store import published_version
 
     number = parse_version(version)
-    read_version_info(version_dir(model_store, persona, number))  # refuses an unpublished folder
-    table = update_routing(model_store, lambda t: t.add(persona, number, serve=True))
+    info = published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
+    table = update_routing(model_store, lambda t: t.add(persona, number, serve=True, base=info.base))
     listed = ", ".join(str(v) for v in table.personas[persona].versions)
     print(f"{persona} serves v{number} (versions: {listed})")
 

@@ -17,19 +17,23 @@ app = typer.Typer()
 def init_base(
     out: Annotated[Path, typer.Option("--out", help="Directory for the base model and its tokenizer.")],
     corpus: Annotated[Optional[list[Path]], typer.Option("--corpus", help="Telegram export(s) to learn from (repeatable). [default: examples/sample-export/result.json]")] = None,
-    shape: Annotated[str, typer.Option(help="t5: T5 tokenizer and architecture; fred: FRED-T5's (byte-level BPE, plain added markers, gated-GELU, untied).")] = "t5",
+    arch: Annotated[str, typer.Option(help="seq2seq (T5-style encoder-decoder) or causal (decoder-only).")] = "seq2seq",
+    shape: Annotated[Optional[str], typer.Option(help="seq2seq: t5 (T5 tokenizer and architecture) or fred (FRED-T5's: byte-level BPE, plain added markers, gated-GELU, untied); causal: llama (the t5 tokenizer, LlamaForCausalLM) or gpt2 (ruGPT-3's: byte-level BPE without a pad token, GPT2LMHeadModel). [default: t5 / llama]")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Pre-training steps.")] = 400,
     d_model: Annotated[int, typer.Option(min=8, help="Hidden size.")] = 128,
-    layers: Annotated[int, typer.Option(min=1, help="Encoder and decoder layers (each).")] = 2,
+    layers: Annotated[int, typer.Option(min=1, help="Layers (seq2seq: encoder and decoder layers, each).")] = 2,
     vocab_size: Annotated[int, typer.Option(min=64, help="Most tokenizer pieces.")] = 4000,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and pre-training.")] = 13,
 ) -> None:
-    """Build a tiny T5 base (tokenizer + briefly pre-trained model) from a chat export."""
-    from persona_training.base_model import DEFAULT_CORPUS, BaseModelOptions, init_base as build
+    """Build a tiny base (tokenizer + briefly pre-trained model) from a chat export."""
+    from persona_training.base_model import DEFAULT_CORPUS, SHAPES, BaseModelOptions, init_base as build
 
     log_steps()
-    if shape not in ("t5", "fred"):
-        raise PersonaError(f"--shape {shape}: choose t5 or fred")
+    if arch not in SHAPES:
+        raise PersonaError(f"--arch {arch}: choose {' or '.join(SHAPES)}")
+    shape = shape or SHAPES[arch][0]
+    if shape not in SHAPES[arch]:
+        raise PersonaError(f"--shape {shape}: a {arch} base is {' or '.join(SHAPES[arch])}")
     options = BaseModelOptions(shape=shape, steps=steps, d_model=d_model, num_layers=layers, vocab_size=vocab_size, seed=seed)
     build(out, corpus or [DEFAULT_CORPUS], options)
 
@@ -54,6 +58,26 @@ def train(
         run_training(data, base, out, settings, resume=resume, merge=merge)
     except Preempted:
         raise typer.Exit(PREEMPTED_EXIT_CODE) from None
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", help="Training run directory (adapter, persona.json, report.json).")],
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="`persona prepare` output dir (repeatable). [default: the run's training data]")] = None,
+    base_only: Annotated[bool, typer.Option("--base-only", help="Judge the base alone (the floor); the run is left unchanged.")] = False,
+    prompts: Annotated[int, typer.Option(min=30, help="Most held-out prompts to judge (a figure needs 30).")] = 200,
+) -> None:
+    """Does it sound like the person? Fidelity of the run's replies on held-out prompts (report.json, model card)."""
+    from persona_training.eval_run import evaluate_run
+    from persona_training.report import fidelity_section
+
+    log_steps()
+    block = evaluate_run(run, data or [], prompts=prompts, base_only=base_only)
+    print(fidelity_section(block))
+    if "skipped" in block:
+        raise PersonaError(f"fidelity not judged: {block['skipped']}")
+    if not base_only:
+        print(f"written to {run / 'report.json'} (fidelity) and {run / 'README.md'}")
 
 
 @app.command("init-asr")

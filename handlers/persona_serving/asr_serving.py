@@ -1,14 +1,14 @@
-"""Serving the ASR archive beside the personas: `persona serve` registers `STORE/asr/asr.mar`
-(or the archive `--asr` names) as the TorchServe model `asr`, when there is one."""
+"""Serving the ASR archive beside the personas: `persona serve` loads `STORE/asr/asr.mar` (or the
+archive `--asr` names) at start as the TorchServe model `asr`, when there is one."""
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 from persona_serving.asr import ASR_MODEL_NAME, asr_archive_path
-from persona_serving.management import ManagementClient, ManagementError
-from persona_serving.store import archive_version
 from personafleet.errors import PersonaError
 
 logger = logging.getLogger(__name__)
@@ -24,17 +24,21 @@ def find_asr(model_store: Path, asr: Path | None) -> Path | None:
     return found.resolve() if found.is_file() else None
 
 
-async def register_asr(management_url: str, key_file: Path, links: Path, archive: Path, timeout: float) -> str:
-    """Link the archive into TorchServe's flat model store as `asr.mar`, register it; its version."""
+def link_asr(links: Path, archive: Path) -> None:
+    """Link the archive into TorchServe's flat model store as `asr.mar` (TorchServe loads it at
+    start); a file that is no model archive is refused first."""
+    version = archive_version(archive)
     links.mkdir(parents=True, exist_ok=True)
     link = links / f"{ASR_MODEL_NAME}.mar"
     link.unlink(missing_ok=True)
     link.symlink_to(archive)
-    version = archive_version(link)
-    logger.info("Registering %s v%s from %s", ASR_MODEL_NAME, version, archive)
-    async with ManagementClient(management_url, token_file=key_file, timeout=timeout) as management:
-        try:
-            await management.register(link.name, initial_workers=None, synchronous=True)
-        except ManagementError as exc:
-            raise PersonaError(f"cannot load the ASR model from {archive}: {exc}") from exc
-    return version
+    logger.info("Serving %s v%s from %s", ASR_MODEL_NAME, version, archive)
+
+
+def archive_version(path: Path) -> str:
+    """The model version written into a .mar's manifest by `persona package-asr --version`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return str(json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise PersonaError(f"{path} is not a model archive: {exc}") from exc

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from persona_serving.server import DEFAULT_WORKDIR, KEY_FILE
+from persona_serving.server import DEFAULT_WORKDIR, INFERENCE_TOKEN_FILE
 from personafleet.client import ENDPOINTS_FILE, InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.errors import PersonaError
 from personafleet.inference import FLEET_MODEL, InferenceRequest
@@ -25,13 +25,14 @@ from personafleet.prompt import Turn
 
 
 def local_endpoint(workdir: Path = DEFAULT_WORKDIR) -> tuple[str | None, Path | None]:
-    """(inference URL, key file) of the server `persona serve` started from `workdir`, if any."""
+    """(inference URL, inference token file) of the server `persona serve` started from `workdir`,
+    if any: the inference key alone, as every client gets (never the server's key file)."""
     try:
         endpoints = json.loads((workdir / ENDPOINTS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, None
-    key_file = workdir / KEY_FILE
-    return endpoints.get("inference"), key_file if key_file.exists() else None
+    token_file = workdir / INFERENCE_TOKEN_FILE
+    return endpoints.get("inference"), token_file if token_file.exists() else None
 
 
 class Conversation:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personafleet.inference import GenerationLimits
 from personafleet.lora import MAX_LORA_RANK
+from personafleet.reply_rules import ReplyFilterRules
 
 SERVING_FILE = "serving.json"
 BASE_DIR = "base"
@@ -34,6 +35,7 @@ class FleetConfig(BaseModel):
                                     'label; the rest are persona="other" (persona_serving.metrics.persona_label)')
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")
     limits: GenerationLimits = Field(default_factory=GenerationLimits)
+    reply_filter: ReplyFilterRules | None = Field(None, description="the fleet's reply filter, added to each persona's")
 
     def store(self) -> Path:
         """Where adapters are loaded from."""

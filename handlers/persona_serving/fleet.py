@@ -1,8 +1,10 @@
 """One base model and the LoRA adapters of many persona versions on it: the fleet worker's model,
 without TorchServe.
 
-The base is loaded once (bf16 on CUDA, fp32 on CPU) and every linear layer is wrapped ONCE in a
-slot layer; there is no PEFT at inference. Loading a published version (`STORE/<persona>/v<N>/`,
+The base is loaded once (bf16 on CUDA, fp32 on CPU) through its family's auto class
+(`personafleet.family`: seq2seq or causal, which also decides how prompts are encoded and how
+`generate` output is cut to the reply), and every linear layer is wrapped ONCE in a slot layer
+(`torch.nn.Linear`, GPT-2's `Conv1D`); there is no PEFT at inference. Loading a published version (`STORE/<persona>/v<N>/`,
 contract 1) reads its safetensors (or takes them from the host tier) and copies them into a free
 slot; unloading frees the slot for the next one. A batch is one padded `generate` whose rows each
 use their version's slot (`set_row_slots`: one index shared by all layers, set once per batch).
@@ -24,17 +26,18 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from persona_serving.adapter_slots import AdapterSlots, SlotLoadObserver
 from persona_serving.decoding import decode_replies
 from persona_serving.requests import PersonaVersion
 from personafleet import knowledge
 from personafleet.errors import PersonaError
+from personafleet.family import load_base, load_family
 from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
-from personafleet.store import ADAPTER_DIR, read_version_info
+from personafleet.store import ADAPTER_DIR, published_version
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +62,10 @@ class FleetModel:
                  max_resident_adapters: int = 32, max_lora_rank: int = MAX_LORA_RANK, max_host_adapters: int = 0,
                  on_slot_load: SlotLoadObserver | None = None):
         self.base_name, self.device, self.max_input_tokens = base, device, max_input_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        # Prompts end with the newest turn and the answer marker: cut overlong ones at the start.
-        self.tokenizer.truncation_side = "left"
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(base, dtype=dtype).to(device).eval()
+        self.family = load_family(base)
+        self.tokenizer = self.family.prepare_tokenizer(AutoTokenizer.from_pretrained(base), base)
+        self.chat = self.family.chat_formatter(self.tokenizer)  # for personas whose template is the chat one
+        self.model = load_base(self.family, base, dtype=dtype).to(device).eval()
         self.slots = AdapterSlots(self.model, capacity=max_resident_adapters, max_rank=max_lora_rank,
                                   host_capacity=max_host_adapters, on_load=on_slot_load)
 
@@ -88,16 +91,16 @@ class FleetModel:
         """Read a published version and put its adapter into a free slot; AdapterUnavailable says why not."""
         folder = version_dir(store, persona, version)
         try:
-            info = read_version_info(folder)
+            info = published_version(store, persona, version)
         except PersonaError as exc:
             raise AdapterUnavailable(str(exc)) from None
-        if (info.persona, info.version) != (persona, version):
-            raise AdapterUnavailable(f"{folder} holds {info.persona} v{info.version}, not {persona} v{version}")
         try:
             spec = PersonaSpec.model_validate_json((folder / PERSONA_FILE).read_bytes())
             facts = knowledge.load(folder)
         except (OSError, ValueError, ValidationError, PersonaError) as exc:
             raise AdapterUnavailable(f"{folder} is incomplete or corrupt: {_first_line(exc)}") from None
+        if spec.template.style == "chat" and self.chat is None:
+            raise AdapterUnavailable(f"{folder}: its prompt template is the chat template, base {self.base_name} has none")
         if info.base != self.base_name:
             logger.warning("%s was trained on %s; this worker serves base %s", folder, info.base, self.base_name)
         entry = PersonaVersion(persona, version, spec.model_copy(update={"name": persona}), folder, facts)
@@ -117,13 +120,12 @@ class FleetModel:
         """One padded `generate` whose row i uses `entries[i]`'s slot; (texts, token counts), one
         per returned sequence. Rows given in slot order (the handler sorts them) reach the layers
         as contiguous groups; any other order costs one row gather per layer."""
-        encoded = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens
-        ).to(self.device)
+        ids = self.family.encode_prompts(self.tokenizer, prompts, self.max_input_tokens)
+        encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # causal: on the left
         self.set_row_slots([self.slot(entry) for entry in entries])
         with torch.inference_mode():
             output = self.model.generate(**encoded, **options, pad_token_id=self.tokenizer.pad_token_id)
-        sequences = output[:, 1:]  # drop the decoder start token
+        sequences = self.family.reply_tokens(output, encoded["input_ids"].shape[1])
         counts = (sequences != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         return decode_replies(self.tokenizer, sequences), counts
 

@@ -3,9 +3,14 @@
 TorchServe 0.12 only accepts the random keys it generates itself, so the cluster's shared
 tokens (a Kubernetes Secret) are checked here, and each request is forwarded to TorchServe on
 127.0.0.1 with the pod-local key from `key_file.json` - TorchServe's own token check stays on.
-The front also renews that local key before it expires and stages nested model-store urls for
-registration (persona_serving.store), refusing every other model source. Requests are admitted on
-their raw path (persona_serving.routes).
+The front also renews that local key before it expires. Requests are admitted on their raw path
+(persona_serving.routes): the management port reads only (TorchServe's model API is off: no model
+is registered after start, from any source).
+
+With several bases (issue 22) the front also routes: a `POST /predictions/fleet` goes to the fleet
+of its persona's base (persona_serving.bases), a model of this TorchServe or another base's
+serving Service. Locally (`persona serve` with several bases, no Secrets) the front runs on the
+inference port only and accepts TorchServe's own inference key, so clients see no difference.
 """
 
 from __future__ import annotations
@@ -19,17 +24,31 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
+from persona_serving.bases import FORWARDED_HEADER, BaseRouter, Fleet
 from persona_serving.routes import admit
-from persona_serving.store import stage
-from personafleet.client import TokenSource, send_authorized
-from personafleet.errors import PersonaError
-from personafleet.inference import InferenceError
+from personafleet.client import TokenSource, error_detail, send_authorized
+from personafleet.inference import FLEET_MODEL, InferenceError
 
 logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=5)
 # Headers worth passing on; hop-by-hop and auth headers are the front's business.
 FORWARDED_HEADERS = ("content-type", "accept", "x-asr-language")  # the last: the asr model's language override
+FLEET_PATH = f"/predictions/{FLEET_MODEL}"  # what clients ask for: the front picks the base's fleet
+
+
+def _relay(response: httpx.Response) -> web.Response:
+    return web.Response(status=response.status_code, body=response.content,
+                        headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"})
+
+
+def _from_torchserve(response: httpx.Response) -> bool:
+    """TorchServe's own error body (`{"code", "type", "message"}`), not the handler's `{"error", "detail"}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "type" in body and "error" not in body
 
 
 def _error(status: int, error: str, detail: str) -> web.Response:
@@ -41,9 +60,9 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 class Listener:
     """One public port: which client tokens it accepts and which TorchServe port it forwards to."""
 
-    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource):
-        self.name, self.accepted, self.local_key = name, accepted, local_key
-        self.http = httpx.AsyncClient(base_url=backend, timeout=None)
+    def __init__(self, name: str, accepted: list[TokenSource], backend: str, local_key: TokenSource, timeout: float):
+        self.name, self.accepted, self.local_key, self.timeout = name, accepted, local_key, timeout
+        self.http = httpx.AsyncClient(base_url=backend, timeout=httpx.Timeout(timeout, connect=5))
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -63,18 +82,23 @@ class AuthFront:
         key_file: Path,
         inference_backend: str,
         management_backend: str,
-        model_store: Path,
-        links: Path,
+        backend_timeout: float,
+        router: BaseRouter | None = None,
     ):
+        """`inference_token_file` is the Secret clients present (in a cluster; also what this front
+        presents to another base's front) or, locally, TorchServe's key file itself.
+        `backend_timeout`: the longest the front waits for TorchServe's answer (above TorchServe's own
+        response timeout, so that one fires first); then the client gets a 504. `router`: several bases."""
         inference = TokenSource(token_file=inference_token_file)
         management = TokenSource(token_file=management_token_file) if management_token_file else None
-        self.model_store, self.links = model_store, links
+        self.router, self.peer_token = router, inference
         self.management_key = TokenSource(token_file=key_file, kind="management")
         self.inference = Listener(
             "inference", [inference, *([management] if management else [])], inference_backend,
-            TokenSource(token_file=key_file, kind="inference"),
+            TokenSource(token_file=key_file, kind="inference"), backend_timeout,
         )
-        self.management = Listener("management", [management] if management else [], management_backend, self.management_key)
+        self.management = Listener("management", [management] if management else [], management_backend,
+                                   self.management_key, backend_timeout)
 
     def app(self, listener: Listener) -> web.Application:
         async def forward(request: web.Request) -> web.StreamResponse:
@@ -93,29 +117,48 @@ class AuthFront:
         if not public_probe and not listener.authorized(request):
             return _error(401, "unauthorized", f"a valid bearer token for the {listener.name} API is required")
         params, body = list(request.query.items()), await request.read()
-        if listener is self.management and request.method == "POST" and path == "/models":
-            try:
-                params = self._registration(params, body)
-            except PersonaError as exc:
-                return _error(400, "invalid_model_url", str(exc))
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        if listener is self.inference and self.router is not None and request.method == "POST" and path == FLEET_PATH:
+            return await self.to_fleet(self.router, request, params, body, headers)
         try:
             response = await send_authorized(
                 listener.http, listener.local_key, request.method, path, params=params, content=body, headers=headers,
             )
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"TorchServe did not answer within {listener.timeout:g} s")
         except httpx.TransportError as exc:
             return _error(503, "backend_unavailable", f"TorchServe is not answering: {exc.__class__.__name__}")
-        return web.Response(
-            status=response.status_code, body=response.content,
-            headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
-        )
+        return _relay(response)
 
-    def _registration(self, params: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
-        """A registration's query with each `url` staged from the model store. TorchServe also
-        reads the parameters from a JSON body, which would escape that check: none is accepted."""
-        if body:
-            raise PersonaError("a registration takes its parameters in the query string, not in a body")
-        return [(key, stage(self.model_store, value, self.links) if key == "url" else value) for key, value in params]
+    async def to_fleet(self, router: BaseRouter, request: web.Request, params: list, body: bytes,
+                       headers: dict[str, str]) -> web.Response:
+        """A prediction, sent to the fleet of its persona's base (here, or another base's Service).
+        That fleet not answering is this request's 503; the other bases keep serving."""
+        forwarded = request.headers.get(FORWARDED_HEADER)
+        fleet = router.local(forwarded) if forwarded else router.route(body)
+        if fleet is None:
+            return _error(503, "base_not_served", f"another front forwarded a request for base {forwarded}, "
+                                                  "which this server does not serve")
+        if not isinstance(fleet, Fleet):
+            return _error(fleet.status, fleet.error, fleet.detail)
+        try:
+            if fleet.local:
+                response = await send_authorized(self.inference.http, self.inference.local_key, "POST",
+                                                 f"/predictions/{fleet.model}", params=params, content=body, headers=headers)
+            else:
+                response = await send_authorized(self.inference.http, self.peer_token, "POST", f"{fleet.url}{FLEET_PATH}",
+                                                 params=params, content=body,
+                                                 headers=headers | {FORWARDED_HEADER: fleet.base})
+        except httpx.TimeoutException:
+            return _error(504, "backend_timeout", f"the fleet of base {fleet.base} did not answer within "
+                                                  f"{self.inference.timeout:g} s")
+        except httpx.TransportError as exc:
+            return _error(503, "fleet_unavailable", f"the fleet of base {fleet.base} is not answering "
+                                                    f"({exc.__class__.__name__})")
+        if fleet.local and response.status_code in (404, 503) and _from_torchserve(response):
+            # The base's model is not registered or has no worker: the fleet is down, not the request wrong.
+            return _error(503, "fleet_unavailable", f"the fleet of base {fleet.base} is down: {error_detail(response)[1]}")
+        return _relay(response)
 
     async def keep_keys_fresh(self) -> None:
         """Renew TorchServe's local keys a few minutes before they expire (a failed renewal is
@@ -130,16 +173,18 @@ class AuthFront:
                         logger.warning("Renewing TorchServe's %s key failed: %s", listener.name, exc)
             await asyncio.sleep(30)
 
-    async def serve(self, host: str, inference_port: int, management_port: int, stopping: asyncio.Event) -> None:
-        """Listen on both public ports until `stopping` is set."""
+    async def serve(self, host: str, inference_port: int, management_port: int | None, stopping: asyncio.Event) -> None:
+        """Listen on the public ports until `stopping` is set (no management port: TorchServe's own
+        management API stays where it is, as locally)."""
         runners = []
+        ports = [(self.inference, inference_port)] + ([(self.management, management_port)] if management_port else [])
         try:
-            for listener, port in ((self.inference, inference_port), (self.management, management_port)):
+            for listener, port in ports:
                 runner = web.AppRunner(self.app(listener), access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, host, port).start()
                 runners.append(runner)
-            logger.info("Auth front on %s: inference %d, management %d", host, inference_port, management_port)
+            logger.info("Front on %s: inference %d, management %s", host, inference_port, management_port or "direct")
             renewal = asyncio.create_task(self.keep_keys_fresh())
             await stopping.wait()
             renewal.cancel()

@@ -23,16 +23,18 @@ from ts.torch_handler.base_handler import BaseHandler
 from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
-    ADAPTER_EVICTIONS, ADAPTER_LOADS, ADAPTERS_PER_BATCH, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, GENERATION_SECONDS,
-    HOST_ADAPTERS, PERSONAS_PER_BATCH, REQUESTS, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE, TOKENS_GENERATED,
-    MetricSpec, observe, persona_label, version_label,
+    ADAPTER_EVICTIONS, ADAPTER_LOADS, ADAPTERS_PER_BATCH, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, FILTERED_REPLIES,
+    GENERATION_SECONDS, HOST_ADAPTERS, PERSONAS_PER_BATCH, REQUESTS, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE,
+    TOKENS_GENERATED, MetricSpec, observe, persona_label, version_label,
 )
 from persona_serving.requests import (
     PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
 )
+from persona_serving.reply_filter import ReplyFilter, held_out_warning
 from persona_serving.residency import AdapterLRU
 from persona_serving.routing_watch import RoutingWatch
 from personafleet.inference import InferenceResponse, PersonaAbout
+from personafleet.store import held_out_replies
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class FleetHandler(BaseHandler):
             self.config.max_resident_adapters, self._load_adapter, self._unload_adapter
         )
         self.routing = RoutingWatch(self.store)
+        self.reply_filters: dict[Key, ReplyFilter] = {}  # per resident version: the fleet's rules + its persona's
         self._reported: set[tuple[Key, str]] = set()
         self._refresh_routing()
         self.initialized = True
@@ -108,7 +111,7 @@ class FleetHandler(BaseHandler):
 
     def _prepare(self, routed: Routed, entry: PersonaVersion) -> Prepared:
         """The request's prompt, with its version's facts; retrieval is measured where there are facts."""
-        prepared = prepare(routed, entry, self.config.limits)
+        prepared = prepare(routed, entry, self.config.limits, self.fleet.chat)
         if entry.knowledge is not None:
             self._observe(RETRIEVAL_SECONDS, prepared.retrieval_seconds)
             self._observe(FACTS_PER_PROMPT, len(prepared.facts))
@@ -134,10 +137,21 @@ class FleetHandler(BaseHandler):
         for dimensions, count in tokens.items():
             self._observe(TOKENS_GENERATED, count, *dimensions)
         return [
-            InferenceResponse(reply=text, persona=item.entry.persona, model_version=str(item.entry.version), tokens=count,
+            InferenceResponse(reply=self._filtered(item.entry, text), persona=item.entry.persona,
+                              model_version=str(item.entry.version), tokens=count,
                               facts=list(item.facts) if item.show_facts else None)
             for item, text, count in zip(group, texts, counts)
         ]
+
+    def _filtered(self, entry: PersonaVersion, text: str) -> str:
+        """The reply that may leave: the text, or the fallback when a rule matches (counted, and
+        logged by rule only: the blocked text never reaches a log)."""
+        outcome = self.reply_filters[(entry.persona, entry.version)].apply(text)
+        if outcome.rule is not None:
+            persona, _ = self._persona_dimensions(entry.persona, entry.version)
+            self._observe(FILTERED_REPLIES, 1, persona, outcome.rule)
+            logger.info("Reply of %s v%d replaced by the fallback (rule %s)", entry.persona, entry.version, outcome.rule)
+        return outcome.reply
 
     def postprocess(self, data: list[Outcome]) -> list[str]:
         """One JSON string per request (ensure_ascii off: Cyrillic stays readable), with its status."""
@@ -170,6 +184,9 @@ class FleetHandler(BaseHandler):
 
     def _load_adapter(self, key: Key) -> PersonaVersion:
         entry = self.fleet.load(self.store, *key)
+        self.reply_filters[key] = ReplyFilter(self.config.reply_filter, entry.spec.reply_filter)
+        if warning := held_out_warning(self.reply_filters[key], held_out_replies(entry.folder), f"{key[0]} v{key[1]}"):
+            logger.warning("%s", warning)
         logger.info("Loaded %s v%d into slot %d", key[0], key[1], self.fleet.slot(entry))
         return entry
 
@@ -179,6 +196,7 @@ class FleetHandler(BaseHandler):
 
     def _unload_adapter(self, key: Key, entry: PersonaVersion) -> None:
         self.fleet.unload(entry)
+        self.reply_filters.pop(key, None)
         self._observe(ADAPTER_EVICTIONS, 1)
         logger.info("Evicted %s v%d", *key)
 

@@ -1,9 +1,9 @@
-"""TorchServe's management API, as the operator and `persona serve` use it.
+"""TorchServe's management API, as `persona serve` uses it: reading what is loaded.
 
-Registering, describing, switching the default version and unregistering are single calls, not
-retried: the caller (a kopf handler, the launcher) decides what a failure means. The key comes
-from the same `TokenSource` the inference client uses (TorchServe's key file: its `management`
-key; a mounted Secret: its content), re-read when the server rejects it.
+The models are loaded at start and the model API is off (persona_serving.server), so listing and
+describing are all there is; single calls, not retried: the caller decides what a failure means.
+The key comes from the same `TokenSource` the inference client uses (TorchServe's key file: its
+`management` key; a mounted Secret: its content), re-read when the server rejects it.
 """
 
 from __future__ import annotations
@@ -48,45 +48,9 @@ class ManagementClient(AuthorizedClient):
         except ValueError:
             return response.text
 
-    async def register(
-        self,
-        url: str,
-        *,
-        initial_workers: int | None = 1,
-        synchronous: bool = True,
-        batch_size: int | None = None,
-        max_batch_delay_ms: int | None = None,
-        response_timeout_s: int | None = None,
-    ) -> dict:
-        """Register a .mar (`url` relative to the model store, or a URL `allowed_urls` permits).
-        Name and version come from the archive. Settings left None keep the archive's
-        `model-config.yaml` (minWorkers, batchSize, maxBatchDelay, responseTimeout)."""
-        params: dict[str, Any] = {"url": url, "synchronous": str(synchronous).lower()}
-        if initial_workers is not None:
-            params["initial_workers"] = initial_workers
-        if batch_size is not None:
-            params["batch_size"] = batch_size
-        if max_batch_delay_ms is not None:
-            params["max_batch_delay"] = max_batch_delay_ms
-        if response_timeout_s is not None:
-            params["response_timeout"] = response_timeout_s
-        return await self._call("POST", "/models", params=params)
-
-    async def describe(self, name: str, version: str | None = None) -> list[dict]:
-        """TorchServe's description of one version, or of every version (workers included), each
-        with an `isDefault` flag TorchServe itself does not give."""
-        if version is not None:
-            return await self._call("GET", f"/models/{name}/{version}")
-        described = await self._call("GET", f"/models/{name}/all")
-        default = (await self._call("GET", f"/models/{name}"))[0]["modelVersion"]
-        return [entry | {"isDefault": entry["modelVersion"] == default} for entry in described]
-
-    async def set_default(self, name: str, version: str) -> dict:
-        """Send unversioned traffic to `version` (TorchServe switches atomically)."""
-        return await self._call("PUT", f"/models/{name}/{version}/set-default")
-
-    async def unregister(self, name: str, version: str) -> dict:
-        return await self._call("DELETE", f"/models/{name}/{version}")
+    async def describe(self, name: str) -> dict:
+        """TorchServe's description of a loaded model, its workers (id, pid, status) included."""
+        return (await self._call("GET", f"/models/{name}"))[0]
 
     async def list_models(self) -> list[dict]:
         """`[{"modelName", "modelUrl"}, ...]` for every registered model (all pages)."""

@@ -32,7 +32,7 @@ from personafleet.routing import RoutingTable
 logger = logging.getLogger(__name__)
 
 MODEL_NAME, MODEL_VERSION, REASON, TIER = "model_name", "model_version", "reason", "tier"
-PERSONA, VERSION = "persona", "version"
+PERSONA, VERSION, RULE = "persona", "version", "rule"
 OTHER_PERSONA = "other"  # the `persona` value of every persona beyond the cap, and of unserved names
 NO_VERSION = "none"  # the `version` value of a request refused before a version was chosen
 
@@ -116,9 +116,14 @@ ASR_ERRORS = MetricSpec(
     "persona_asr_errors_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, REASON),
     "ASR requests answered with an error, by reason (invalid_audio, too_long, too_large, ...)",
 )
+FILTERED_REPLIES = MetricSpec(
+    "persona_handler_filtered_replies_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION, PERSONA, RULE),
+    "replies the reply filter replaced by the fallback, by persona (bounded by persona_label) and the rule that "
+    "matched (issue 24)",
+)
 HANDLER_METRICS = (REQUESTS, GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, SLOTS_IN_USE, HOST_ADAPTERS,
                    ADAPTER_LOADS, ADAPTER_EVICTIONS, SLOT_LOAD_SECONDS, ADAPTERS_PER_BATCH, PERSONAS_PER_BATCH,
-                   RETRIEVAL_SECONDS, FACTS_PER_PROMPT, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS)
+                   RETRIEVAL_SECONDS, FACTS_PER_PROMPT, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS, FILTERED_REPLIES)
 
 
 def persona_label(persona: str | None, table: RoutingTable, most: int) -> str:

@@ -26,7 +26,7 @@ from personafleet.errors import PersonaError, first_error
 from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
-from personafleet.prompt import render_prompt
+from personafleet.prompt import ChatFormatter, render_prompt
 from personafleet.routing import RoutingTable, version_dir
 from personafleet.store import read_version_info
 
@@ -141,9 +141,10 @@ def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
                     persona)
 
 
-def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> Prepared:
+def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits, chat: ChatFormatter | None = None) -> Prepared:
     """The prompt training would have built for this version's persona: the shared `render_prompt`,
-    with the facts the shared `retrieve` picks from the version's knowledge."""
+    with the facts the shared `retrieve` picks from the version's knowledge (and the base's chat
+    template, `chat`, for a persona whose template uses it)."""
     spec, request = entry.spec, routed.request
     options = clamp_generation(spec.generation, request.generation, limits)
     if not options.get("do_sample", False):
@@ -154,7 +155,7 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits) -> 
     started = time.perf_counter()
     facts = retrieve(entry.knowledge, turns)
     elapsed = time.perf_counter() - started
-    return Prepared(render_prompt(spec.template, spec.description, turns, facts), options, entry,
+    return Prepared(render_prompt(spec.template, spec.description, turns, facts, chat), options, entry,
                     facts=tuple(facts), retrieval_seconds=elapsed if entry.knowledge is not None else 0.0,
                     show_facts=request.show_facts)
 

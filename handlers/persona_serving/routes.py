@@ -17,8 +17,9 @@ VERSION = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # never a dot segment: it starts with a
 
 # (method, path pattern): predictions and the probe only on the inference port (explanations and
 # the rest would take a whole batch into paths the handler does not serve); on the management port
-# the calls `persona serve` and the operator make (ManagementClient). Key renewal (`/token`) is
-# internal to the pod.
+# reading what serves (ManagementClient's list and describe). The models are loaded at start and
+# TorchServe's model API is off: registering, unregistering, scaling and switching are nobody's.
+# Key renewal (`/token`) is internal to the pod.
 ROUTES: dict[str, list[tuple[str, re.Pattern[str]]]] = {
     "inference": [
         ("GET", re.compile(r"/ping")),
@@ -26,16 +27,12 @@ ROUTES: dict[str, list[tuple[str, re.Pattern[str]]]] = {
     ],
     "management": [
         ("GET", re.compile(r"/models")),
-        ("POST", re.compile(r"/models")),
         ("GET", re.compile(rf"/models/{NAME}(/{VERSION})?")),
-        ("PUT", re.compile(rf"/models/{NAME}/{VERSION}/set-default")),
-        ("DELETE", re.compile(rf"/models/{NAME}/{VERSION}")),
     ],
 }
 SERVED = {
     "inference": "GET /ping and POST /predictions/NAME[/VERSION]",
-    "management": "GET|POST /models, GET /models/NAME[/VERSION], PUT /models/NAME/VERSION/set-default "
-                  "and DELETE /models/NAME/VERSION",
+    "management": "GET /models and GET /models/NAME[/VERSION]",
 }
 
 

@@ -67,8 +67,8 @@ def version_dir(store: PurePosixPath | str, persona: str, version: int) -> PureP
 
 def training_config(persona: str, spec: PersonaModelSpec) -> dict[str, Any]:
     """`persona train --config` content: the CR's training section in the CLI's snake_case keys,
-    and the persona (name, description, generation defaults) that `persona package` publishes as
-    the version's persona.json.
+    and the persona (name, description, generation defaults, reply filter) that `persona package`
+    publishes as the version's persona.json.
 
     JSON is valid YAML, so the Job writes it as train.yaml unchanged.
     """
@@ -77,7 +77,9 @@ def training_config(persona: str, spec: PersonaModelSpec) -> dict[str, Any]:
     described = {"description": spec.persona.description} if spec.persona.description else {}
     # Inline facts ride in train.yaml; knowledge files are passed as `--knowledge` (training_script).
     facts = {"knowledge": {"facts": spec.knowledge.facts}} if spec.knowledge and spec.knowledge.facts else {}
-    return {"persona": {"name": persona, **described, "generation": generation},
+    rules = spec.serving.reply_filter
+    reply_filter = {"reply_filter": rules.model_dump(mode="json", exclude_none=True)} if rules else {}
+    return {"persona": {"name": persona, **described, "generation": generation, **reply_filter},
             **spec.training.model_dump(exclude_none=True), **facts}
 
 

@@ -40,6 +40,7 @@ from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_ste
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
+    BASE_NOT_SERVED,
     GATE_REJECTED,
     INVALID_SPEC,
     KNOWLEDGE_MISSING,
@@ -82,8 +83,14 @@ class Reconciler:
         try:
             spec = PersonaModelSpec.parse(body.get("spec") or {})
             spec.check_scheduling(self.settings.training_overrides)
+            spec.check_resources(self.settings.training_max_resources)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))
+        try:
+            self.settings.check_base(spec.base_model)
+        except PersonaError as exc:  # the chart may gain the base: looked at again every resync
+            await self._refuse(body, BASE_NOT_SERVED, str(exc))
+            return None
         try:
             return await self._step(body, spec, logger)
         except (ApiException, OSError, PersonaError) as exc:
@@ -140,7 +147,8 @@ class Reconciler:
                  message=f"training version {version} in Job {job['metadata']['name']}")
             .training(version=str(version), jobName=job["metadata"]["name"],
                       startedAt=rfc3339(job["metadata"].get("creationTimestamp") or now()),
-                      finishedAt=None, durationSeconds=None, evalLoss=None, evalPerplexity=None)
+                      finishedAt=None, durationSeconds=None, evalLoss=None, evalPerplexity=None,
+                      fidelity=None, leaks=None)
             .condition("Trained", False, "Training", f"Job {job['metadata']['name']} trains version {version}")
             .ready_from(status.get("servingVersion"))
         )
@@ -176,8 +184,9 @@ class Reconciler:
         except PersonaError as exc:
             await self.cluster.patch_status(name, update.patch)
             return await self._fail(body, spec, TRAINING_FAILED, str(exc), logger)
-        verdict = judge(evaluation, self._serving_evaluation(name, status, logger), spec.rollout.max_eval_loss_increase)
-        update.training(evalLoss=evaluation.loss, evalPerplexity=evaluation.perplexity)
+        verdict = judge(evaluation, self._serving_evaluation(name, status, logger), spec.rollout)
+        update.training(evalLoss=evaluation.loss, evalPerplexity=evaluation.perplexity,
+                        fidelity=evaluation.fidelity, leaks=evaluation.leaks)
         update.condition("Trained", True, "TrainingSucceeded", f"version {version}: {verdict.message}")
         if not verdict.passed:
             metrics.ROLLOUTS.labels(name, "rejected").inc()
@@ -206,9 +215,10 @@ class Reconciler:
     async def _roll_out(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
         name, status = body["metadata"]["name"], body["status"]
         version = int(status["latestVersion"])
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        selector = self.settings.replica_selector(spec.base_model)  # the fleet of the persona's base
+        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(selector)]
         if not replicas:  # e.g. serving still starting at install: wait, without spending retries
-            message = f"version {version} waits for a ready TorchServe pod ({self.settings.serving_selector})"
+            message = f"version {version} waits for a ready TorchServe pod ({selector})"
             if status.get("phase") != Phase.PENDING:
                 update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
                           .condition("RolledOut", False, "NoReplicas", message))
@@ -262,7 +272,8 @@ class Reconciler:
             kopf.event(body, type="Normal", reason="Resynced",
                        message=f"routing table put back to version {version} (it routed {name} to {said})")
             logger.info("Routing table put back to %s v%s (it said %s)", name, version, said)
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(self.settings.serving_selector)]
+        pods = await self.cluster.ready_pods(self.settings.replica_selector(spec.base_model))
+        replicas = [Replica.from_pod(p, self.settings) for p in pods]
         answers = await self.rollout.answers(name, replicas)
         drifted = {pod: answer for pod, answer in answers.items() if answer != version}
         metrics.DRIFTED_REPLICAS.labels(name).set(len(drifted))

@@ -17,7 +17,6 @@ an operator restart is simply run again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ import httpx
 from personafleet.client import TokenSource, error_detail, send_authorized
 from personafleet.errors import PersonaError
 from personafleet.names import parse_version
-from personafleet.routing import RoutingTable, read_routing, update_routing, version_dir
+from personafleet.routing import RoutingTable, read_routing, update_routing
+from personafleet.store import published_version
 
 from persona_operator import metrics
 from persona_operator.settings import Settings
@@ -37,7 +37,6 @@ from persona_operator.settings import Settings
 SMOKE_MESSAGE = "Привет! Как дела?"
 CHECK_TOKENS = 8  # a smoke test proves the adapter loads and generates; a long reply proves nothing more
 VERIFY_INTERVAL_SECONDS = 0.2  # between unpinned requests while waiting for a replica to switch
-VERSION_FILE = "version.json"  # written last by `persona package`: the version is complete (contract 1)
 
 
 @dataclass(frozen=True)
@@ -112,10 +111,10 @@ class Rollout:
                        previous: int | None, keep: int) -> list[int]:
         """Make `version` answer `persona` on every replica, or on none of them; returns the versions pruned
         from the table. `previous` is the version that served before (it serves again on a failure)."""
-        self.check_published(persona, version)
+        base = self.check_published(persona, version)  # recorded with the version: its requests reach its base's fleet
         async with self._http() as http:
             steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-                ("route", lambda: self.route(lambda table: table.add(persona, version, serve=False)))]
+                ("route", lambda: self.route(lambda table: table.add(persona, version, serve=False, base=base)))]
             if smoke_test:
                 steps.append(("smoke test", lambda: self._everywhere(
                     replicas, lambda r: self._smoke_test(http, r, persona, version))))
@@ -141,33 +140,35 @@ class Rollout:
 
     async def restore(self, persona: str, version: int) -> int | None:
         """Make the table route `persona` to `version` again where it does not (edited by hand, restored
-        from a backup); returns the version it routed to before (0: none), None when it was right."""
+        from a backup), with its base recorded (a version rolled out before bases were recorded gets
+        it); returns the version it routed to before (0: none), None when it was right."""
         route = (await self.table()).personas.get(persona)
-        if route is not None and route.serving == version:
+        if route is not None and route.serving == version and version in route.bases:
             return None  # no write: every worker would re-read an unchanged table
+        try:
+            base = self.check_published(persona, version)
+        except RolloutFailed:
+            base = None  # put back all the same: the version serves (the store's own trouble shows elsewhere)
+        if route is not None and route.serving == version and base is None:
+            return None
         before: list[int] = []
 
         def put_back(table: RoutingTable) -> None:
             found = table.personas.get(persona)
             before.append(found.serving if found else 0)
-            table.add(persona, version, serve=True)
+            table.add(persona, version, serve=True, base=base)
 
         await self.route(put_back)
         return before[0] if before[0] != version else None
 
-    def check_published(self, persona: str, version: int) -> None:
-        """The version folder is complete (its version.json names it), so no replica is sent to load half a
-        version; a Job that succeeded without publishing fails here, before the table changes."""
-        path = version_dir(self.store, persona, version) / VERSION_FILE
+    def check_published(self, persona: str, version: int) -> str:
+        """The version is published (`personafleet.store.published_version`: complete, inside the store,
+        its record naming it), so no replica is sent to load half a version; a Job that succeeded
+        without publishing fails here, before the table changes. Returns the base it was published for."""
         try:
-            published = json.loads(path.read_text(encoding="utf-8"))
-            ok = published.get("persona") == persona and parse_version(published.get("version")) == version
-        except FileNotFoundError:
-            raise RolloutFailed("publish check", "the model store", f"{path} is missing: the version was not published") from None
-        except (OSError, ValueError, AttributeError, PersonaError) as exc:
-            raise RolloutFailed("publish check", "the model store", f"{path} is unreadable: {exc}") from None
-        if not ok:
-            raise RolloutFailed("publish check", "the model store", f"{path} names {published!r}, not {persona} v{version}")
+            return published_version(self.store, persona, version).base
+        except (PersonaError, OSError) as exc:
+            raise RolloutFailed("publish check", "the model store", str(exc)) from None
 
     async def withdraw(self, persona: str, version: int, previous: int | None) -> None:
         """Take `version` out of the table, `previous` serving again; logged, never raised (the caller

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from persona_operator.spec import SchedulingField
+from persona_operator.spec import SchedulingField, over_caps
 from personafleet.errors import PersonaError
 
 
@@ -46,6 +46,11 @@ class Settings(BaseModel):
         "app.kubernetes.io/component=serving",
         description="PERSONA_SERVING_SELECTOR: label selector of the TorchServe pods.",
     )
+    serving_bases: dict[str, str] = Field(
+        default_factory=dict,
+        description="PERSONA_SERVING_BASES: JSON {base model: fleet name} of the chart's serving.bases; a serving pod "
+        "carries its fleet's name in the label personafleet.io/base. Empty: one fleet serves every base.",
+    )
     serving_inference_port: int = Field(8080, description="PERSONA_SERVING_INFERENCE_PORT")
     serving_model: str = Field(
         "fleet", min_length=1, description="PERSONA_SERVING_MODEL: the fleet model smoke tests are sent to (contract 3)."
@@ -56,7 +61,13 @@ class Settings(BaseModel):
     )
     database_secret: str | None = Field(
         None,
-        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`.",
+        description="PERSONA_DATABASE_SECRET: Secret exposed to training Jobs (envFrom) for `persona export-feedback`: "
+        "the read-only export role's DATABASE_URL (chart: database.feedbackExport), never the bot's login.",
+    )
+    training_max_resources: dict[str, str | int | float] = Field(
+        default_factory=lambda: {"nvidia.com/gpu": 1},
+        description="PERSONA_TRAINING_MAX_RESOURCES: JSON {resource: quantity}, the most a training pod may request "
+        "or be limited to; a PersonaModel asking for more is refused (names not listed are not capped).",
     )
     training_defaults: TrainingDefaults = Field(
         default_factory=TrainingDefaults,
@@ -89,12 +100,30 @@ class Settings(BaseModel):
         "(a Job that never gets a node fails instead of training forever)."
     )
 
+    @field_validator("training_defaults")
+    @classmethod
+    def _defaults_within_caps(cls, value: TrainingDefaults, info: ValidationInfo) -> TrainingDefaults:
+        if why := over_caps(value.resources, info.data.get("training_max_resources") or {}):
+            raise ValueError(f"resources.{why} (PERSONA_TRAINING_MAX_RESOURCES)")
+        return value
+
     @field_validator("serving_selector")
     @classmethod
     def _selector_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must select the serving pods, e.g. app.kubernetes.io/component=serving")
         return value
+
+    def replica_selector(self, base: str) -> str:
+        """The serving pods of the fleet of `base` (every serving pod when one fleet serves all)."""
+        name = self.serving_bases.get(base)
+        return f"{self.serving_selector},{BASE_LABEL}={name}" if name else self.serving_selector
+
+    def check_base(self, base: str) -> None:
+        """A PersonaModel's base must be one a fleet serves (when the chart lists its bases)."""
+        if self.serving_bases and base not in self.serving_bases:
+            served = ", ".join(f"{model} ({name})" for model, name in self.serving_bases.items())
+            raise PersonaError(f"spec.baseModel {base}: no fleet serves this base (the chart's serving.bases: {served})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,12 +155,14 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_STORE_PVC": "store_pvc",
     "PERSONA_STORE_PATH": "store_path",
     "PERSONA_SERVING_SELECTOR": "serving_selector",
+    "PERSONA_SERVING_BASES": "serving_bases",
     "PERSONA_SERVING_INFERENCE_PORT": "serving_inference_port",
     "PERSONA_SERVING_MODEL": "serving_model",
     "PERSONA_SERVING_TOKEN_FILE": "serving_token_file",
     "PERSONA_DATABASE_SECRET": "database_secret",
     "PERSONA_TRAINING_DEFAULTS": "training_defaults",
     "PERSONA_TRAINING_OVERRIDES": "training_overrides",
+    "PERSONA_TRAINING_MAX_RESOURCES": "training_max_resources",
     "METRICS_PORT": "metrics_port",
     "PERSONA_HEALTH_PORT": "health_port",
     "PERSONA_LISTEN_ADDRESS": "listen_address",
@@ -142,4 +173,5 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_TRAINING_DEADLINE_SECONDS": "training_deadline_seconds",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""
-JSON_FIELDS = frozenset({"training_defaults", "training_overrides"})
+JSON_FIELDS = frozenset({"training_defaults", "training_overrides", "training_max_resources", "serving_bases"})
+BASE_LABEL = "personafleet.io/base"  # on every serving pod: the name of its fleet's base (the chart's serving.bases)

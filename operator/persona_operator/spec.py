@@ -10,13 +10,31 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.names import MAX_NEW_TOKENS
+from personafleet.reply_rules import ReplyFilterRules
 
 SchedulingField = Literal["resources", "nodeSelector", "tolerations"]
+
+
+def over_caps(resources: dict[str, Any], caps: dict[str, Any]) -> str | None:
+    """Why a pod's `resources` ask for more than `caps` (resource name -> the most a training pod may
+    request or be limited to; names not listed are not capped), or None when they do not."""
+    for section in ("requests", "limits"):
+        for name, value in ((resources or {}).get(section) or {}).items():
+            if name not in caps:
+                continue
+            try:
+                asked = parse_quantity(value)
+            except (ValueError, TypeError):
+                return f"{section}.{name}: {value!r} is not a quantity"
+            if asked > parse_quantity(caps[name]):
+                return f"{section}.{name}: {value} is over this installation's cap of {caps[name]}"
+    return None
 
 
 class _Camel(BaseModel):
@@ -88,15 +106,20 @@ class GenerationSection(_Camel):
 
 
 class ServingSection(_Camel):
-    """What a persona says about its serving: only its generation defaults. Batching, workers and
-    timeouts belong to the fleet model every persona shares (the chart's serving values)."""
+    """What a persona says about its serving: its generation defaults and its reply filter. Batching,
+    workers and timeouts belong to the fleet model every persona shares (the chart's serving values)."""
 
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    reply_filter: ReplyFilterRules | None = None  # validated here: a bad pattern is InvalidSpec, never a failed Job
 
 
 class RolloutSection(_Camel):
     keep_versions: int = Field(2, ge=1)
     max_eval_loss_increase: float = Field(0.05, ge=0)
+    # Fidelity (issue 24, report.json `fidelity`): unset rules are not checked; maxLeaks always is.
+    min_fidelity: float | None = Field(None, ge=0, le=1)
+    max_fidelity_drop: float | None = Field(None, ge=0, le=1)
+    max_leaks: int = Field(0, ge=0)
     smoke_test: bool = True
     retry_limit: int = Field(3, ge=0)
 
@@ -120,6 +143,12 @@ class PersonaModelSpec(_Camel):
             return cls.model_validate(spec)
         except ValidationError as exc:
             raise PersonaError(f"spec.{first_error(exc, 'spec')}") from None
+
+    def check_resources(self, caps: dict[str, Any]) -> None:
+        """Refuse resources above the installation's caps (the chart's training.maxResources): one
+        PersonaModel could otherwise take every GPU of the pool."""
+        if self.resources is not None and (why := over_caps(self.resources, caps)):
+            raise PersonaError(f"spec.resources.{why} (the chart's training.maxResources)")
 
     def check_scheduling(self, allowed: frozenset[str]) -> None:
         """Refuse scheduling fields the installation does not let a PersonaModel set (the chart's

@@ -29,6 +29,7 @@ TRAINING_FAILED = "TrainingFailed"
 ROLLOUT_FAILED = "RolloutFailed"
 GATE_REJECTED = "GateRejected"
 INVALID_SPEC = "InvalidSpec"
+BASE_NOT_SERVED = "BaseNotServed"  # spec.baseModel is none of the chart's serving.bases: no Job, nothing to serve it
 KNOWLEDGE_MISSING = "KnowledgeMissing"  # spec.knowledge.files not in the model store: no Job until they are
 
 

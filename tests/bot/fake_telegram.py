@@ -36,6 +36,10 @@ class BadRequest(Exception):
     """A call the real Bot API answers with 400 and this description."""
 
 
+class NotFound(Exception):
+    """A call the real Bot API answers with 404 "Not Found"."""
+
+
 class FakeTelegram:
     def __init__(self, *, bot_id: int = 123456789, username: str = "persona_test_bot", long_poll: float = 0.3):
         self.bot_user = {"id": bot_id, "is_bot": True, "first_name": "Persona", "username": username}
@@ -49,6 +53,8 @@ class FakeTelegram:
         self.sent_at: list[float] = []  # parallel to `sent`
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self.downloads: list[str] = []  # file paths the bot downloaded
+        self.missing_files: set[str] = set()  # file ids getFile answers 404 (Telegram lost the file)
+        self.expired_paths: set[str] = set()  # file paths whose download answers 404 (the link expired)
         self._pending: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
@@ -189,6 +195,8 @@ class FakeTelegram:
             result = await handler(params)
         except BadRequest as exc:
             return web.json_response({"ok": False, "error_code": 400, "description": f"Bad Request: {exc}"}, status=400)
+        except NotFound:
+            return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
         async with self._changed:
             self._changed.notify_all()
         return web.json_response({"ok": True, "result": result})
@@ -240,9 +248,11 @@ class FakeTelegram:
         return True
 
     async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
-        """As Telegram: an unknown file_id and a file over 20 MB are refused; the file_path is
-        valid for download at /file/bot<token>/<file_path>."""
+        """As Telegram: an unknown file_id and a file over 20 MB are refused (400), a lost one is not
+        found (404); the file_path is valid for download at /file/bot<token>/<file_path>."""
         file_id = params.get("file_id", "")
+        if file_id in self.missing_files:
+            raise NotFound()
         if file_id not in self.files:
             raise BadRequest("invalid file_id")
         path, data = self.files[file_id]
@@ -255,7 +265,7 @@ class FakeTelegram:
             return web.Response(status=401, text="Unauthorized")
         path = request.match_info["path"]
         for file_path, data in self.files.values():
-            if file_path == path and len(data) <= DOWNLOAD_LIMIT:
+            if file_path == path and len(data) <= DOWNLOAD_LIMIT and path not in self.expired_paths:
                 self.downloads.append(path)
                 return web.Response(body=data, content_type="application/octet-stream")
         return web.Response(status=404, text="Not Found")

@@ -22,9 +22,11 @@ class StubModel:
         self.delay = delay  # seconds each answer takes
         self.failing = False  # answer 503 (a model that is down)
         self.requests: list[tuple[str, InferenceRequest]] = []
-        # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503.
+        # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503;
+        # not `asr_served` -> TorchServe's 404 for a model it does not serve.
         self.transcript = "база тормозит после миграции"
         self.asr_failing = False
+        self.asr_served = True
         self.asr_delay = 0.0
         self.asr_seconds: list[float] = []  # audio length of each transcription request
         self.busy_seconds: list[float] = []  # time spent inside each answer
@@ -79,6 +81,9 @@ class StubModel:
     async def _transcribe(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"error": "unauthorized", "detail": "Token authorization failed"}, status=401)
+        if not self.asr_served:
+            return web.json_response({"code": 404, "type": "ModelNotFoundException", "message": "Model not found: asr"},
+                                     status=404)
         if self.asr_failing:
             return web.json_response({"error": "unavailable", "detail": "no worker"}, status=503)
         body = await request.read()

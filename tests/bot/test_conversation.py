@@ -141,6 +141,20 @@ async def test_only_history_inside_the_training_window_is_sent(running_bot, tele
     assert [t.text for t in request.context] == ["an hour ago", "re: an hour ago"] and request.message == "and now?"
 
 
+async def test_the_rate_limit_holds_across_replicas_and_restarts(running_bot, telegram, model):
+    """The buckets live in the shared database: what one replica counted, the next one (a second
+    replica, or the same one restarted) still counts."""
+    limit = {"RATE_LIMIT_MESSAGES": "2", "RATE_LIMIT_SECONDS": "60"}
+    async with running_bot(**limit):
+        for text in ("one", "two"):
+            telegram.message(text, chat_id=14)
+        await telegram.wait_sent(2)
+    async with running_bot(**limit):
+        telegram.message("three", chat_id=14)
+        sent = await telegram.wait_sent(3)
+    assert len(model.requests) == 2 and "faster than I can think" in sent[2]["text"]
+
+
 async def test_the_rate_limit_counts_commands_and_votes(running_bot, telegram, model):
     async with running_bot(RATE_LIMIT_MESSAGES="2", RATE_LIMIT_SECONDS="60"):
         telegram.message("hello", chat_id=12)

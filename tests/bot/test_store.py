@@ -39,7 +39,7 @@ async def test_replicas_keep_each_others_turns_and_a_clear_stays_cleared(postgre
 
         # /clear on one replica while the other was answering: what came before stays gone.
         await second.hear(5, PERSONA, said("late", now + 4))
-        await first.clear_history(5, PERSONA)
+        await first.forget_chat(5)
         await second.record(exchange(9, "late", now + 5))
         assert await texts(first) == ["re: late"]
     finally:
@@ -78,7 +78,7 @@ async def test_a_recreated_database_is_an_outage_then_migrated_again(postgres_da
     try:
         await store.record(exchange(1, "one", time.time()))
         connection = await asyncpg.connect(postgres_database)
-        await connection.execute("DROP TABLE votes, replies, histories, chats, schema_migrations CASCADE")
+        await connection.execute("DROP TABLE votes, replies, histories, chats, rate_limits, schema_migrations CASCADE")
         await connection.close()
         with pytest.raises(StoreUnavailable):
             await store.history(5, PERSONA)

@@ -1,4 +1,4 @@
-"""The bot against the real thing: TorchServe with the tiny persona, its rotating key file,
+"""The bot against the real thing: TorchServe with the tiny persona, its inference-only key,
 and a real Postgres."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ async def test_bot_replies_through_torchserve(running_bot, telegram, torchserve,
     serving = {
         "INFERENCE_URL": torchserve.inference_url,
         "INFERENCE_TOKEN": "",  # unset: the key file is the source
-        "INFERENCE_TOKEN_FILE": str(torchserve.key_file),
+        "INFERENCE_TOKEN_FILE": str(torchserve.options.inference_token_file),  # what `persona serve` hands clients
         "INFERENCE_TIMEOUT": "60",
         "PERSONA": torchserve.persona,
         "PERSONAS": torchserve.persona,

@@ -9,8 +9,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from persona_bot.routers.chat import MODEL_DOWN
-from persona_bot.routers.voice import COULD_NOT_HEAR
+from persona_bot.routers.voice import COULD_NOT_HEAR, SPEECH_UNAVAILABLE
 from personafleet import audio
 from persona_training.asr_model import synthesize
 from tests.bot.test_faults import scrape
@@ -115,19 +114,55 @@ async def test_undecodable_and_empty_recordings_store_nothing(running_bot, teleg
     assert [tuple(row) for row in await replies(postgres_database)] == [("а текстом?", False)]
 
 
-async def test_asr_down_or_slow_gets_the_model_apology(running_bot, telegram, model, spoken):
+async def test_asr_down_or_slow_gets_the_speech_apology(running_bot, telegram, model, spoken):
     async with running_bot(ASR_TIMEOUT="0.5") as service:
         before = await value(service, ASR_DOWN)
         model.asr_failing = True
         telegram.recording(audio.encode(spoken), duration=2, chat_id=76)
-        assert (await telegram.wait_sent(1, timeout=20))[0]["text"] == MODEL_DOWN
+        assert (await telegram.wait_sent(1, timeout=20))[0]["text"] == SPEECH_UNAVAILABLE
         model.asr_failing, model.asr_delay = False, 2.0
         telegram.recording(audio.encode(spoken), duration=2, chat_id=76)
-        assert (await telegram.wait_sent(2, timeout=20))[1]["text"] == MODEL_DOWN
+        assert (await telegram.wait_sent(2, timeout=20))[1]["text"] == SPEECH_UNAVAILABLE
         telegram.message("ты тут?", chat_id=76)
         assert (await telegram.wait_sent(3))[2]["text"] == "[devops-dude] re: ты тут?"
         assert await value(service, ASR_DOWN) - before == 2
     assert not [request for request in model.requests if request[1].message == SENTENCE]
+
+
+@pytest.mark.parametrize(("fault", "outcome", "says"), [
+    ("lost", "file_not_found", "can't find that recording"),  # getFile: 404 Not Found
+    ("unknown", "invalid_file_id", "wouldn't give me that recording"),  # getFile: 400 invalid file_id
+    ("expired", "download_not_found", "expired before I could fetch it"),  # the download: 404
+])
+async def test_a_recording_telegram_does_not_hand_over_gets_its_own_reply(running_bot, telegram, model, spoken,
+                                                                         fault, outcome, says):
+    series, errors = f'persona_bot_voice_messages_total{{outcome="{outcome}"}}', 'persona_bot_updates_total{outcome="error"}'
+    async with running_bot() as service:
+        before = [await value(service, name) for name in (series, errors)]
+        file_id = telegram.recording(audio.encode(spoken), duration=2, chat_id=77)["message"]["voice"]["file_id"]
+        if fault == "lost":
+            telegram.missing_files.add(file_id)
+        elif fault == "unknown":
+            del telegram.files[file_id]
+        else:
+            telegram.expired_paths.add(telegram.files[file_id][0])
+        assert says in (await telegram.wait_sent(1, timeout=20))[0]["text"]
+        telegram.message("а текстом?", chat_id=77)  # the chat keeps working
+        assert (await telegram.wait_sent(2))[1]["text"] == "[devops-dude] re: а текстом?"
+        after = [await value(service, name) for name in (series, errors)]
+    assert [b - a for a, b in zip(before, after)] == [1, 0]  # answered, and no update failed
+    assert not model.asr_seconds
+
+
+async def test_no_speech_model_served_gets_the_speech_apology(running_bot, telegram, model, spoken):
+    """TorchServe's 404 for a model it does not serve is not the user's audio: no "say it again"."""
+    series = 'persona_bot_voice_messages_total{outcome="asr_not_served"}'
+    async with running_bot() as service:
+        before = await value(service, series)
+        model.asr_served = False
+        telegram.recording(audio.encode(spoken), duration=2, chat_id=78)
+        assert (await telegram.wait_sent(1, timeout=20))[0]["text"] == SPEECH_UNAVAILABLE
+        assert await value(service, series) - before == 1
 
 
 async def test_groups_hear_replies_to_the_bot_and_insanity_mode(running_bot, telegram, model, spoken):

@@ -23,7 +23,7 @@ async def test_a_voice_message_is_heard_and_answered(running_bot, telegram, asr_
     serving = {
         "INFERENCE_URL": asr_torchserve.inference_url,
         "INFERENCE_TOKEN": "",
-        "INFERENCE_TOKEN_FILE": str(asr_torchserve.key_file),
+        "INFERENCE_TOKEN_FILE": str(asr_torchserve.options.inference_token_file),
         "INFERENCE_TIMEOUT": "60",
         "ASR_TIMEOUT": "60",
         "PERSONA": asr_torchserve.persona,

@@ -146,6 +146,9 @@ def broken(example: dict, path: str, value: object) -> dict:
     ("knowledge.facts", [""]),
     ("knowledge.files", "facts.md"),
     ("rollout.maxEvalLossIncrease", -0.1),
+    ("rollout.minFidelity", 1.5),
+    ("rollout.maxFidelityDrop", -0.1),
+    ("rollout.maxLeaks", -1),
     ("resources.limits", {"memory": "lots"}),
     ("tolerations", [{"key": "gpu", "operator": "Maybe"}]),
 ])
@@ -342,3 +345,15 @@ def test_unbounded_reads_and_unknown_constructs_are_named():
     assert cost.unbounded == ("self.tags", "self.tags[*]")  # the list and its strings; `note` is not read
     with pytest.raises(UnsupportedRule, match="format"):
         rule_costs({"type": "string", "x-kubernetes-validations": [{"rule": "'%s'.format([self]) != ''"}]})
+
+
+def test_the_causal_base_example_is_valid_too(schema):
+    """Issue 22: examples/persona-causal.yaml, a persona on ruGPT-3 small, passes the CRD and its CEL rules."""
+    from tests.operator.admission import custom_resource_errors
+
+    example = yaml.safe_load((ROOT / "examples" / "persona-causal.yaml").read_text())
+    for validator in validators(schema):
+        validator.validate(example)
+    assert custom_resource_errors(example, schema) == []
+    spec = PersonaModelSpec.parse(example["spec"])
+    assert spec.base_model == "ai-forever/rugpt3small_based_on_gpt2" and spec.training.target_modules is None

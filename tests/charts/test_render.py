@@ -44,6 +44,11 @@ SCENARIOS: dict[str, dict] = {
                                             "tls": [{"hosts": ["bot.example.com"], "secretName": "bot-tls"}]}}},
     "network-policy-off": {"networkPolicy": {"enabled": False}},
     "replicated-serving": {"serving": {"replicas": 3, "topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}},
+    "two-bases": {"serving": {"replicas": 2, "bases": [
+        {"name": "fred", "model": "ai-forever/FRED-T5-large"},
+        {"name": "rugpt3", "model": "ai-forever/rugpt3small_based_on_gpt2", "replicas": 3,
+         "nodeSelector": {"pool": "l4"}, "resources": {"requests": {"cpu": "1", "memory": "6Gi"}, "limits": {"memory": "8Gi"}}},
+    ]}},
     "serving-only": {"bot": {"enabled": False}, "operator": {"enabled": False}, "postgres": {"enabled": False},
                      "database": {"external": {"existingSecret": "unused"}}},
 }
@@ -146,9 +151,10 @@ def test_services_and_probes_name_ports_the_pods_have(scenario):
     pods = [(w["spec"]["template"]["metadata"]["labels"], pod_spec(w)) for w in workloads(scenario)]
     for service in (o for o in scenario if o["kind"] == "Service"):
         backends = [spec for labels, spec in pods if selects({"matchLabels": service["spec"]["selector"]}, labels)]
-        assert len(backends) == 1, service["metadata"]["name"]
-        names = {p["name"] for c in backends[0]["containers"] for p in c.get("ports", [])}
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+        assert backends, service["metadata"]["name"]  # one workload; the serving Service: each base's fleet
+        for backend in backends:
+            names = {p["name"] for c in backend["containers"] for p in c.get("ports", [])}
+            assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
     for _, spec in pods:
         for box in spec["containers"]:
             names = {p["name"] for p in box.get("ports", [])}
@@ -170,6 +176,10 @@ def test_helm_lint_passes_with_no_warnings():
     (MINIMAL | {"bot": {"telegram": {"token": BOT_TOKEN}, "mode": "webhook"}}, "bot.mode=webhook needs bot.webhook.url"),
     (MINIMAL | {"bot": {"telegram": {"token": "not-a-token"}}}, "/bot/telegram/token"),
     (MINIMAL | {"serving": {"replicas": "two"}}, "/serving/replicas"),
+    (MINIMAL | {"serving": {"bases": [{"name": "Fred!", "model": "m"}]}}, "/serving/bases/0/name"),
+    (MINIMAL | {"serving": {"bases": [{"name": "fred"}]}}, "missing property 'model'"),
+    (MINIMAL | {"serving": {"bases": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]}}, "the name a is used twice"),
+    (MINIMAL | {"serving": {"bases": [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}]}}, "the model m is served twice"),
     (MINIMAL | {"bot": {"telegram": {"token": BOT_TOKEN}, "colour": "blue"}}, "'colour' not allowed"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_fix(render, values, message):
@@ -228,10 +238,10 @@ def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(rend
     serving = find(objects, "Deployment", "-serving")
     params = parse_cli(container(serving)["args"])
     assert params["foreground"] and params["host"] == "0.0.0.0"
-    assert (str(params["model_store"]), params["base"], params["max_resident_adapters"]) == ("/store", "/store/bases/fred", 5)
+    assert (str(params["model_store"]), params["base"], params["max_resident_adapters"]) == ("/store", ["/store/bases/fred"], 5)
     assert (params["max_lora_rank"], params["max_host_adapters"], params["max_persona_labels"]) == (32, 7, 7)
     defaults = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
-    assert (defaults["base"], defaults["max_persona_labels"]) == ("ai-forever/FRED-T5-large", 100)
+    assert (defaults["base"], defaults["max_persona_labels"]) == (["ai-forever/FRED-T5-large"], 100)
     assert params.get("models_file") is None  # what serves is the store's routing table (contract 2)
     assert str(params["auth_token_file"]) == "/var/run/secrets/persona/inference-token"
     assert str(params["management_token_file"]) == "/var/run/secrets/persona/management-token"
@@ -283,9 +293,10 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert settings.namespace == NAMESPACE
     assert settings.training_image == "personafleet-serve:0.1.0"
     assert settings.store_pvc == find(objects, "PersistentVolumeClaim", "-store")["metadata"]["name"]
-    assert settings.database_secret == f"{FULLNAME}-database"
+    assert settings.database_secret == f"{FULLNAME}-feedback-export"  # the read-only export login, not the bot's
     assert settings.training_defaults.node_selector == {"pool": "gpu"}
     assert settings.training_defaults.resources["limits"]["nvidia.com/gpu"] == 1
+    assert settings.training_max_resources == {"nvidia.com/gpu": 1, "cpu": "16", "memory": "64Gi"}
     token_file = env_of(operator)["PERSONA_SERVING_TOKEN_FILE"]["value"]
     mounts = {m["mountPath"]: m["name"] for m in container(operator)["volumeMounts"]}
     assert token_file == "/var/run/secrets/persona/inference-token" and mounts["/var/run/secrets/persona"] == "token"
@@ -346,7 +357,8 @@ def test_scrape_annotations_without_the_prometheus_operator_and_monitors_with_it
     monitored = render(SCENARIOS["service-monitor"])
     monitor = find(monitored, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kps"
-    assert all("annotations" not in w["spec"]["template"]["metadata"] for w in workloads(monitored))
+    assert not [key for w in workloads(monitored) for key in w["spec"]["template"]["metadata"].get("annotations", {})
+                if key.startswith("prometheus.io/")]
 
 
 def test_the_dashboard_configmap_is_labelled_for_the_grafana_sidecar(render):
@@ -443,3 +455,89 @@ def test_bad_availability_values_are_refused_by_the_schema(render_text, values, 
 
     with pytest.raises(Exception, match=says):
         render_text(merge(MINIMAL, values))
+
+
+# ---- several bases (issue 22) ----------------------------------------------------------------
+def test_each_base_gets_its_own_fleet_with_its_pool_and_replicas_and_fronts_that_know_the_others(render, tmp_path):
+    from persona_operator.settings import Settings
+
+    objects = render(SCENARIOS["two-bases"])
+    fred, rugpt3 = find(objects, "Deployment", "-serving-fred"), find(objects, "Deployment", "-serving-rugpt3")
+    assert (fred["spec"]["replicas"], rugpt3["spec"]["replicas"]) == (2, 3)  # serving.replicas unless the base says
+    assert pod_spec(rugpt3)["nodeSelector"] == {"pool": "l4"} and "nodeSelector" not in pod_spec(fred)
+    assert container(rugpt3)["resources"] == {"requests": {"cpu": "1", "memory": "6Gi"},
+                                              "limits": {"memory": "8Gi", "nvidia.com/gpu": 1}}
+    for deployment, base, other, other_name in ((fred, "ai-forever/FRED-T5-large", "ai-forever/rugpt3small_based_on_gpt2", "rugpt3"),
+                                                (rugpt3, "ai-forever/rugpt3small_based_on_gpt2", "ai-forever/FRED-T5-large", "fred")):
+        params = parse_cli(container(deployment)["args"])
+        assert params["base"] == [base]
+        assert params["fleet"] == [f"{other}=http://{FULLNAME}-serving-{other_name}:8080"]
+        name = deployment["metadata"]["name"].rsplit("-", 1)[1]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["personafleet.io/base"] == name and deployment["spec"]["selector"]["matchLabels"]["personafleet.io/base"] == name
+        service = find(objects, "Service", f"-serving-{name}")
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert not selects({"matchLabels": service["spec"]["selector"]},
+                           (rugpt3 if deployment is fred else fred)["spec"]["template"]["metadata"]["labels"])
+    common = find(objects, "Service", f"{FULLNAME}-serving")  # the bot's: any serving pod
+    assert all(common["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in (fred, rugpt3))
+    assert budgets(objects)["serving"]["spec"]["selector"]["matchLabels"].items() <= fred["spec"]["template"]["metadata"]["labels"].items()
+    operator = find(objects, "Deployment", "-operator")
+    settings = Settings.from_env(resolve_env(objects, operator, tmp_path))
+    assert settings.serving_bases == {"ai-forever/FRED-T5-large": "fred", "ai-forever/rugpt3small_based_on_gpt2": "rugpt3"}
+    pods = settings.replica_selector("ai-forever/rugpt3small_based_on_gpt2")
+    assert dict(pair.split("=") for pair in pods.split(",")).items() <= rugpt3["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_without_bases_one_fleet_keeps_its_names_and_the_operator_checks_no_base(render, tmp_path):
+    from persona_operator.settings import Settings
+
+    objects = render()
+    serving = [o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "Service") and "-serving" in o["metadata"]["name"]]
+    assert sorted(serving) == [f"{FULLNAME}-serving", f"{FULLNAME}-serving"]
+    assert not parse_cli(container(find(objects, "Deployment", "-serving"))["args"])["fleet"]
+    settings = Settings.from_env(resolve_env(objects, find(objects, "Deployment", "-operator"), tmp_path))
+    assert settings.serving_bases == {}
+
+
+def test_with_several_bases_serving_pods_may_call_each_others_inference_port_only(render):
+    objects = render(SCENARIOS["two-bases"])
+    rules = {r["ports"][0]["port"]: r["from"] for r in find(objects, "NetworkPolicy", "-serving")["spec"]["ingress"]}
+    fred = find(objects, "Deployment", "-serving-fred")["spec"]["template"]["metadata"]["labels"]
+    assert any(selects(peer["podSelector"], fred) for peer in rules["inference"])
+    assert not any(selects(peer.get("podSelector", {"matchLabels": {"x": "y"}}), fred) for peer in rules["metrics"])
+    single = {r["ports"][0]["port"]: r["from"] for r in find(render(), "NetworkPolicy", "-serving")["spec"]["ingress"]}
+    serving = find(render(), "Deployment", "-serving")["spec"]["template"]["metadata"]["labels"]
+    assert not any(selects(peer["podSelector"], serving) for peer in single["inference"])
+
+
+def test_the_fleet_reply_filter_is_mounted_where_persona_serve_reads_it(render, tmp_path):
+    """serving.replyFilter -> a ConfigMap -> the file `persona serve --reply-filter` loads with the
+    real rules (a pattern that does not compile would stop the pod with its name)."""
+    from persona_serving.reply_filter import load_rules
+
+    rules = {"blocklist": ["дурак"], "patterns": [{"name": "insults", "regex": r"\bидиот\w*"}], "pii": ["phone"],
+             "fallback": "Не буду."}
+    objects = render({"serving": {"replyFilter": rules}})
+    serving = find(objects, "Deployment", "-serving")
+    params = parse_cli(container(serving)["args"])
+    mount = next(m for m in container(serving)["volumeMounts"] if m["name"] == "reply-filter")
+    assert str(params["reply_filter"]) == f"{mount['mountPath']}/reply-filter.yaml" and mount["readOnly"]
+    volume = next(v for v in pod_spec(serving)["volumes"] if v["name"] == "reply-filter")
+    config_map = find(objects, "ConfigMap", "-reply-filter")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    (tmp_path / "reply-filter.yaml").write_text(config_map["data"]["reply-filter.yaml"], encoding="utf-8")
+    assert load_rules(tmp_path / "reply-filter.yaml").model_dump(exclude_none=True) == rules
+    default = find(render(), "Deployment", "-serving")["spec"]["template"]["metadata"]["annotations"]
+    assert serving["spec"]["template"]["metadata"]["annotations"]["checksum/reply-filter"] != default["checksum/reply-filter"]
+
+
+@pytest.mark.parametrize("reply_filter", [
+    {"patterns": [{"name": "Bad Name", "regex": "x"}]},
+    {"pii": ["passport"]},
+    {"blocklist": [""]},
+    {"typo": []},
+])
+def test_bad_reply_filter_values_are_refused_by_the_schema(render, reply_filter):
+    with pytest.raises(Exception, match="replyFilter"):
+        render({"serving": {"replyFilter": reply_filter}})

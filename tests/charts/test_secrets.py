@@ -7,7 +7,7 @@ import json
 
 import yaml
 
-from tests.charts.conftest import BOT_TOKEN, CHART, find, secret_data
+from tests.charts.conftest import BOT_TOKEN, CHART, env_of, find, resolve_env, secret_data
 
 GIVEN = {
     "bot": {"telegram": {"token": BOT_TOKEN}, "mode": "webhook", "webhook": {"url": "https://bot.example.com/tg"}},
@@ -73,3 +73,33 @@ def test_an_external_database_url_is_stored_only_in_the_database_secret(render):
     assert secret_data(find(objects, "Secret", "-database")) == {"DATABASE_URL": url}
     assert "s3cret" not in outside_secrets(objects)
     assert not [o for o in objects if o["kind"] == "StatefulSet"]
+
+
+def test_training_jobs_get_a_read_only_export_login_not_the_bots(render, tmp_path):
+    """Issue 25: PersonaModel authors with includeFeedback get the export role's login (SELECT on
+    what `persona export-feedback` reads), created by the bot with the password of its own Secret."""
+    from persona_bot.settings import load_settings
+    from persona_operator.settings import Settings
+
+    objects = render()
+    export = secret_data(find(objects, "Secret", "-feedback-export"))
+    assert export["DATABASE_URL"] == (f"postgresql://feedback_export:{export['password']}"
+                                      "@fleet-personafleet-postgres:5432/personafleet")
+    assert len(export["password"]) >= 32 and export["password"] not in outside_secrets(objects)
+    operator = Settings.from_env(resolve_env(objects, find(objects, "Deployment", "-operator"), tmp_path))
+    assert operator.database_secret == "fleet-personafleet-feedback-export"
+    bot = load_settings(resolve_env(objects, find(objects, "Deployment", "-bot"), tmp_path))
+    assert bot.feedback_export_role == "feedback_export"
+    assert bot.feedback_export_password.get_secret_value() == export["password"]
+
+    url = "postgresql://chat:s3cret@db.example.com:5432/chat?sslmode=require"
+    external = render({"postgres": {"enabled": False}, "database": {"external": {"url": url}}})
+    export = secret_data(find(external, "Secret", "-feedback-export"))
+    assert export["DATABASE_URL"] == f"postgresql://feedback_export:{export['password']}@db.example.com:5432/chat?sslmode=require"
+    assert "s3cret" not in json.dumps(export)
+
+    given = render({"database": {"feedbackExport": {"role": "jobs_ro", "existingSecret": "export-login"}}})
+    assert not [o for o in given if o["metadata"]["name"].endswith("-feedback-export")]
+    assert env_of(find(given, "Deployment", "-operator"))["PERSONA_DATABASE_SECRET"]["value"] == "export-login"
+    assert env_of(find(given, "Deployment", "-bot"))["FEEDBACK_EXPORT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "export-login", "key": "password"}

@@ -75,3 +75,22 @@ def test_concurrent_writers_lose_no_update(tmp_path):
     table = json.loads((tmp_path / ROUTING_FILE).read_text())
     assert {name: route["serving"] for name, route in table["personas"].items()} == {f"p{i}": 20 for i in range(4)}
     assert not list(tmp_path.glob(".routing-*"))
+
+
+def test_each_versions_base_is_recorded_and_an_old_table_stays_valid(tmp_path):
+    """Issue 22: the table records the base a version was published for (optional field)."""
+    old = {"personas": {"devops-dude": {"serving": 1, "versions": [1]}}}
+    (tmp_path / ROUTING_FILE).write_text(json.dumps(old))
+    assert read_routing(tmp_path).base_of("devops-dude", 1) is None
+    update_routing(tmp_path, lambda t: t.add("devops-dude", 1, serve=True))
+    assert json.loads((tmp_path / ROUTING_FILE).read_text()) == old  # written as before: no empty `bases`
+
+    update_routing(tmp_path, lambda t: t.add("devops-dude", 2, serve=False, base="ai-forever/rugpt3small_based_on_gpt2"))
+    update_routing(tmp_path, lambda t: t.add("devops-dude", 3, serve=True, base="ai-forever/FRED-T5-large"))
+    table = read_routing(tmp_path)
+    assert (table.base_of("devops-dude", 1), table.base_of("devops-dude", 2)) == (None, "ai-forever/rugpt3small_based_on_gpt2")
+    update_routing(tmp_path, lambda t: t.add("devops-dude", 2, serve=True))  # switching keeps the recorded base
+    assert read_routing(tmp_path).base_of("devops-dude", 2) == "ai-forever/rugpt3small_based_on_gpt2"
+    update_routing(tmp_path, lambda t: (t.withdraw("devops-dude", 3), t.prune("devops-dude", 1)))
+    written = json.loads((tmp_path / ROUTING_FILE).read_text())["personas"]["devops-dude"]
+    assert written == {"serving": 2, "versions": [2], "bases": {"2": "ai-forever/rugpt3small_based_on_gpt2"}}

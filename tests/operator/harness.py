@@ -97,9 +97,9 @@ class Cluster:
         status.update({"succeeded": 1, "completionTime": stamp} if succeeded else {"failed": 1})
         self.kube.patch("jobs", self.namespace, job["metadata"]["name"], {"status": status}, subresource="status")
 
-    def add_serving_pod(self, name: str, ip: str = "127.0.0.1") -> None:
-        """The kubelet's part: a Running, Ready TorchServe pod."""
-        self.kube.create("pods", {"metadata": {"name": name, "labels": SERVING_LABELS},
+    def add_serving_pod(self, name: str, ip: str = "127.0.0.1", labels: dict[str, str] | None = None) -> None:
+        """The kubelet's part: a Running, Ready TorchServe pod (`labels`: e.g. its fleet's base)."""
+        self.kube.create("pods", {"metadata": {"name": name, "labels": SERVING_LABELS | (labels or {})},
                                   "spec": {"containers": [{"name": "torchserve", "image": "personafleet-serve"}]}},
                          self.namespace)
         self.kube.patch("pods", self.namespace, name, {"status": {
@@ -226,12 +226,13 @@ async def fake_cluster(workdir: Path, store: Path | None = None) -> AsyncIterato
 # server has need a proxy, and only the tests that turn them get one (`faults=True`).
 
 @contextmanager
-def fleet_server(store: Path, base: Path, workdir: Path) -> Iterator[ServeOptions]:
-    """A real fleet TorchServe over `store` (background, as `persona serve` runs it), stopped on exit."""
+def fleet_server(store: Path, base: Path, workdir: Path, **overrides: Any) -> Iterator[ServeOptions]:
+    """A real fleet TorchServe over `store` (background, as `persona serve` runs it), stopped on exit
+    (`bases=[...]`: a fleet for each)."""
     from persona_serving.server import serve_background, stop
 
     store.mkdir(parents=True, exist_ok=True)
-    options = serve_options(store, base, workdir, max_resident_adapters=OPERATOR_RESIDENT_ADAPTERS)
+    options = serve_options(store, base, workdir, max_resident_adapters=OPERATOR_RESIDENT_ADAPTERS, **overrides)
     serve_background(options)
     try:
         yield options
@@ -307,22 +308,26 @@ class FaultyReplica(FleetReplica):
 
 @asynccontextmanager
 async def fleet_replica(server: ServeOptions, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                        token_file: Path | None = None, faults: bool = False) -> AsyncIterator[FleetReplica]:
+                        token_file: Path | None = None, faults: bool = False,
+                        fleets: list | None = None) -> AsyncIterator[FleetReplica]:
     """One serving pod on `host:port`: the production auth front before the real fleet `server`
     (with `faults`, a FaultyReplica's proxy before the front). Replicas of one test share the port
-    (pods differ by IP: 127.0.0.1, 127.0.0.2, ...) and the operator's token file."""
+    (pods differ by IP: 127.0.0.1, 127.0.0.2, ...) and the operator's token file. `fleets`
+    (persona_serving.bases.Fleet, this pod's first): the pod of one base among several."""
+    from persona_serving.bases import BaseRouter
     from persona_serving.front import AuthFront
 
     workdir.mkdir(parents=True, exist_ok=True)
     if token_file is None:
         token_file = workdir / "management-token"
         token_file.write_text(f"operator-{time.time_ns()}\n")
-    inference_token = workdir / "inference-token"
-    inference_token.write_text(f"bot-{time.time_ns()}\n")
+    inference_token = token_file.with_name("inference-token")  # shared like the Secret, by replicas sharing token_file
+    if not inference_token.exists():
+        inference_token.write_text(f"bot-{time.time_ns()}\n")
     front = AuthFront(inference_token_file=inference_token, management_token_file=token_file,
-                      key_file=server.key_file, inference_backend=server.inference_url,
-                      management_backend=server.management_url, model_store=server.model_store.resolve(),
-                      links=server.links)
+                      key_file=server.key_file, inference_backend=server.torchserve_url,
+                      management_backend=server.management_url, backend_timeout=120,
+                      router=BaseRouter(server.model_store.resolve(), fleets) if fleets else None)
     port = port or free_port()
     front_port = free_port() if faults else port
     stopping = asyncio.Event()
@@ -355,15 +360,19 @@ def _listening(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True) -> Path:
+def place_version(store: Path, run: Path, persona: str, version: int, loss: float, *, publish: bool = True,
+                  fidelity: dict | None = None) -> Path:
     """What a successful training Job leaves in the model store (contract 1): the run in `vN/run/`
-    (the tiny run, with `report.json` given this eval loss) and, with `publish`, the version folder
-    as the Job's last step publishes it (the real `persona package` code). Returns the version folder."""
+    (the tiny run, with `report.json` given this eval loss and, if given, these fidelity figures) and,
+    with `publish`, the version folder as the Job's last step publishes it (the real `persona package`
+    code). Returns the version folder."""
     from persona_training.package import publish_version
 
     out = version_dir(store, persona, version)
     shutil.copytree(run, out / "run", ignore=shutil.ignore_patterns("merged"), dirs_exist_ok=True)
     report = json.loads((run / "report.json").read_text())
     report.setdefault("eval", {})["after"] = {"loss": loss, "perplexity": round(2.718281828 ** loss, 4)}
+    if fidelity is not None:
+        report["fidelity"] = report.get("fidelity", {}) | fidelity
     (out / "run" / "report.json").write_text(json.dumps(report))
     return publish_version(out / "run", persona, version, out) if publish else out

@@ -184,6 +184,32 @@ def test_by_default_a_resource_may_set_resources_only():
         Settings().training_overrides)
 
 
+@pytest.mark.parametrize(("resources", "refused"), [
+    ({"limits": {"nvidia.com/gpu": 8}}, "limits.nvidia.com/gpu: 8 is over"),
+    ({"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": 1}}, "requests.nvidia.com/gpu: 2 is over"),
+    ({"limits": {"memory": "65Gi"}}, "limits.memory: 65Gi is over"),
+    ({"requests": {"cpu": "16500m"}}, "requests.cpu: 16500m is over"),
+    ({"limits": {"nvidia.com/gpu": "lots"}}, "limits.nvidia.com/gpu: 'lots' is not a quantity"),
+    ({"requests": {"cpu": "16", "memory": "64Gi", "ephemeral-storage": "1Ti"}, "limits": {"nvidia.com/gpu": 1}}, None),
+])
+def test_a_resource_may_ask_for_no_more_than_the_chart_caps(resources, refused):
+    caps = {"nvidia.com/gpu": 1, "cpu": "16", "memory": "64Gi"}
+    parsed = PersonaModelSpec.parse(persona_model(resources=resources)["spec"])
+    if refused is None:
+        parsed.check_resources(caps)
+        return
+    with pytest.raises(PersonaError, match=rf"^spec\.resources\.{refused}"):
+        parsed.check_resources(caps)
+
+
+def test_the_operator_refuses_to_start_with_defaults_over_its_own_caps():
+    env = {"PERSONA_TRAINING_DEFAULTS": json.dumps({"resources": {"limits": {"nvidia.com/gpu": 2}}}),
+           "PERSONA_TRAINING_MAX_RESOURCES": json.dumps({"nvidia.com/gpu": 1})}
+    with pytest.raises(PersonaError, match=r"^PERSONA_TRAINING_DEFAULTS: .*resources\.limits\.nvidia\.com/gpu: 2 is over"):
+        Settings.from_env(env)
+    assert Settings().training_max_resources == {"nvidia.com/gpu": 1}  # capped unless the chart says otherwise
+
+
 def test_invalid_spec_names_the_field():
     with pytest.raises(PersonaError, match=r"spec\.training\.precision"):
         PersonaModelSpec.parse(persona_model(training={"precision": "int3"})["spec"])

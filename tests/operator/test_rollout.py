@@ -238,7 +238,7 @@ async def test_failed_job_gate_rejection_unpublished_version_and_unreachable_rep
     await train_version(cluster, tiny_run, "pm-fail", 4, loss=1.9, publish=False)
     status = await eventually(lambda: cluster.status("pm-fail").get("latestVersion") == "4"
                               and cluster.status("pm-fail").get("phase") == "Failed" and cluster.status("pm-fail"))
-    assert "publish check failed on the model store" in status["message"] and "version.json is missing" in status["message"]
+    assert "publish check failed on the model store" in status["message"] and "no version.json" in status["message"]
     assert route(cluster, "pm-fail") == (1, [1])
 
     # Every replica or none: a second, unreachable replica fails the rollout for the first one too.

@@ -118,6 +118,13 @@ async def test_invalid_spec_is_reported_without_a_job(cluster, operator):
     assert cluster.jobs("bob") == []
 
 
+async def test_a_resource_asking_for_more_gpus_than_the_cap_is_refused_without_a_job(cluster, operator):
+    cluster.apply(persona_model("greedy", resources={"limits": {"nvidia.com/gpu": 64}}))
+    status = await eventually(lambda: cluster.status("greedy").get("phase") == "Failed" and cluster.status("greedy"))
+    assert "spec.resources.limits.nvidia.com/gpu: 64 is over this installation's cap of 1" in status["message"]
+    assert cluster.jobs("greedy") == []
+
+
 async def test_delete_removes_the_resource_its_jobs_and_its_routing_entry(cluster, operator):
     update_routing(cluster.store, lambda table: (table.add("alice", 1, serve=True), table.add("bob", 4, serve=True)))
     cluster.apply(persona_model("alice"))

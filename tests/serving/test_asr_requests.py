@@ -51,16 +51,17 @@ def test_long_audio_is_cut_into_windows_and_silence_is_detected():
     assert [is_silent(piece) for piece in pieces] == [False, True]
 
 
-async def test_a_serving_pod_keeps_serving_personas_when_the_speech_model_cannot_load(tmp_path):
-    """`persona serve --foreground` (a pod) logs and leaves `asr` out; `persona serve` by hand fails."""
-    from persona_serving.server import ServeOptions, free_port, register_asr_model
+def test_a_serving_pod_leaves_out_a_speech_archive_it_cannot_serve(tmp_path):
+    """`persona serve --foreground` (a pod) logs and loads no `asr`; `persona serve` by hand fails."""
+    from persona_serving.server import ServeOptions, stage_asr
     from personafleet.errors import PersonaError
 
     store = tmp_path / "store"
     (store / "asr").mkdir(parents=True)
     (store / "asr" / "asr.mar").write_bytes(b"not an archive")
-    options = ServeOptions(model_store=store, base="unused", workdir=tmp_path / "serve", management_port=free_port())
-    assert await register_asr_model(options, required=False) == {}
+    options = ServeOptions(model_store=store, bases=["unused"], workdir=tmp_path / "serve")
+    assert stage_asr(options, required=False) == []
+    assert not (options.links / "asr.mar").exists()
     with pytest.raises(PersonaError, match="not a model archive"):
-        await register_asr_model(options)
-    assert await register_asr_model(options.model_copy(update={"model_store": tmp_path / "empty"})) == {}
+        stage_asr(options, required=True)
+    assert stage_asr(options.model_copy(update={"model_store": tmp_path / "empty"}), required=True) == []

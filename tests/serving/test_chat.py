@@ -12,7 +12,7 @@ def test_piped_chat_prints_one_reply_per_line(torchserve):
     lines = ["привет", "", "как дела?", "x" * 5000, "пока"]
     result = subprocess.run(
         [sys.executable, "-m", "persona_cli", "chat", "--persona", torchserve.persona,
-         "--workdir", str(torchserve.workdir)],  # url and key file found beside the server
+         "--workdir", str(torchserve.workdir)],  # url and inference token found beside the server
         input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=180,
     )
     replies = result.stdout.split("\n")[:-1]

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from persona_serving.management import ManagementClient
-from persona_serving.server import ServeOptions, start, stop, wait_until_up
+from persona_serving.server import ServeOptions, hand_out_inference_key, start, stop, wait_until_up
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable, TokenSource
 from personafleet.inference import InferenceRequest
 from tests.fixtures.torchserve import free_port
@@ -80,6 +80,7 @@ async def test_client_rereads_a_rotated_key(torchserve):
                              headers={"Authorization": f"Bearer {api_key}"})
         assert rotated.status_code == 200
         response = await client.reply(torchserve.persona, REQUEST)
+    hand_out_inference_key(torchserve.options)  # the session's other clients hold the inference token
     assert response.model_version == "1"
     assert client.tokens.token() != old
 
@@ -90,11 +91,11 @@ async def test_client_renews_an_expired_key(tiny_base: Path, tmp_path: Path):
     store = tmp_path / "store"
     store.mkdir()
     options = ServeOptions(
-        model_store=store, base=str(tiny_base), workdir=tmp_path / "serve", token_expiration_min=0.05,
+        model_store=store, bases=[str(tiny_base)], workdir=tmp_path / "serve", token_expiration_min=0.05,
         inference_port=free_port(), management_port=free_port(), metrics_port=free_port(),
         grpc_ports=(free_port(), free_port()),
     )
-    pid = start(options)
+    pid = start(options, [])
     try:
         await wait_until_up(options, pid)
         expired = TokenSource(token_file=options.key_file, kind="management").token()

@@ -11,9 +11,10 @@ import pytest
 
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.inference import InferenceRequest
-from personafleet.routing import ROUTING_FILE, RoutingTable, update_routing, write_routing
+from persona_serving.server import route_unlisted
+from personafleet.routing import ROUTING_FILE, RoutingTable, read_routing, update_routing, write_routing
 from personafleet.store import ADAPTER_DIR
-from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA, initial_routing
+from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA, initial_routing, publish
 from tests.serving.test_server import _sample
 
 pytestmark = pytest.mark.slow
@@ -106,6 +107,44 @@ def test_switch_refuses_a_version_that_is_not_published(torchserve):
          "--persona", PERSONA, "--version", "9"], capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "no version.json" in result.stderr
+
+
+def test_switch_refuses_a_folder_whose_record_names_another_version(torchserve):
+    """A `v5` folder holding version 3 would send every unpinned request to a 503."""
+    store = torchserve.model_store
+    mislabelled = store / PERSONA / "v5"
+    shutil.copytree(store / PERSONA / "v1", mislabelled)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "persona_cli", "switch", "--model-store", str(store),
+             "--persona", PERSONA, "--version", "5"], capture_output=True, text=True, timeout=60,
+        )
+        table = read_routing(store)
+    finally:
+        shutil.rmtree(mislabelled)
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: "), result.stderr
+    assert f"names {PERSONA} v1, not {PERSONA} v5" in result.stderr and result.stderr.count("\n") == 1
+    assert 5 not in table.personas[PERSONA].versions
+
+
+async def test_a_persona_folder_linked_out_of_the_store_is_never_served(torchserve, tiny_run, tmp_path):
+    """A complete, well-labelled version outside the store, reached through a symlink in it:
+    neither routed by `persona serve` nor loaded by a worker when a table lists it anyway."""
+    store = torchserve.model_store
+    publish(tiny_run, "outsider", 1, tmp_path / "elsewhere")
+    (store / "outsider").symlink_to(tmp_path / "elsewhere" / "outsider")
+    try:
+        assert "outsider" not in route_unlisted(store).personas
+        update_routing(store, lambda table: table.add("outsider", 1, serve=True))
+        async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file, retries=0) as client:
+            with pytest.raises(InferenceUnavailable) as refused:
+                await client.reply("outsider", request("привет"))
+            still = await client.reply(PERSONA, request("привет"))
+    finally:
+        (store / "outsider").unlink()
+        update_routing(store, initial_routing)
+    assert "adapter_unavailable" in str(refused.value) and "outside the model store" in str(refused.value)
+    assert still.model_version == "1"
 
 
 async def test_a_missing_or_corrupt_adapter_fails_its_requests_alone(torchserve):

@@ -1,5 +1,5 @@
 """The container entrypoint (`persona serve --foreground`) with the auth front, as in Kubernetes:
-Secret tokens outside, TorchServe's own short-lived keys inside, the fleet registered at start."""
+Secret tokens outside, TorchServe's own short-lived keys inside, the fleet loaded at start."""
 
 import asyncio
 import functools
@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from http.client import HTTPConnection
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,11 +20,10 @@ import pytest
 from persona_serving.archive import build_fleet_archive
 from persona_serving.config import FleetConfig
 from persona_serving.management import ManagementClient, ManagementError
-from persona_serving.store import SOURCE_RULE
-from personafleet.client import InferenceClient, InferenceRejected
+from personafleet.client import InferenceClient, InferenceRejected, TokenSource
 from personafleet.inference import InferenceRequest
 from personafleet.routing import update_routing
-from tests.fixtures.torchserve import PERSONA, free_port, publish
+from tests.fixtures.torchserve import PERSONA, free_port, hostile_model, publish
 
 pytestmark = pytest.mark.slow
 
@@ -119,13 +117,12 @@ async def test_a_routing_switch_reaches_the_pod_and_the_operators_token_passes_i
 @pytest.fixture(scope="module")
 def outside(pod, tiny_base: Path):
     """What an attacker holding the management token offers: an archive named `evil` outside the
-    store, as a file, unpacked, and on an HTTP server that records every download."""
+    store, as a file, as an unpacked folder whose handler writes a marker, and on an HTTP server
+    that records every download."""
     root = pod["root"] / "outside"
     archive = build_fleet_archive(root / "built", FleetConfig(base=str(tiny_base)), name="evil")
-    root.mkdir(exist_ok=True)
     shutil.copy(archive, root / "evil.mar")
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(root / "unpacked")
+    unpacked, marker = hostile_model(root)
     downloads: list[str] = []
 
     class Recording(SimpleHTTPRequestHandler):
@@ -135,7 +132,8 @@ def outside(pod, tiny_base: Path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Recording, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield {"root": root, "http": f"http://127.0.0.1:{server.server_address[1]}", "downloads": downloads}
+        yield {"root": root, "unpacked": unpacked, "marker": marker,
+               "http": f"http://127.0.0.1:{server.server_address[1]}", "downloads": downloads}
     finally:
         server.shutdown()
 
@@ -145,32 +143,46 @@ async def _registered(management_url: str, key: Path) -> set[str]:
         return {model["modelName"] for model in await management.list_models()}
 
 
-async def test_front_refuses_every_model_source_but_the_store(pod, outside):
+def _sources(outside) -> list[str]:
     root = outside["root"]
-    urls = [f"{outside['http']}/evil.mar", f"file://{root}/evil.mar", str(root / "evil.mar"), str(root / "unpacked"),
-            "../outside/evil.mar", f"{PERSONA}/../../outside/evil.mar", f"FILE:{root}/evil.mar"]
+    return [f"{outside['http']}/evil.mar", f"file://{root}/evil.mar", str(root / "evil.mar"), str(outside["unpacked"]),
+            "../outside/evil.mar", f"{PERSONA}/../../outside/evil.mar", f"FILE:{root}/evil.mar",
+            "fleet.mar", "asr.mar", f"{PERSONA}/v1/{PERSONA}.mar"]
+
+
+async def test_the_front_registers_and_unregisters_nothing(pod, outside):
+    """The management port reads what serves, nothing more: every registration (whatever its
+    source, the fleet's own name included) and every unregistration is not a route."""
     token = {"Authorization": "Bearer management-secret"}
     async with httpx.AsyncClient(base_url=pod["management"], timeout=60) as http:
-        refused = [await http.post("/models", params={"url": url, "synchronous": "true"}, headers=token) for url in urls]
+        refused = [await http.post("/models", params={"url": url, "synchronous": "true"}, headers=token)
+                   for url in _sources(outside)]
         in_body = await http.post("/models", json={"url": f"{outside['http']}/evil.mar"}, headers=token)
-    for url, response in zip(urls, refused):
-        assert response.status_code == 400, (url, response.text)
-        assert response.json()["error"] == "invalid_model_url" and SOURCE_RULE in response.json()["detail"], url
-    assert in_body.status_code == 400 and "query string" in in_body.json()["detail"]
-    assert outside["downloads"] == []
-    assert "evil" not in await _registered(pod["management"], pod["secrets"]["management"])
+        unregister = await http.delete("/models/fleet/1", headers=token)
+        described = await http.get("/models/fleet", headers=token)
+    for url, response in zip(_sources(outside), refused):
+        assert response.status_code == 404 and response.json()["error"] == "not_found", (url, response.text)
+    assert in_body.status_code == unregister.status_code == 404
+    assert described.status_code == 200 and described.json()[0]["workers"][0]["status"] == "READY"
+    assert outside["downloads"] == [] and not outside["marker"].exists()
+    assert await _registered(pod["management"], pod["secrets"]["management"]) == {"fleet"}
+    async with InferenceClient(pod["inference"], token_file=pod["secrets"]["inference"]) as client:
+        assert (await client.reply(PERSONA, REQUEST)).persona == PERSONA
 
 
-async def test_torchserve_itself_admits_only_the_staged_links(pod, outside):
-    """Defence in depth: registering on TorchServe's own management port, past the front, with
-    the pod-local key. Its `allowed_urls` refuses http(s):// and file:// sources elsewhere."""
-    root, key = outside["root"], pod["workdir"] / "key_file.json"
-    async with ManagementClient(pod["backend-management"], token_file=key) as management:
-        for url in (f"{outside['http']}/evil.mar", f"file://{root}/evil.mar"):
-            with pytest.raises(ManagementError, match="does not match any allowed URL"):
-                await management.register(url, initial_workers=0, synchronous=True)
-    assert outside["downloads"] == []
-    assert "evil" not in await _registered(pod["backend-management"], key)
+async def test_torchserve_itself_registers_nothing_after_start(pod, outside):
+    """Past the front, on TorchServe's own management port with the pod-local key: its model API is
+    off, so no source registers (TorchServe 0.12 would run an unpacked folder's handler from any
+    absolute path) and nothing unregisters."""
+    key = pod["workdir"] / "key_file.json"
+    headers = TokenSource(token_file=key, kind="management").headers()
+    async with httpx.AsyncClient(base_url=pod["backend-management"], timeout=60) as http:
+        refused = [await http.post("/models", params={"url": url, "initial_workers": "1", "synchronous": "true"},
+                                   headers=headers) for url in _sources(outside)]
+        unregister = await http.delete("/models/fleet/1", headers=headers)
+    assert {r.status_code for r in refused} == {405} and unregister.status_code == 405, [r.text for r in refused]
+    assert outside["downloads"] == [] and not outside["marker"].exists()
+    assert await _registered(pod["backend-management"], key) == {"fleet"}
 
 
 @pytest.mark.parametrize("port", ["inference", "management"])
@@ -197,3 +209,47 @@ def test_sigterm_stops_torchserve_and_exits_cleanly(pod):
     assert pod["process"].wait(90) == 0
     assert not (pod["workdir"] / "torchserve.pid").exists()
     assert not (pod["workdir"] / "key_file.json").exists()
+
+
+async def test_a_stuck_torchserve_gets_a_504_with_a_reason_not_a_connection_held_forever(tmp_path):
+    """The front's calls to TorchServe are bounded (above TorchServe's own response timeout): a
+    backend that accepts the request and never answers costs the client a 504, not its connection."""
+    from aiohttp import web
+
+    from persona_serving.front import AuthFront
+
+    async def never(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    stuck = web.AppRunner(web.Application(handler_args=None), handle_signals=False, shutdown_timeout=0.1)
+    stuck.app.router.add_route("*", "/{tail:.*}", never)
+    await stuck.setup()
+    backend_port, front_port = free_port(), free_port()
+    await web.TCPSite(stuck, "127.0.0.1", backend_port).start()
+    (tmp_path / "inference-token").write_text("bot-token")
+    (tmp_path / "key_file.json").write_text(json.dumps({key: {"key": f"local-{key}"} for key in ("inference", "management", "API")}))
+    front = AuthFront(inference_token_file=tmp_path / "inference-token", management_token_file=None,
+                      key_file=tmp_path / "key_file.json", inference_backend=f"http://127.0.0.1:{backend_port}",
+                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=1)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, free_port(), stopping))
+    try:
+        for _ in range(100):  # until the front listens
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", front_port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}") as http:
+            started = time.monotonic()
+            response = await asyncio.wait_for(http.post(
+                "/predictions/fleet", json={"persona": PERSONA, "message": "hi"},
+                headers={"Authorization": "Bearer bot-token"}, timeout=30), 20)
+    finally:
+        stopping.set()
+        await serving
+        await stuck.cleanup()
+    assert response.status_code == 504 and response.json()["error"] == "backend_timeout"
+    assert "1 s" in response.json()["detail"] and time.monotonic() - started < 10

@@ -56,8 +56,8 @@ def test_the_contract_names_carry_persona_and_version():
 def test_persona_serve_hands_its_cap_to_the_workers(tmp_path):
     from persona_serving.server import ServeOptions, fleet_config
 
-    assert fleet_config(ServeOptions(model_store=tmp_path, base="t5", max_persona_labels=3)).max_persona_labels == 3
-    assert fleet_config(ServeOptions(model_store=tmp_path, base="t5")).max_persona_labels == 100
+    assert fleet_config(ServeOptions(model_store=tmp_path, max_persona_labels=3), "t5").max_persona_labels == 3
+    assert fleet_config(ServeOptions(model_store=tmp_path), "t5").max_persona_labels == 100
 
 
 def recorded(caplog, name: str) -> list[tuple[dict[str, str], float]]:

@@ -48,15 +48,27 @@ def test_a_run_trained_inside_the_version_folder_is_published_in_place(tiny_run:
 
 
 def test_another_version_is_never_replaced_silently_but_the_same_one_is(tiny_run: Path, tmp_path: Path):
-    out = tmp_path / "v1"
+    out = tmp_path / "devops-dude" / "v1"
     publish_version(tiny_run, "devops-dude", 1, out)
-    with pytest.raises(PersonaError, match="holds version 1, not 3; pass --force"):
-        publish_version(tiny_run, "devops-dude", 3, out)
+    info = read_version_info(out)
+    (out / "version.json").write_text(info.model_copy(update={"version": 3}).model_dump_json())  # mislabelled by hand
+    with pytest.raises(PersonaError, match="holds version 3, not 1; pass --force"):
+        publish_version(tiny_run, "devops-dude", 1, out)
+    publish_version(tiny_run, "devops-dude", 1, out, force=True)
     assert read_version_info(out).version == 1
     publish_version(tiny_run, "devops-dude", 1, out)  # republishing the same version is fine
-    publish_version(tiny_run, "devops-dude", 3, out, force=True)
-    assert read_version_info(out).version == 3
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folders left behind"
+
+
+@pytest.mark.parametrize(("name", "version", "out"), [
+    ("devops-dude", 3, "devops-dude/v5"),  # a v5 folder would hold version 3
+    ("devops-dude", 1, "pm-life/v1"),  # pm-life's folder would hold devops-dude
+    ("devops-dude", 1, "devops-dude/latest"),
+])
+def test_a_version_is_published_only_into_its_own_folder(tiny_run: Path, tmp_path: Path, name, version, out):
+    with pytest.raises(PersonaError, match=f"STORE/{name}/v{version}"):
+        publish_version(tiny_run, name, version, tmp_path / out)
+    assert not (tmp_path / out).exists()
 
 
 def test_cli_refuses_bad_versions_and_runs_with_one_line(tiny_run: Path, tmp_path: Path):
@@ -65,10 +77,10 @@ def test_cli_refuses_bad_versions_and_runs_with_one_line(tiny_run: Path, tmp_pat
     assert result.returncode == 2 and result.stderr.startswith("persona: error: version '1.0' must be a positive integer")
     not_a_run = tmp_path / "not-a-run"
     not_a_run.mkdir()
-    result = persona_cli("package", "--run", str(not_a_run), "--name", "devops-dude", "--version", "1",
-                         "--out", str(tmp_path / "out"))
+    out = tmp_path / "devops-dude" / "v1"
+    result = persona_cli("package", "--run", str(not_a_run), "--name", "devops-dude", "--version", "1", "--out", str(out))
     assert result.returncode == 2 and result.stderr.startswith("persona: error: no LoRA adapter")
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert "Traceback" not in result.stderr and not out.exists()
 
 
 def test_the_fleet_archive_carries_handler_settings_and_batching_but_no_persona(tiny_base: Path, tmp_path: Path):

@@ -2,12 +2,16 @@
 
 import asyncio
 import json
+import os
+import stat
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from personafleet.client import InferenceClient, InferenceRejected, TokenSource
 from personafleet.inference import GenerationOptions, InferenceRequest, InferenceResponse
+from tests.fixtures.torchserve import hostile_model
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +96,46 @@ async def test_requests_without_a_valid_token_are_refused(torchserve):
     assert refused.value.status == 400
 
 
+async def test_no_model_can_be_registered_after_start(torchserve, tmp_path):
+    """TorchServe 0.12 registers an absolute path to an unpacked folder (MAR-INF/MANIFEST.json + a
+    handler) without checking `allowed_urls`, and runs its handler. The fleet (and asr) are loaded
+    at start and the model API is off: with the management key, from any source, nothing registers."""
+    folder, marker = hostile_model(tmp_path)
+    headers = TokenSource(token_file=torchserve.key_file, kind="management").headers()
+    async with httpx.AsyncClient(base_url=torchserve.management_url, timeout=120) as http:
+        attempts = [await http.post("/models", params={"url": url, "initial_workers": "1", "synchronous": "true"},
+                                    headers=headers)
+                    for url in (str(folder), f"file://{folder}", "fleet.mar")]
+        models = (await http.get("/models", headers=headers)).json()["models"]
+    assert [r.status_code for r in attempts] == [405, 405, 405], [r.text for r in attempts]
+    assert not marker.exists()
+    assert [m["modelName"] for m in models] == ["fleet"]
+
+
+async def test_clients_get_an_inference_only_key_that_lasts_as_long_as_the_server(torchserve):
+    """Without the auth front, `persona serve` hands clients TorchServe's inference key alone: it
+    cannot ask for a management key (that takes the key file's API key) nor reach the management
+    API, and it does not expire under a client that cannot renew it."""
+    token_file = torchserve.options.inference_token_file
+    keys = json.loads(torchserve.key_file.read_text())
+    token = token_file.read_text().strip()
+    assert token == keys["inference"]["key"] and token not in (keys["management"]["key"], keys["API"]["key"])
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert json.loads((torchserve.workdir / "endpoints.json").read_text())["inference_token"] == str(token_file)
+    expires = datetime.fromisoformat(keys["inference"]["expiration time"].replace("Z", "+00:00"))
+    assert expires > datetime.now(timezone.utc) + timedelta(days=365)
+    async with InferenceClient(torchserve.inference_url, token_file=token_file) as client:
+        response = await client.reply(torchserve.persona, InferenceRequest(message="hi", generation={"max_new_tokens": 2}))
+    assert response.persona == torchserve.persona
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=torchserve.management_url, timeout=30) as http:
+        minted = await http.post("/token", params={"type": "management"}, headers=bearer)
+        listed = await http.get("/models", headers=bearer)
+    assert minted.status_code == listed.status_code == 400
+    assert "InvalidKeyException" in minted.text and "InvalidKeyException" in listed.text
+    assert json.loads(torchserve.key_file.read_text()) == keys  # no key was minted
+
+
 async def test_custom_metrics_are_exported_after_traffic(torchserve):
     async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
         await client.reply(torchserve.persona, InferenceRequest(message="метрики", generation={"max_new_tokens": 3}))
@@ -125,3 +169,32 @@ def _sample(metrics: str, name: str, *required: str) -> float:
         if line.startswith(name + "{") and all(text in line for text in required):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_a_speech_model_that_cannot_load_fails_by_hand_and_is_left_out_in_a_pod(tiny_base, tmp_path, monkeypatch):
+    """`asr` is loaded at start (it cannot be registered again later): a worker that dies while
+    loading - a hub checkpoint with the hub unreachable - fails `persona serve` by hand, and a pod
+    (`--foreground`) serves the personas without it while TorchServe retries with back-off."""
+    from persona_serving.asr_package import build_asr_archive
+    from persona_serving.server import front_timeout, start, startup_models, stop, wait_until_served
+    from personafleet.errors import PersonaError
+    from tests.fixtures.torchserve import serve_options
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the workers inherit it: the download fails at once
+    store = tmp_path / "store"
+    build_asr_archive("no-such-org/no-such-whisper", store / "asr")
+    options = serve_options(store, tiny_base, tmp_path / "serve")
+    models = startup_models(options, asr_required=False)
+    assert models == ["fleet", "asr"]
+    pid = start(options, models)
+    try:
+        served = asyncio.run(wait_until_served(options, pid, models, asr_required=False))
+        assert list(served) == ["fleet"]
+        # the auth front waits for TorchServe longer than TorchServe's own response timeout (60 s here)
+        assert front_timeout(served) == 2 * served["fleet"]["responseTimeout"] == 120
+        with pytest.raises(PersonaError, match="cannot load the asr model: the asr model's worker died while loading"):
+            asyncio.run(wait_until_served(options, pid, models))
+        assert httpx.get(f"{options.inference_url}/ping", headers=TokenSource(
+            token_file=options.inference_token_file).headers(), timeout=10).status_code == 200
+    finally:
+        stop(options.workdir)

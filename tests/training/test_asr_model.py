@@ -74,3 +74,20 @@ def test_package_asr_user_errors_are_one_line(tmp_path, arguments, message):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_training_leaves_the_callers_torch_thread_count_alone(tmp_path):
+    """It trains on one thread, then gives the process its count back: a different count changes
+    float sums, so a later training in the same process would stop reproducing another process's run."""
+    import torch
+
+    from persona_training.asr_model import AsrOptions, init_asr
+    from persona_training.base_model import DEFAULT_CORPUS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        init_asr(tmp_path / "asr", [DEFAULT_CORPUS], AsrOptions(steps=1, sentences=3, held_out=1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

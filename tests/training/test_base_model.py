@@ -75,5 +75,5 @@ def test_init_base_cli_refuses_an_unknown_shape(tmp_path):
         [PERSONA, "init-base", "--out", str(tmp_path / "base"), "--shape", "gpt"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )
-    assert result.returncode == 2 and result.stderr == "persona: error: --shape gpt: choose t5 or fred\n"
+    assert result.returncode == 2 and result.stderr == "persona: error: --shape gpt: a seq2seq base is t5 or fred\n"
     assert not (tmp_path / "base").exists()

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_no_config_means_the_defaults():
     config = load_config(None)
     assert config == TrainConfig()
-    assert config.target_modules == ["q", "v"] and config.precision == "auto" and config.max_steps is None
+    assert config.target_modules is None and config.precision == "auto" and config.max_steps is None
     assert config.persona.name == "devops-dude"
 
 
@@ -65,6 +65,7 @@ def test_the_operators_job_config_is_accepted(tmp_path):
         ("persona: {name: Not A Name}\n", "persona.name: String should match pattern"),
         ("- lora_rank\n", "a training config is a mapping of settings, got list"),
         ("lora_rank: [1\n", "not valid YAML at line"),
+        ("knowledge: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, text, says):

@@ -4,6 +4,7 @@ on it appends the EOS its tokenizer does not."""
 import json
 from pathlib import Path
 
+from personafleet.family import ModelFamily
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import PromptTemplate, Turn, render_prompt
 from personafleet.records import read_records
@@ -56,7 +57,7 @@ def test_training_targets_end_with_the_eos_freds_tokenizer_does_not_append(fred_
 
     tokenizer = AutoTokenizer.from_pretrained(fred_base)
     records = read_records(tiny_data / "val.jsonl")[:20]
-    examples = tokenize_records(records, tokenizer, PersonaSpec(name=FRED_PERSONA), max_source=128, max_target=64)
+    examples = tokenize_records(records, tokenizer, ModelFamily("seq2seq", "t5"), PersonaSpec(name=FRED_PERSONA), max_source=128, max_target=64)
     eos = tokenizer.eos_token_id
     for record, example in zip(records, examples):
         assert example.labels[-1] == eos and example.labels.count(eos) == 1

@@ -114,10 +114,11 @@ def test_rolling_back_brings_the_older_versions_facts_back(store):
 
 
 def test_a_run_without_knowledge_publishes_none(tiny_run, tmp_path):
-    (tmp_path / "v1").mkdir()
-    (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).write_text('{"facts": ["stale"]}')  # an earlier publication's
-    publish_version(tiny_run, "devops-dude", 1, tmp_path / "v1", force=True)
-    assert not (tmp_path / "v1" / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(tmp_path / "v1") == 0
+    out = tmp_path / "devops-dude" / "v1"
+    out.mkdir(parents=True)
+    (out / knowledge.KNOWLEDGE_FILE).write_text('{"facts": ["stale"]}')  # an earlier publication's
+    publish_version(tiny_run, "devops-dude", 1, out, force=True)
+    assert not (out / knowledge.KNOWLEDGE_FILE).exists() and knowledge.count(out) == 0
 
 
 def served(body: dict, version_dir: Path | None, version: int = 1) -> Prepared:
@@ -165,24 +166,12 @@ def test_the_real_handler_loads_the_versions_facts_with_its_adapter_and_records_
     undeclared metrics): the version folder's knowledge.json reaches the prompt and the two histograms."""
     import logging
 
-    from ts.context import Context
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-
-    from persona_serving.config import SERVING_FILE, FleetConfig
-    from persona_serving.handler import FleetHandler
-    from persona_serving.metrics import write_metrics_config
+    from persona_serving.config import FleetConfig
     from personafleet.routing import update_routing
+    from tests.fixtures.handler import in_process_handler
 
     update_routing(store, lambda table: table.add("devops-dude", 1, serve=True))
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / SERVING_FILE).write_text(FleetConfig(base=str(tiny_base), model_store=str(store)).model_dump_json())
-    metrics = MetricsCacheYamlImpl(str(write_metrics_config(tmp_path / "metrics.yaml")))
-    metrics.initialize_cache()
-    context = Context("fleet", str(model_dir), {"model": {"modelVersion": "1"}}, 2, None, "0.12", metrics=metrics)
-    handler = FleetHandler()
-    handler.initialize(context)
-    handler.context = context
+    handler = in_process_handler(tmp_path, FleetConfig(base=str(tiny_base), model_store=str(store)))
     greedy = {"max_new_tokens": 4, "do_sample": False}
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
         routed = handler.preprocess([{"body": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy}},

@@ -33,6 +33,22 @@ def test_bad_input_is_one_line_on_stderr_exit_2_and_nothing_written(tmp_path, ex
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["messages", "ignored"])
+def test_a_deeply_nested_export_is_one_line_on_stderr_exit_2(tmp_path, where):
+    """100k levels: past Python's recursion limit in the JSON decoder (and in any validator that
+    would walk it), the way a hostile or broken export arrives in a training Job."""
+    deep = "[" * 100_000 + "]" * 100_000
+    export = tmp_path / "deep.json"
+    body = f'{{"messages": {deep}}}' if where == "messages" else f'{{"messages": [], "x": {deep}}}'
+    export.write_text(body, encoding="utf-8")
+    out = tmp_path / "data"
+    result = persona("prepare", export, "--out", out)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("persona: error: ")
+    assert "nested too deeply" in result.stderr and str(export) in result.stderr
+    assert not out.exists()
+
+
 def test_options_reach_the_data_step_and_the_summary_is_printed(tmp_path):
     out = tmp_path / "data"
     result = persona(

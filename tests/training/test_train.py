@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from personafleet.errors import PersonaError
+from personafleet.family import ModelFamily
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.records import DialogueRecord, Source, Utterance, write_records
 from persona_training.config import TrainConfig
 from persona_training.data import IGNORE_INDEX, LengthGroupedBatches, TokenizedExample, collate, load_dialogues
 from persona_training.modeling import pick_hardware, quiet_peft
 from persona_training.train import train
+
+SEQ2SEQ = ModelFamily("seq2seq", "t5")
 
 ROOT = Path(__file__).resolve().parents[2]
 PERSONA = ROOT / ".venv" / "bin" / "persona"
@@ -140,7 +143,7 @@ def test_a_base_that_cannot_be_loaded_is_a_one_line_error(tmp_path, base):
     junk.mkdir()
     (junk / "config.json").write_text("{not json", encoding="utf-8")
     where = str(junk) if base == "junk" else str(tmp_path / base)
-    with pytest.raises(PersonaError, match="cannot load a tokenizer from base") as error:
+    with pytest.raises(PersonaError, match="cannot read the config of base") as error:
         train([dataset(tmp_path / "d", 4, 2)], where, tmp_path / "run", TrainConfig())
     assert "\n" not in str(error.value)
 
@@ -172,7 +175,7 @@ def test_targets_end_with_eos_even_when_the_tokenizer_does_not_append_it(tiny_ba
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
     assert tokenizer("классика")["input_ids"][-1] != tokenizer.eos_token_id
-    examples = tokenize_records([record(1), record(2, "ну смотри, " * 50)], tokenizer, PersonaSpec(), 64, 8)
+    examples = tokenize_records([record(1), record(2, "ну смотри, " * 50)], tokenizer, SEQ2SEQ, PersonaSpec(), 64, 8)
     assert all(e.labels[-1] == tokenizer.eos_token_id for e in examples)
     assert len(examples[1].labels) == 8 and examples[0].input_ids[-1] != tokenizer.eos_token_id
 
@@ -190,7 +193,7 @@ def test_an_overlong_prompt_loses_its_start_and_keeps_the_newest_turn_and_answer
         reply=Utterance(author="user2", name="Boris", text="ответ"),
         source=Source(chat_id=1, message_id=1),
     )
-    [example] = tokenize_records([long], tokenizer, PersonaSpec(), 32, 8)
+    [example] = tokenize_records([long], tokenizer, SEQ2SEQ, PersonaSpec(), 32, 8)
     kept = tokenizer.decode(example.input_ids, skip_special_tokens=False)
     assert len(example.input_ids) == 32
     assert "новый вопрос" in kept and kept.rstrip().endswith("<extra_id_0></s>") and "Продолжи" not in kept
@@ -208,7 +211,8 @@ def test_gradient_checkpointing_trains_the_same_numbers_and_accumulation_counts(
     from persona_training.modeling import load_base_model, with_lora
 
     config = TrainConfig(**settings, gradient_checkpointing=True)
-    model = with_lora(load_base_model(str(tiny_base), config, pick_hardware(config)), config)
+    model = with_lora(load_base_model(str(tiny_base), SEQ2SEQ, config, pick_hardware(config)), SEQ2SEQ, config,
+                      str(tiny_base))
     assert model.base_model.model.is_activation_checkpointing  # really on, not just echoed in the report
     assert plain["steps"] == 2 and plain["samples"] == 2 * 8 * 2
 
@@ -219,4 +223,4 @@ def test_a_lora_the_fleet_cannot_serve_is_refused_before_training(tiny_base, tmp
 
     config = TrainConfig(target_modules=["shared", "q"])
     with pytest.raises(PersonaError, match="target module shared is an embedding: the fleet's slots serve LoRA on linear layers only"):
-        with_lora(load_base_model(str(tiny_base), config, pick_hardware(config)), config)
+        with_lora(load_base_model(str(tiny_base), SEQ2SEQ, config, pick_hardware(config)), SEQ2SEQ, config, str(tiny_base))

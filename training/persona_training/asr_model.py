@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -164,7 +165,7 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
     import numpy as np
     import torch
     from tqdm.auto import tqdm
-    from transformers import WhisperFeatureExtractor, WhisperProcessor, get_scheduler
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     options = options or AsrOptions()
     started = time.monotonic()
@@ -197,35 +198,22 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
         labels[row, : len(ids)] = torch.tensor(ids)
 
     # One thread: matrices this small gain nothing from more, and on a shared machine extra
-    # OpenMP threads spin (measured 4x slower per step with 2 threads under load).
+    # OpenMP threads spin (measured 4x slower per step with 2 threads under load). Only while it
+    # trains: the caller's thread count is its own (a different count changes float sums, and a
+    # later training in the same process would no longer reproduce a run in another one).
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(options.seed)
-    model = build_model(tokenizer, options)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=options.steps // 10, num_training_steps=options.steps)
-    generator = torch.Generator().manual_seed(options.seed)
-    model.train()
-    losses: list[float] = []
-    progress = tqdm(range(options.steps), desc="training tiny whisper", unit="step", mininterval=1.0)
-    for _ in progress:
-        batch = torch.randint(len(clips), (options.batch_size,), generator=generator)
-        rows = labels[batch]
-        rows = rows[:, : int((rows != -100).sum(dim=1).max())]
-        loss = model(input_features=features[batch], labels=rows).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+    try:
+        model, losses = _train(tokenizer, features, labels, len(clips), options)
+        model.eval()
 
-    model.eval()
-    # Evaluated on the default voice through Opus: what a test's voice message sounds like.
-    def heard(texts: list[str]) -> list[str]:
-        return transcribe(model, processor, [audio.decode(audio.encode(synthesize(t))) for t in texts])
+        # Evaluated on the default voice through Opus: what a test's voice message sounds like.
+        def heard(texts: list[str]) -> list[str]:
+            return transcribe(model, processor, [audio.decode(audio.encode(synthesize(t))) for t in texts])
 
-    trained_heard, held_out_heard = heard(trained), heard(held_out)
+        trained_heard, held_out_heard = heard(trained), heard(held_out)
+    finally:
+        torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -248,3 +236,32 @@ def init_asr(out: Path, exports: Sequence[Path], options: AsrOptions | None = No
     log.info("tiny whisper saved to %s: CER %.3f on trained sentences, %.3f held out (%.0f s)",
              out, report["cer"]["trained"], report["cer"]["held_out"], report["seconds"])
     return report
+
+
+def _train(tokenizer: Any, features: Any, labels: Any, clips: int, options: AsrOptions) -> tuple[Any, list[float]]:
+    """The training loop: random batches of the synthesised clips; (model, loss per step)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    torch.manual_seed(options.seed)
+    model = build_model(tokenizer, options)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=options.steps // 10, num_training_steps=options.steps)
+    generator = torch.Generator().manual_seed(options.seed)
+    model.train()
+    losses: list[float] = []
+    progress = tqdm(range(options.steps), desc="training tiny whisper", unit="step", mininterval=1.0)
+    for _ in progress:
+        batch = torch.randint(clips, (options.batch_size,), generator=generator)
+        rows = labels[batch]
+        rows = rows[:, : int((rows != -100).sum(dim=1).max())]
+        loss = model(input_features=features[batch], labels=rows).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    return model, losses

@@ -12,20 +12,22 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.knowledge import KnowledgeSource
 from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PersonaSpec
+from persona_training.fidelity import MIN_PROMPTS
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
 class TrainConfig(BaseModel):
-    """Defaults are tuned for the embedded tiny base on a 2-core CPU (see `persona init-base`);
-    for FRED-T5-large on a GPU lower `learning_rate` (e.g. 3e-4) and raise `batch_size`."""
+    """Defaults are tuned for the embedded tiny bases on a 2-core CPU (see `persona init-base`);
+    for FRED-T5-large or ruGPT-3 on a GPU lower `learning_rate` (e.g. 3e-4) and raise `batch_size`.
+    With a causal base, `max_source_tokens + max_target_tokens` is the longest training sequence."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +39,9 @@ class TrainConfig(BaseModel):
     lora_rank: int = Field(16, ge=1, le=MAX_LORA_RANK, description="the fleet's slots take ranks up to MAX_LORA_RANK")
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="modules LoRA wraps; default: PEFT's for the base's model type (t5: q, v; "
+        "llama: q_proj, v_proj; gpt2: c_attn)")
 
     # optimisation
     learning_rate: float = Field(3e-3, gt=0)
@@ -62,6 +66,14 @@ class TrainConfig(BaseModel):
     # bookkeeping
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    fidelity_prompts: int = Field(200, ge=0, description="most held-out prompts the fidelity evaluation judges at the end (0: none)")
+
+    @model_validator(mode="after")
+    def _fidelity_can_judge(self) -> TrainConfig:
+        if 0 < self.fidelity_prompts < MIN_PROMPTS:
+            raise ValueError(f"fidelity_prompts ({self.fidelity_prompts}) is below the {MIN_PROMPTS} prompts "
+                             f"a fidelity figure needs (0 turns the evaluation off)")
+        return self
 
     def with_knowledge_files(self, files: list[Path]) -> TrainConfig:
         """The config with more knowledge files (`--knowledge`), after those train.yaml names."""
@@ -85,6 +97,8 @@ def load_config(path: Path | None) -> TrainConfig:
         raise PersonaError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PersonaError(f"{path}: cannot read config ({exc})") from None
+    except RecursionError:  # the YAML composer recurses once per level
+        raise PersonaError(f"{path}: nested too deeply to be a training config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -1,4 +1,5 @@
-"""Dialogue records as model inputs: the prompt serving renders, the reply as the target.
+"""Dialogue records as model inputs: the prompt serving renders, the reply as the target
+(in the base's family's layout: `personafleet.family`).
 
 Batching is where CPU and GPU time goes: prompts vary from a dozen to hundreds of tokens, so
 batches are padded only to their own longest example (dynamic padding) and examples of similar
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personafleet.errors import PersonaError
+from personafleet.family import IGNORE_INDEX, ModelFamily
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
-from personafleet.prompt import render_prompt, record_turns
+from personafleet.prompt import ChatFormatter, render_prompt, record_turns
 from personafleet.records import DialogueRecord, read_records
-
-IGNORE_INDEX = -100  # positions of the target the loss skips (padding)
 
 
 @dataclass
@@ -55,11 +55,13 @@ def load_dialogues(data_dirs: Sequence[Path]) -> DialogueData:
     return DialogueData(train=train, val=val, sources=[str(d) for d in data_dirs])
 
 
-def prompt_for(record: DialogueRecord, persona: PersonaSpec, knowledge: Knowledge | None = None) -> str:
+def prompt_for(record: DialogueRecord, persona: PersonaSpec, knowledge: Knowledge | None = None,
+               chat: ChatFormatter | None = None) -> str:
     """The model input for a record: exactly what serving renders for the same conversation,
-    with the facts the same `retrieve` picks there."""
+    with the facts the same `retrieve` picks there (and the base's chat template, if the persona's
+    template uses it)."""
     turns = record_turns(record)
-    return render_prompt(persona.template, persona.description, turns, retrieve(knowledge, turns))
+    return render_prompt(persona.template, persona.description, turns, retrieve(knowledge, turns), chat)
 
 
 @dataclass
@@ -69,31 +71,29 @@ class TokenizedExample:
 
 
 def tokenize_records(
-    records: Sequence[DialogueRecord], tokenizer, persona: PersonaSpec, max_source: int, max_target: int,
-    knowledge: Knowledge | None = None,
+    records: Sequence[DialogueRecord], tokenizer, family: ModelFamily, persona: PersonaSpec, max_source: int,
+    max_target: int, knowledge: Knowledge | None = None,
 ) -> list[TokenizedExample]:
-    """Prompts as the tokenizer encodes them (serving does the same) and replies ending with the
-    end-of-sequence token, which T5 tokenizers append and FRED-T5's GPT-2-style one does not:
-    without it the model never learns to stop. Overlong prompts lose their start, as in serving
-    (the end holds the newest turn and the answer marker); overlong replies lose their end."""
-    prompts = [prompt_for(record, persona, knowledge) for record in records]
+    """Prompts as serving encodes them (`family.encode_prompts`) and replies ending with the
+    end-of-sequence token, which T5 tokenizers append and FRED-T5's GPT-2-style one (and causal
+    tokenizers) do not: without it the model never learns to stop. Overlong prompts lose their
+    start, as in serving (the end holds the newest turn and the answer marker); overlong replies
+    lose their end. The family lays prompt and reply out (causal: one sequence, reply-only loss)."""
+    chat = family.chat_formatter(tokenizer)
+    prompts = [prompt_for(record, persona, knowledge, chat) for record in records]
     replies = [record.reply.text for record in records]
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        sources = tokenizer(prompts, max_length=max_source, truncation=True)["input_ids"]
-    finally:
-        tokenizer.truncation_side = side
-    targets = tokenizer(text_target=replies, max_length=max_target, truncation=True)["input_ids"]
+    sources = family.encode_prompts(tokenizer, prompts, max_source)
+    targets = tokenizer(text_target=replies, max_length=max_target, truncation=True,
+                        add_special_tokens=not family.causal)["input_ids"]
     eos = tokenizer.eos_token_id
     targets = [ids if ids and ids[-1] == eos else ids[:max_target - 1] + [eos] for ids in targets]
-    return [TokenizedExample(source, target) for source, target in zip(sources, targets)]
+    return [TokenizedExample(*family.training_example(source, target)) for source, target in zip(sources, targets)]
 
 
-def token_stats(examples: Sequence[TokenizedExample], max_source: int, max_target: int) -> dict:
-    """What the report says about the data: sizes, and how much truncation cost."""
-    sources = [len(e.input_ids) for e in examples]
-    targets = [len(e.labels) for e in examples]
+def token_stats(examples: Sequence[TokenizedExample], family: ModelFamily, max_source: int, max_target: int) -> dict:
+    """What the report says about the data: prompt and reply sizes, and how much truncation cost."""
+    sources = [family.prompt_length(e.input_ids, e.labels) for e in examples]
+    targets = [sum(label != IGNORE_INDEX for label in e.labels) for e in examples]
     return {
         "examples": len(examples),
         "source_tokens": {"mean": round(sum(sources) / len(sources), 1), "max": max(sources)},

@@ -1,8 +1,9 @@
 """Loading the base model and wrapping it for LoRA: the parts of training that depend on hardware.
 
-The base is loaded only through `AutoTokenizer` / `AutoModelForSeq2SeqLM.from_pretrained`, the
-same path for the tiny embedded base (a directory) and for FRED-T5-large (a hub id or a mounted
-directory in production).
+The base is loaded only through `AutoTokenizer` and its family's auto class
+(`personafleet.family`: `AutoModelForSeq2SeqLM` or `AutoModelForCausalLM`), the same path for the
+tiny embedded bases (directories) and for FRED-T5-large or ruGPT-3 (hub ids or mounted
+directories in production).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personafleet.errors import PersonaError
+from personafleet.family import ModelFamily, load_base, load_family
 from personafleet.lora import check_config, check_targets
 from persona_training.config import TrainConfig
 
@@ -62,62 +64,91 @@ def pick_hardware(config: TrainConfig) -> Hardware:
     return Hardware("cuda", config.precision)
 
 
-def resolve_base(base: str) -> str:
-    """An existing local directory becomes an absolute path (so the adapter config points at it
-    from anywhere); anything else is passed on as a hub id."""
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.exists() else base
-
-
-def load_tokenizer(base: str):
+def load_tokenizer(base: str, family: ModelFamily | None = None):
+    """The base's tokenizer; with its family, prepared for it (truncation, padding, pad token)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(base)
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError...
         raise PersonaError(f"cannot load a tokenizer from base {base!r}: {_first_line(exc)}") from None
+    return family.prepare_tokenizer(tokenizer, base) if family else tokenizer
 
 
-def load_base_model(base: str, config: TrainConfig, hardware: Hardware):
-    """The frozen seq2seq base, on the training device (8-bit if asked)."""
-    from transformers import AutoModelForSeq2SeqLM
-
+def load_base_model(base: str, family: ModelFamily, config: TrainConfig, hardware: Hardware):
+    """The frozen base, on the training device (8-bit if asked)."""
     kwargs: dict = {}
     if config.load_in_8bit:
         from transformers import BitsAndBytesConfig
 
         kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0}}
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(base, **kwargs)
+        model = load_base(family, base, **kwargs)
     except Exception as exc:  # noqa: BLE001 - see load_tokenizer
-        raise PersonaError(f"cannot load a seq2seq model from base {base!r}: {_first_line(exc)}") from None
+        raise PersonaError(f"cannot load a {family.name} model from base {base!r}: {_first_line(exc)}") from None
     if not config.load_in_8bit:
         model.to(hardware.device)
     return model
 
 
-def with_lora(model, config: TrainConfig):
-    """Wrap the base with trainable LoRA matrices; everything else stays frozen."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+def lora_targets(family: ModelFamily, requested: list[str] | None) -> list[str]:
+    """The modules LoRA wraps: those the config names, else PEFT's default for the base's model
+    type (t5: q, v; llama, qwen2: q_proj, v_proj; gpt2: c_attn)."""
+    if requested:
+        return list(requested)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
+    defaults = DEFAULTS.get(family.model_type)
+    if not defaults:
+        raise PersonaError(f"no default LoRA target modules for model type {family.model_type!r}: "
+                           "set target_modules in the training config")
+    return list(defaults)
+
+
+def targeted_modules(model, targets: list[str], base: str, model_type: str) -> list:
+    """The base's modules LoRA will wrap (PEFT's rule: a module whose dotted name ends with a
+    target). A target that matches none is an error naming it and the layers that could be targets."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    modules = list(model.named_modules())
+    matches = lambda name, target: name == target or name.endswith(f".{target}")  # noqa: E731
+    missing = [t for t in targets if not any(matches(name, t) for name, _ in modules)]
+    if missing:
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in modules
+                         if isinstance(module, (torch.nn.Linear, Conv1D))})
+        raise PersonaError(f"LoRA target_modules {', '.join(missing)} not in base {base} ({model_type}); "
+                           f"its linear layers are: {', '.join(layers)}")
+    return [module for name, module in modules if any(matches(name, t) for t in targets)]
+
+
+def with_lora(model, family: ModelFamily, config: TrainConfig, base: str):
+    """Wrap the base with trainable LoRA matrices on `config.target_modules` (resolved by
+    `lora_targets`); everything else stays frozen."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from transformers.pytorch_utils import Conv1D
+
+    targets = lora_targets(family, config.target_modules)
+    wrapped = targeted_modules(model, targets, base, family.model_type)
     if config.load_in_8bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     if config.gradient_checkpointing:
         model.config.use_cache = False
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
+        task_type=TaskType[family.peft_task_type],
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
+        target_modules=targets,
+        fan_in_fan_out=any(isinstance(module, Conv1D) for module in wrapped),  # GPT-2's Conv1D stores W transposed
     )
     servable(model, lora)
     try:
         with quiet_peft():
             return get_peft_model(model, lora)
     except ValueError as exc:
-        raise PersonaError(f"target_modules {config.target_modules}: {_first_line(exc)}") from None
+        raise PersonaError(f"target_modules {targets}: {_first_line(exc)}") from None
 
 
 def servable(model, lora) -> None:
@@ -133,25 +164,24 @@ def base_skeleton(base: str):
     """The base's module tree on the meta device (no weights read), or None when its config
     cannot be read here (e.g. a hub id without network)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import transformers
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(base)
-    except (OSError, ValueError):
+        family = load_family(base)
+    except PersonaError:
         return None
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     with torch.device("meta"):
-        return auto.from_config(config)
+        return getattr(transformers, family.auto_class).from_config(AutoConfig.from_pretrained(base))
 
 
-def merge_adapter(base: str, run_dir: Path, out: Path) -> Path:
+def merge_adapter(base: str, family: ModelFamily, run_dir: Path, out: Path) -> Path:
     """A full model with the adapter folded in (serving without peft), saved with the tokenizer.
     It reloads base and adapter from disk: the same path a consumer of the run takes."""
     from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM
 
     with quiet_peft():
-        model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base), run_dir).merge_and_unload()
+        model = PeftModel.from_pretrained(load_base(family, base), run_dir).merge_and_unload()
     model.save_pretrained(out)
     load_tokenizer(base).save_pretrained(out)
     return out

@@ -28,14 +28,15 @@ from personafleet.errors import PersonaError, first_error
 from personafleet.lora import ADAPTER_WEIGHTS, check_config, check_targets, target_modules
 from personafleet.names import PERSONA_NAME_PATTERN, parse_version
 from personafleet.persona import PERSONA_FILE, PersonaSpec
-from personafleet.store import ADAPTER_DIR, VERSION_FILE, VersionInfo, read_version_info, write_version_info
+from personafleet.store import (
+    ADAPTER_DIR, RUN_DIR, VERSION_FILE, VersionInfo, check_version_path, read_version_info, write_version_info,
+)
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter_config.json"
 ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.*", "tokenizer*", "special_tokens_map.json",
                     "added_tokens.json", "spiece.model", "vocab*", "merges.txt")
-RUN_DIR = "run"
 # A merged full model is a base-sized copy: the fleet never loads it, so it stays out of the store.
 RUN_EXCLUDES = ("merged",)
 
@@ -146,6 +147,7 @@ def publish_version(
     if not re.fullmatch(PERSONA_NAME_PATTERN, name):
         raise PersonaError(f"persona name {name!r} must match {PERSONA_NAME_PATTERN}")
     number = parse_version(version)
+    check_version_path(out, name, number)
     run_dir, out = run_dir.resolve(), out.resolve()
     if out == run_dir or (out in run_dir.parents and run_dir != out / RUN_DIR):
         raise PersonaError(f"--out {out} may not contain the run {run_dir} except as {out / RUN_DIR}")

@@ -46,6 +46,7 @@ from personafleet.prompt import (
     join_turn,
 )
 from personafleet.records import DialogueRecord, Source, Utterance, write_records
+from persona_training.authorship import AUTHORSHIP_FILE, AuthoredText, write_authored_texts
 from persona_training.telegram import Chat, Message, load_export
 from persona_training.text import clean_text
 
@@ -99,6 +100,7 @@ class Line:
     drop: DropReason | None  # None: it can be a record's reply
     end: float = 0.0  # when the last message was sent
     merged_ids: list[int] = field(default_factory=list)  # the later messages' ids
+    own_words: bool = False  # its author's own text (not forwarded): a sample of how they write
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class PrepareStats:
     conversations: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
     dropped: dict[str, int] = field(default_factory=lambda: {reason.value: 0 for reason in DropReason})
     authors: list[dict[str, object]] = field(default_factory=list)
+    authorship: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
     options: dict[str, object] = field(default_factory=dict)
 
 
@@ -131,20 +134,23 @@ def run_prepare(exports: Sequence[Path], out: Path, options: PrepareOptions) -> 
     chats = [chat for path in exports for chat in load_export(path)]
     options = _resolve_persona(chats, options)
     stats = PrepareStats(exports=[str(path) for path in exports], chats=len(chats), options=options.model_dump())
-    train, val = build_dataset(chats, options, stats)
-    _write(out, train, val, stats)
+    train, val, texts = build_dataset(chats, options, stats)
+    _write(out, train, val, texts, stats)
     print(summary(stats, out))
     return stats
 
 
 def build_dataset(
     chats: Sequence[Chat], options: PrepareOptions, stats: PrepareStats
-) -> tuple[list[DialogueRecord], list[DialogueRecord]]:
-    """All the rules: the records of every chat, de-duplicated and split into (train, val)."""
+) -> tuple[list[DialogueRecord], list[DialogueRecord], list[AuthoredText]]:
+    """All the rules: the records of every chat, de-duplicated and split into (train, val), and
+    every author's own turns, each in the split of its conversation (the authorship classifier's
+    data: trained on the train side only, so it never saw a held-out message)."""
     total = sum(len(chat.messages) for chat in chats)
     stats.messages_read = total
     candidates: list[Candidate] = []
     conversations: list[list[int]] = []  # per chat: union-find parents over message positions
+    chat_lines: list[list[Line]] = []
     with tqdm(total=total, unit="msg", desc="prepare", disable=total < PROGRESS_MIN_MESSAGES) as progress:
         for chat_index, chat in enumerate(chats):
             lines = _merge_turns([_line(message, options) for message in chat.messages], options, stats)
@@ -154,13 +160,31 @@ def build_dataset(
                 for position in candidate.positions[1:]:
                     _union(parents, candidate.positions[0], position)
             conversations.append(parents)
+            chat_lines.append(lines)
             progress.update(len(chat.messages))
     kept = _deduplicate(candidates, stats)
-    train, val = _split(kept, conversations, chats, options, stats)
+    train, val, val_keys = _split(kept, conversations, chats, options, stats)
     _count_authors(chats, train + val, stats)
     if not train:
         raise PersonaError(f"no dialogue records could be made; dropped: {_format_drops(stats)}")
-    return train, val
+    texts = _authored_texts(chat_lines, conversations, val_keys, options)
+    stats.authorship = {split: sum(text.split == split for text in texts) for split in ("train", "val")}
+    return train, val, texts
+
+
+def _authored_texts(
+    chat_lines: list[list[Line]], conversations: list[list[int]], val_keys: set[tuple[int, int]],
+    options: PrepareOptions,
+) -> list[AuthoredText]:
+    """Every author's own turns within the length cap, in their conversation's split (a turn no
+    record links to is its own conversation: training side)."""
+    texts = []
+    for chat_index, lines in enumerate(chat_lines):
+        for position, line in enumerate(lines):
+            if line.own_words and line.utterance is not None and len(line.utterance.text) <= options.max_message_chars:
+                split = "val" if (chat_index, _find(conversations[chat_index], position)) in val_keys else "train"
+                texts.append(AuthoredText(author=line.utterance.author, text=line.utterance.text, split=split))
+    return texts
 
 
 def _line(message: Message, options: PrepareOptions) -> Line:
@@ -169,7 +193,9 @@ def _line(message: Message, options: PrepareOptions) -> Line:
     if text and message.from_id:
         utterance = Utterance(author=message.from_id, name=message.author_name, text=text)
     drop = _drop(message, text, options)
-    return Line(message.id, message.timestamp, message.reply_to_message_id, utterance, drop, message.timestamp)
+    own_words = utterance is not None and message.sender is not None and not message.forwarded
+    return Line(message.id, message.timestamp, message.reply_to_message_id, utterance, drop, message.timestamp,
+                own_words=own_words)
 
 
 def _merge_turns(lines: list[Line], options: PrepareOptions, stats: PrepareStats) -> list[Line]:
@@ -189,6 +215,7 @@ def _merge_turns(lines: list[Line], options: PrepareOptions, stats: PrepareStats
             if last.drop in (None, DropReason.TOO_LONG):
                 last.drop = DropReason.TOO_LONG if len(text) > options.max_message_chars else None
             last.end = line.end
+            last.own_words = last.own_words and line.own_words
             last.merged_ids.append(line.message_id)
             stats.dropped[DropReason.MERGED] += 1
         else:
@@ -312,7 +339,8 @@ def _split(
     chats: Sequence[Chat],
     options: PrepareOptions,
     stats: PrepareStats,
-) -> tuple[list[DialogueRecord], list[DialogueRecord]]:
+) -> tuple[list[DialogueRecord], list[DialogueRecord], set[tuple[int, int]]]:
+    """(train, val, the conversations held out)."""
     keys = [(c.chat_index, _find(conversations[c.chat_index], c.positions[0])) for c in candidates]
     groups: dict[tuple[int, int], list[Candidate]] = {}
     for key, candidate in zip(keys, candidates):
@@ -340,7 +368,7 @@ def _split(
     val = [c.record for key, c in zip(keys, candidates) if key in val_keys]
     stats.records = {"train": len(train), "val": len(val)}
     stats.conversations = {"train": len(groups) - len(val_keys), "val": len(val_keys)}
-    return train, val
+    return train, val, val_keys
 
 
 def _find(parents: list[int], item: int) -> int:
@@ -385,7 +413,9 @@ def _count_authors(chats: Sequence[Chat], records: list[DialogueRecord], stats: 
     ]
 
 
-def _write(out: Path, train: list[DialogueRecord], val: list[DialogueRecord], stats: PrepareStats) -> None:
+def _write(
+    out: Path, train: list[DialogueRecord], val: list[DialogueRecord], texts: list[AuthoredText], stats: PrepareStats
+) -> None:
     """Write into a temporary sibling directory, then move the files into place: a failure
     leaves `out` as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -394,13 +424,14 @@ def _write(out: Path, train: list[DialogueRecord], val: list[DialogueRecord], st
     try:
         write_records(staging / "train.jsonl", train)
         write_records(staging / "val.jsonl", val)
+        write_authored_texts(staging / AUTHORSHIP_FILE, texts)
         (staging / "stats.json").write_text(
             json.dumps(asdict(stats), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
         if not out.exists():
             staging.rename(out)
             return
-        for name in ("train.jsonl", "val.jsonl", "stats.json"):
+        for name in ("train.jsonl", "val.jsonl", AUTHORSHIP_FILE, "stats.json"):
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -426,7 +457,7 @@ def summary(stats: PrepareStats, out: Path) -> str:
         f"dropped: {_format_drops(stats)}",
         "top authors (for --persona-id): "
         + ", ".join(f"{a['author']} {a['name']} ({a['messages']} msgs, {a['records']} records)" for a in stats.authors[:5]),
-        f"wrote {out}/train.jsonl, val.jsonl, stats.json",
+        f"wrote {out}/train.jsonl, val.jsonl, {AUTHORSHIP_FILE}, stats.json",
     ]
     if not stats.records["val"] and stats.options.get("val_fraction"):
         lines.insert(1, "warning: validation set is empty (a single conversation cannot be split)")

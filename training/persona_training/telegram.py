@@ -127,13 +127,15 @@ def load_export(path: Path) -> list[Chat]:
         raise PersonaError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         document = json.loads(raw)
+        return parse_export(document, str(path))
+    except RecursionError:  # the decoder (and any validator) recurses once per level
+        raise PersonaError(f"{path}: nested too deeply to be a Telegram export") from None
     except UnicodeDecodeError:
         raise PersonaError(f"{path}: not a UTF-8 JSON file") from None
     except json.JSONDecodeError as exc:
         if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string"):
             raise PersonaError(f"{path}: JSON ends unexpectedly (truncated export?)") from None
         raise PersonaError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    return parse_export(document, str(path))
 
 
 def parse_export(document: Any, origin: str = "export") -> list[Chat]:

@@ -2,7 +2,8 @@
 
 URLs are stripped, never kept: a model that learned them would hand out (possibly private)
 links. Entities tell exactly what a piece is (Telegram marks links, e-mails, phone numbers and
-mentions when it exports), and regular expressions catch what the sender typed unmarked.
+mentions when it exports), and regular expressions (`personafleet.pii`, the patterns the reply
+filter and the leak count use too) catch what the sender typed unmarked.
 """
 
 from __future__ import annotations
@@ -10,23 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from personafleet import pii
 from persona_training.telegram import TextEntity
 
-EMAIL = "[email]"
-PHONE = "[phone]"
+EMAIL = pii.PLACEHOLDERS["email"]
+PHONE = pii.PLACEHOLDERS["phone"]
 MENTION = "[mention]"
 
 URL_ENTITIES = frozenset({"link", "url"})  # the entity text is the URL itself
 SCRUB_ENTITIES = {"email": EMAIL, "phone": PHONE, "mention": MENTION, "mention_name": MENTION}
 
-_URL = re.compile(
-    r"(?:\b(?:https?|ftp)://|\bwww\.)\S+"  # scheme or www. prefix
-    r"|\b(?:[a-z0-9-]+\.)+[a-z]{2,}/\S*",  # bare host with a path: t.me/x, github.com/a/b
-    re.IGNORECASE,
-)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w+])(?:(?:\+\d{1,3}|8)[\s-]?)?\(?\d{3}\)?[\s-]?\d{3}[\s-]?\d{2}[\s-]?\d{2}(?!\w)")
-_MENTION = re.compile(r"(?<![\w@])@[A-Za-z]\w{3,31}")
 _SPACE = re.compile(r"\s+")
 
 
@@ -41,7 +35,7 @@ def clean_text(segments: Iterable[TextEntity], *, scrub: bool = False) -> str:
             pieces.append(SCRUB_ENTITIES[segment.type])
         else:
             pieces.append(segment.text)
-    text = _URL.sub(" ", "".join(pieces))
+    text = pii.URL.sub(" ", "".join(pieces))
     if scrub:
-        text = _MENTION.sub(MENTION, _PHONE.sub(PHONE, _EMAIL.sub(EMAIL, text)))
+        text = pii.MENTION.sub(MENTION, pii.PHONE.sub(PHONE, pii.EMAIL.sub(EMAIL, text)))
     return _SPACE.sub(" ", text).strip()

@@ -1,4 +1,4 @@
-"""`persona train`: LoRA fine-tuning of a seq2seq base on dialogue records.
+"""`persona train`: LoRA fine-tuning of a seq2seq or causal base on dialogue records.
 
 The loop is written out here in one place, nanoGPT-style: data, model, optimizer, then the
 steps - forward, backward, optimizer step, evaluation, checkpoint - and finally the outputs.
@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from personafleet import knowledge as knowledge_store
+from personafleet.family import base_reference, load_family
 from personafleet.persona import PERSONA_FILE
 from persona_training import checkpoint, report as reports
 from persona_training.config import TrainConfig
 from persona_training.data import LengthGroupedBatches, collate, data_fingerprint, load_dialogues, \
     token_stats, tokenize_records
+from persona_training.authorship import read_authored_texts
 from persona_training.evaluate import evaluate
-from persona_training.modeling import load_base_model, load_tokenizer, merge_adapter, pick_hardware, \
-    resolve_base, with_lora
+from persona_training.fidelity import evaluate_fidelity
+from persona_training.modeling import load_base_model, load_tokenizer, lora_targets, merge_adapter, \
+    pick_hardware, with_lora
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def train(
 ) -> dict[str, Any]:
     """Train a LoRA adapter into `out` and return the report (also written to out/report.json)."""
     started = time.monotonic()
-    base = resolve_base(base)
+    base = base_reference(base)
 
     # --- data ---------------------------------------------------------------------------------
     dialogues = load_dialogues(data_dirs)  # before the heavy imports: bad data fails at once
@@ -93,10 +96,14 @@ def train(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    tokenizer = load_tokenizer(base)
+    family = load_family(base)  # seq2seq or causal: how examples, prompts and replies are laid out
+    tokenizer = load_tokenizer(base, family)
     persona = config.persona
+    if "template" not in persona.model_fields_set:  # a template the config names is kept as is
+        persona = persona.model_copy(update={"template": family.default_template(tokenizer)})
+    config = config.model_copy(update={"persona": persona, "target_modules": lora_targets(family, config.target_modules)})
     encode = lambda records: tokenize_records(  # noqa: E731
-        records, tokenizer, persona, config.max_source_tokens, config.max_target_tokens, knowledge)
+        records, tokenizer, family, persona, config.max_source_tokens, config.max_target_tokens, knowledge)
     train_set, val_set = encode(dialogues.train), encode(dialogues.val)
     batches = LengthGroupedBatches([len(e.input_ids) for e in train_set], config.batch_size,
                                    config.length_group_size, config.seed)
@@ -109,14 +116,15 @@ def train(
     hardware = pick_hardware(config)
     autocast = hardware.autocast()
     torch.manual_seed(config.seed)
-    model = with_lora(load_base_model(base, config, hardware), config)
+    model = with_lora(load_base_model(base, family, config, hardware), family, config, base)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup_for(config.warmup_steps, total_steps),
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(hardware.device, enabled=hardware.precision == "fp16")
     eval_batch = config.batch_size * 2
-    validate = lambda: evaluate(model, val_set, eval_batch, hardware.device, autocast)  # noqa: E731
+    pad_id = tokenizer.pad_token_id
+    validate = lambda: evaluate(model, val_set, eval_batch, hardware.device, autocast, pad_id)  # noqa: E731
 
     out.mkdir(parents=True, exist_ok=True)
     latest = checkpoint.latest_checkpoint(out) if resume else None
@@ -148,7 +156,7 @@ def train(
                 examples = sum(len(indices) for indices in micro)
                 step_loss = 0.0
                 for indices in micro:
-                    batch = {k: v.to(hardware.device) for k, v in collate([train_set[i] for i in indices]).items()}
+                    batch = {k: v.to(hardware.device) for k, v in collate([train_set[i] for i in indices], pad_id).items()}
                     with autocast():
                         loss = model(**batch).loss * len(indices) / examples  # mean over the step's examples
                     scaler.scale(loss).backward()
@@ -195,14 +203,21 @@ def train(
     (out / PERSONA_FILE).write_text(persona.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if knowledge is not None:
         knowledge_store.save(knowledge, out)  # `persona package` publishes it with the adapter
+    fidelity = None
+    if config.fidelity_prompts:
+        fidelity = evaluate_fidelity(model, tokenizer, family, dialogues, read_authored_texts(data_dirs), persona,
+                                     knowledge=knowledge, max_source_tokens=config.max_source_tokens,
+                                     device=hardware.device, autocast=autocast, prompts=config.fidelity_prompts,
+                                     seed=config.seed, run_dir=out)
     report = {
         "persona": persona.model_dump(mode="json"),
         "base_model": base,
+        "family": family.name,
         "config": config.model_dump(mode="json"),
         "data": {
             "sources": dialogues.sources,
-            "train": token_stats(train_set, config.max_source_tokens, config.max_target_tokens),
-            "val": token_stats(val_set, config.max_source_tokens, config.max_target_tokens),
+            "train": token_stats(train_set, family, config.max_source_tokens, config.max_target_tokens),
+            "val": token_stats(val_set, family, config.max_source_tokens, config.max_target_tokens),
         },
         "knowledge": {"facts": len(knowledge.facts) if knowledge else 0},
         "device": hardware.device,
@@ -220,10 +235,12 @@ def train(
         },
         "train_loss": [{"step": step, "loss": loss} for step, loss in progress.losses],
     }
+    if fidelity is not None:
+        report["fidelity"] = fidelity
     reports.plot_loss_curve(out / reports.LOSS_CURVE_FILE, progress.losses, progress.evals,
                             progress.before["loss"])
     if merge:
-        merge_adapter(base, out, out / MERGED_DIR)
+        merge_adapter(base, family, out, out / MERGED_DIR)
         report["merged"] = MERGED_DIR
     reports.write_report(out, report)
     (out / reports.MODEL_CARD_FILE).write_text(reports.model_card(report), encoding="utf-8")  # after peft's card

@@ -1,5 +1,6 @@
-"""/start, /help and /clear (alias /clear_context, the seed bots' name for it). In groups /clear
-wipes everyone's shared history, so only the chat's admins may (like /insanity)."""
+"""/start, /help and /clear (alias /clear_context, the seed bots' name for it). /clear forgets the
+chat's conversations with every persona, for training too (`Store.forget_chat`); in groups that is
+everyone's shared history, so only the chat's admins may (like /insanity)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from persona_bot.store import Store, StoreUnavailable
 BOT_COMMANDS = [
     BotCommand(command="start", description="Say hello"),
     BotCommand(command="help", description="What I can do"),
-    BotCommand(command="clear", description="Forget our conversation so far (groups: admins)"),
+    BotCommand(command="clear", description="Forget this chat's conversation so far, for training too (groups: admins)"),
     BotCommand(command="clear_context", description="Same as /clear"),
     BotCommand(command="persona", description="List personas or switch: /persona NAME"),
     BotCommand(command="insanity", description="Groups: answer every message (/insanity on|off, admins)"),
@@ -27,7 +28,7 @@ HELP = (
     "me - or to everything, if an admin turns on /insanity.\n\n"
     "Rate my answers with 👍/👎: good ones teach the next version of me - from groups unless an "
     "admin turns /feedback off, from private chats only if you turn /feedback on.\n\n"
-    "/clear - forget our conversation so far (in groups: admins)\n"
+    "/clear - forget this chat's conversation so far, with every persona, for training too (in groups: admins)\n"
     "/persona - list personas, /persona NAME - switch\n"
     "/insanity on|off - (groups, admins) answer every message\n"
     "/feedback on|off - (admins) may rated replies from this chat train me"
@@ -46,9 +47,9 @@ async def not_admin(message: Message) -> None:
     await message.reply("Only this chat's admins can clear its history.")
 
 
-async def clear(message: Message, persona: str, store: Store) -> None:
+async def clear(message: Message, store: Store) -> None:
     try:
-        await store.clear_history(message.chat.id, persona)
+        await store.forget_chat(message.chat.id)
     except StoreUnavailable:
         await message.answer("I can't reach my memory right now, so I can't forget either. Try again in a minute.")
         return

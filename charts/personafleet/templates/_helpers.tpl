@@ -72,6 +72,19 @@ app.kubernetes.io/part-of: personafleet
 {{- end }}
 {{- end }}
 
+{{/*
+The read-only login training Jobs export feedback with (database.feedbackExport): the user's Secret,
+else the chart's when it knows the database's address (in-cluster postgres or database.external.url),
+else none (an includeFeedback Job then fails with "no database").
+*/}}
+{{- define "personafleet.feedbackExportSecret" -}}
+{{- if .Values.database.feedbackExport.existingSecret }}
+{{- .Values.database.feedbackExport.existingSecret }}
+{{- else if or .Values.postgres.enabled .Values.database.external.url }}
+{{- printf "%s-feedback-export" (include "personafleet.fullname" .) }}
+{{- end }}
+{{- end }}
+
 {{- define "personafleet.botTokenSecret" -}}
 {{- default (printf "%s-bot" (include "personafleet.fullname" .)) .Values.bot.telegram.existingSecret }}
 {{- end }}
@@ -126,4 +139,41 @@ securityContext:
 - name: tmp
   emptyDir:
     sizeLimit: 1Gi
+{{- end }}
+
+{{/*
+The serving fleets, one per base (issue 22), as a YAML list: serving.bases with every key an entry
+leaves out taken from serving.* (replicas, gpu, nodeSelector, tolerations, affinity, resources);
+with no serving.bases, one unnamed fleet of serving.baseModel (the objects keep their names).
+Use: include "personafleet.fleets" . | fromYamlArray
+*/}}
+{{- define "personafleet.fleets" -}}
+{{- $serving := .Values.serving }}
+{{- $defaults := pick $serving "replicas" "gpu" "nodeSelector" "tolerations" "affinity" "resources" }}
+{{- $fleets := list }}
+{{- $names := dict }}
+{{- $models := dict }}
+{{- range $serving.bases }}
+{{- if hasKey $names .name }}{{ fail (printf "serving.bases: the name %s is used twice" .name) }}{{ end }}
+{{- if hasKey $models .model }}{{ fail (printf "serving.bases: the model %s is served twice" .model) }}{{ end }}
+{{- $_ := set $names .name true }}
+{{- $_ := set $models .model true }}
+{{- $fleets = append $fleets (merge (deepCopy .) (deepCopy $defaults)) }}
+{{- end }}
+{{- if not $fleets }}
+{{- $fleets = list (merge (dict "name" "" "model" $serving.baseModel) (deepCopy $defaults)) }}
+{{- end }}
+{{- toYaml $fleets }}
+{{- end }}
+
+{{/* A fleet's object name suffix: "-serving" or "-serving-<name>". */}}
+{{- define "personafleet.fleetName" -}}
+{{- printf "%s-serving%s" (include "personafleet.fullname" .ctx) (ternary (printf "-%s" .fleet.name) "" (ne .fleet.name "")) }}
+{{- end }}
+
+{{/* The base label of a named fleet's objects (none for the unnamed fleet of serving.baseModel). */}}
+{{- define "personafleet.baseLabel" -}}
+{{- if .name }}
+personafleet.io/base: {{ .name }}
+{{- end }}
 {{- end }}
