@@ -139,11 +139,12 @@ def test_package_refuses_an_adapter_the_fleets_slots_cannot_serve(tiny_base: Pat
 def test_package_refuses_a_rank_above_the_fleets_and_modules_the_base_lacks_with_one_line(
         tiny_base: Path, fred_base: Path, tmp_path: Path):
     wide = make_adapter(tiny_base, tmp_path / "wide", 1, MAX_LORA_RANK + 1, 16, ["q"])
-    result = persona_cli("package", "--run", str(wide), "--name", "wide", "--version", "1", "--out", str(tmp_path / "w"))
+    result = persona_cli("package", "--run", str(wide), "--name", "wide", "--version", "1",
+                         "--out", str(tmp_path / "store" / "wide" / "v1"))
     assert result.returncode == 2 and "its rank 65 is above the fleet's maxLoraRank 64" in result.stderr
     elsewhere = make_adapter(fred_base, tmp_path / "elsewhere", 1, 8, 16, ["FF"])  # wi_0 / wi_1: FRED's layers
     result = persona_cli("package", "--run", str(elsewhere), "--name", "elsewhere", "--version", "1",
-                         "--out", str(tmp_path / "e"), "--base-path", str(tiny_base))
+                         "--out", str(tmp_path / "store" / "elsewhere" / "v1"), "--base-path", str(tiny_base))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"does not fit base {tiny_base}" in result.stderr and "the base has no such layer" in result.stderr
     publish_version(elsewhere, "elsewhere", 1, tmp_path / "store" / "elsewhere" / "v1")  # fits its own base
