@@ -10,6 +10,7 @@ import typer
 
 from persona_cli.common import log_steps
 from personafleet.errors import PersonaError
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.names import MAX_NEW_TOKENS, parse_version
 
 app = typer.Typer()
@@ -40,7 +41,9 @@ def serve(
     model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
     base: Annotated[Optional[list[str]], typer.Option("--base", help="Base model to serve, one fleet each (hub id or path; repeatable). [default: every base the store's routing table uses]")] = None,
     fleet: Annotated[Optional[list[str]], typer.Option("--fleet", help="Another base's fleet as BASE=URL (its serving Service; repeatable): its personas' requests are forwarded there.")] = None,
-    max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapters each worker keeps loaded (LRU).")] = 32,
+    max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapter slots of each worker (LRU).")] = 32,
+    max_lora_rank: Annotated[int, typer.Option(min=1, max=MAX_LORA_RANK, help="Widest adapter rank a slot takes; wider versions are refused.")] = MAX_LORA_RANK,
+    max_host_adapters: Annotated[int, typer.Option(min=0, help="Adapters each worker keeps in (pinned, on CUDA) host memory: a slot miss they hold is a copy, not a disk read (0: off).")] = 0,
     max_persona_labels: Annotated[int, typer.Option(min=0, help='Personas with their own label in the serving metrics; the rest are persona="other".')] = 100,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Most requests per handler call (dynamic batching).")] = 8,
@@ -79,7 +82,8 @@ def serve(
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
         model_store=model_store, bases=base or [], fleets=fleets, bundle_base=bundle_base,
-        max_resident_adapters=max_resident_adapters, max_persona_labels=max_persona_labels,
+        max_resident_adapters=max_resident_adapters, max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters,
+        max_persona_labels=max_persona_labels,
         max_new_tokens=max_new_tokens, workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),

@@ -2,9 +2,9 @@
 
 BaseHandler's four steps, each visible: `initialize` loads the base once per worker,
 `preprocess` turns every request of the batch into a routed request or an error value (the
-routing table is re-read here when its file changed), `inference` makes the needed adapters
-resident (LRU) and runs ONE padded `generate` per set of generation options whose rows use their
-own persona's adapter, `postprocess` gives each request its own JSON body, status and content
+routing table is re-read here when its file changed), `inference` puts the needed adapters into
+slots (LRU) and runs ONE padded `generate` per set of generation options, rows in slot order,
+each row through its own persona's slot, `postprocess` gives each request its own JSON body, status and content
 type. The logic lives in plain modules (requests, residency, routing_watch, fleet); nothing a
 client sends can raise out of `handle`: one bad request never fails the batch or kills the worker.
 """
@@ -23,9 +23,9 @@ from ts.torch_handler.base_handler import BaseHandler
 from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
-    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, FILTERED_REPLIES,
-    GENERATION_SECONDS, PERSONAS_PER_BATCH, REQUESTS, RESIDENT_ADAPTERS, RETRIEVAL_SECONDS, TOKENS_GENERATED, MetricSpec,
-    observe, persona_label, version_label,
+    ADAPTER_EVICTIONS, ADAPTER_LOADS, ADAPTERS_PER_BATCH, BATCH_SIZE, ERRORS, FACTS_PER_PROMPT, FILTERED_REPLIES,
+    GENERATION_SECONDS, HOST_ADAPTERS, PERSONAS_PER_BATCH, REQUESTS, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE,
+    TOKENS_GENERATED, MetricSpec, observe, persona_label, version_label,
 )
 from persona_serving.requests import (
     PersonaVersion, Prepared, Rejected, Routed, describe, key_chunks, option_groups, parse, prepare, route,
@@ -54,7 +54,11 @@ class FleetHandler(BaseHandler):
         self.version = str(context.manifest.get("model", {}).get("modelVersion") or "1")
         device, dtype = pick_device(properties.get("gpu_id"))
         base = str(model_dir / BASE_DIR) if self.config.bundled_base else self.config.base
-        self.fleet = FleetModel(base, device, dtype, self.config.max_input_tokens)
+        self.fleet = FleetModel(
+            base, device, dtype, self.config.max_input_tokens, max_resident_adapters=self.config.max_resident_adapters,
+            max_lora_rank=self.config.max_lora_rank, max_host_adapters=self.config.max_host_adapters,
+            on_slot_load=self._slot_loaded,
+        )
         self.adapters: AdapterLRU[Key, PersonaVersion] = AdapterLRU(
             self.config.max_resident_adapters, self._load_adapter, self._unload_adapter
         )
@@ -63,8 +67,9 @@ class FleetHandler(BaseHandler):
         self._reported: set[tuple[Key, str]] = set()
         self._refresh_routing()
         self.initialized = True
-        logger.info("Fleet worker ready on %s (%s, base %s, store %s, at most %d adapters)",
-                    device, dtype, base, self.store, self.config.max_resident_adapters)
+        logger.info("Fleet worker ready on %s (%s, base %s, store %s, %d slots of rank <= %d, %d host adapters, %s kernel)",
+                    device, dtype, base, self.store, self.config.max_resident_adapters, self.config.max_lora_rank,
+                    self.config.max_host_adapters, "grouped" if self.fleet.slots.rows.grouped else "gather")
 
     # Every request is a prediction. BaseHandler would send the whole batch down the explain or
     # describe path when only its FIRST request asks for it, failing everyone else's request.
@@ -87,8 +92,9 @@ class FleetHandler(BaseHandler):
 
     def inference(self, data: list[Routed | Rejected], *args: Any, **kwargs: Any) -> list[Outcome]:
         """Errors pass through and `about` requests are answered from the store; per chunk of at
-        most `max_resident_adapters` versions, the adapters are made resident and each group of
-        equal options is one mixed-adapter `generate`."""
+        most `max_resident_adapters` versions, the adapters are put into slots and each group of
+        equal options is one `generate`, its rows in slot order (every slot layer then reads
+        contiguous groups, no gather)."""
         data = [describe(item, self.store) if isinstance(item, Routed) and item.request.about else item for item in data]
         outcomes: list[Any] = list(data)
         self._observe(PERSONAS_PER_BATCH, len({item.persona for item in data if isinstance(item, Routed)}))
@@ -98,6 +104,7 @@ class FleetHandler(BaseHandler):
                 entry = entries[data[i].key]  # type: ignore[union-attr]
                 outcomes[i] = entry if isinstance(entry, Rejected) else self._prepare(data[i], entry)  # type: ignore[arg-type]
             for indices in option_groups(outcomes).values():
+                indices.sort(key=lambda i: self.fleet.slot(outcomes[i].entry))
                 for index, reply in zip(indices, self._generate([outcomes[i] for i in indices])):
                     outcomes[index] = reply
         return outcomes
@@ -112,11 +119,11 @@ class FleetHandler(BaseHandler):
 
     def _generate(self, group: list[Prepared]) -> list[Outcome]:
         """One padded `generate` for requests that share generation options, each row its adapter."""
+        entries = [item.entry for item in group]
+        self._observe(ADAPTERS_PER_BATCH, len({entry.key for entry in entries}))
         started = time.perf_counter()
         try:
-            texts, counts = self.fleet.generate(
-                [item.prompt for item in group], [item.entry.adapter_name for item in group], group[0].options
-            )
+            texts, counts = self.fleet.generate([item.prompt for item in group], entries, group[0].options)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this group, keep the worker
             logger.exception("generate() failed for %d requests", len(group))
             detail = f"{exc.__class__.__name__}: {exc}"
@@ -161,7 +168,7 @@ class FleetHandler(BaseHandler):
 
     # --- adapters and routing ------------------------------------------------------------
     def _resident(self, key: Key) -> PersonaVersion | Rejected:
-        """The version's entry, loading its adapter if needed; a 503 value when it cannot be."""
+        """The version's entry, its adapter put into a slot if needed; a 503 value when it cannot be."""
         try:
             entry, _ = self.adapters.get(key)
         except AdapterUnavailable as exc:
@@ -170,19 +177,22 @@ class FleetHandler(BaseHandler):
                 logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
             return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
-            self._observe(RESIDENT_ADAPTERS, len(self.adapters))
+            self._observe(SLOTS_IN_USE, self.fleet.slots_in_use)
+            if self.fleet.slots.host is not None:
+                self._observe(HOST_ADAPTERS, len(self.fleet.slots.host))
         return entry
 
     def _load_adapter(self, key: Key) -> PersonaVersion:
-        started = time.perf_counter()
         entry = self.fleet.load(self.store, *key)
         self.reply_filters[key] = ReplyFilter(self.config.reply_filter, entry.spec.reply_filter)
         if warning := held_out_warning(self.reply_filters[key], held_out_replies(entry.folder), f"{key[0]} v{key[1]}"):
             logger.warning("%s", warning)
-        self._observe(ADAPTER_LOAD_SECONDS, time.perf_counter() - started)
-        self._observe(ADAPTER_LOADS, 1)
-        logger.info("Loaded %s v%d in %.2f s", key[0], key[1], time.perf_counter() - started)
+        logger.info("Loaded %s v%d into slot %d", key[0], key[1], self.fleet.slot(entry))
         return entry
+
+    def _slot_loaded(self, tier: str, seconds: float) -> None:
+        self._observe(SLOT_LOAD_SECONDS, seconds, tier)
+        self._observe(ADAPTER_LOADS, 1)
 
     def _unload_adapter(self, key: Key, entry: PersonaVersion) -> None:
         self.fleet.unload(entry)

@@ -35,7 +35,7 @@ RUN_REPORT = Path("run") / "report.json"  # written as a training run ends (cont
 
 @dataclass(frozen=True)
 class PersonaVersion:
-    """A version resident on a worker: what its prompts are built from and its adapter's name."""
+    """A version resident on a worker: what its prompts are built from (its adapter sits in a slot)."""
 
     persona: str
     version: int
@@ -44,9 +44,8 @@ class PersonaVersion:
     knowledge: Knowledge | None = None  # the facts this version was trained with (issue 14)
 
     @property
-    def adapter_name(self) -> str:
-        # PEFT keeps adapters in ModuleDicts: no dots in the name.
-        return f"{self.persona}--v{self.version}"
+    def key(self) -> tuple[str, int]:
+        return self.persona, self.version
 
 
 @dataclass(frozen=True)

@@ -196,9 +196,10 @@ def test_the_dashboard_covers_what_operators_watch(path):
         assert fragment in text, fragment
     for metric in ("ts_inference_requests_total", "ts_queue_latency_microseconds", "persona_handler_errors_total",
                    "persona_bot_replies_total", "persona_operator_training_duration_seconds_sum",
-                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_resident_adapters",
-                   "persona_handler_adapter_loads_total", "persona_handler_adapter_evictions_total",
-                   "persona_handler_adapter_load_seconds_bucket", "persona_handler_personas_per_batch_bucket"):
+                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_slots_in_use",
+                   "persona_handler_host_adapters", "persona_handler_adapter_loads_total",
+                   "persona_handler_adapter_evictions_total", "persona_handler_slot_load_seconds_bucket",
+                   "persona_handler_adapters_per_batch_bucket", "persona_handler_personas_per_batch_bucket"):
         assert metric in text, metric
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
     ids = [p["id"] for p in dashboard["panels"]]

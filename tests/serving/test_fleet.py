@@ -47,6 +47,8 @@ async def test_a_mixed_persona_batch_answers_each_row_with_its_own_adapter(torch
     assert _sample(sample, "persona_handler_personas_per_batch_sum") - before > len(asks), \
         "no batch mixed two personas"
     assert batches > 0
+    assert _sample(sample, "persona_handler_adapters_per_batch_sum") > _sample(sample, "persona_handler_adapters_per_batch_count"), \
+        "no generate mixed two adapters"
 
 
 async def test_the_least_recently_used_adapter_is_evicted_and_reloaded(torchserve):
@@ -60,7 +62,7 @@ async def test_the_least_recently_used_adapter_is_evicted_and_reloaded(torchserv
     evicted = _sample(after, "persona_handler_adapter_evictions_total") - _sample(before, "persona_handler_adapter_evictions_total")
     loaded = _sample(after, "persona_handler_adapter_loads_total") - _sample(before, "persona_handler_adapter_loads_total")
     assert evicted >= 2 and loaded >= 3  # v2 evicts one; the evicted ones come back
-    assert _sample(after, "persona_handler_resident_adapters") == 2
+    assert _sample(after, "persona_handler_slots_in_use") == 2
 
 
 async def test_a_routing_switch_under_load_fails_no_request(torchserve):

@@ -130,7 +130,7 @@ def test_the_handler_sends_the_fallback_counts_the_rule_and_never_logs_the_text(
         (answer,) = handler.inference(routed)
     assert answer.reply == "Не скажу." and answer.model_version == "1" and answer.tokens > 0
     prepared = handler._prepare(routed[0], handler.adapters.get(("devops-dude", 1))[0])
-    (generated,), _ = handler.fleet.generate([prepared.prompt], ["devops-dude--v1"], prepared.options)
+    (generated,), _ = handler.fleet.generate([prepared.prompt], [prepared.entry], prepared.options)
     assert generated and generated != "Не скажу."
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if generated in m], "the blocked reply reached a log"
