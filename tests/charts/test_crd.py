@@ -267,6 +267,20 @@ def test_the_reply_cap_is_the_one_packaging_and_serving_enforce(schema):
                                 "serving": {"generation": {"maxNewTokens": MAX_NEW_TOKENS + 1}}})
 
 
+def test_the_lora_rank_cap_is_the_one_training_and_the_slots_enforce(schema, example):
+    """A PersonaModel asking for a rank the fleet's slots cannot hold is refused at `kubectl apply`,
+    not after hours of training by `persona package` or the worker."""
+    from persona_training.config import TrainConfig
+    from personafleet.lora import MAX_LORA_RANK
+
+    training = schema["properties"]["spec"]["properties"]["training"]["properties"]
+    assert training["loraRank"]["maximum"] == MAX_LORA_RANK
+    with pytest.raises(ValidationError):
+        TrainConfig(lora_rank=MAX_LORA_RANK + 1)
+    for validator in validators(schema):
+        assert not validator.is_valid(broken(example, "training.loraRank", MAX_LORA_RANK + 1))
+
+
 def test_absolute_export_paths_are_refused(schema, example):
     resource = broken(example, "dataset.exports", ["/etc/passwd"])
     for validator in validators(schema):
