@@ -78,6 +78,18 @@ def clamp_generation(
     return merged
 
 
+SAMPLING_ONLY = ("temperature", "top_p", "top_k")
+
+
+def without_unused_sampling(options: dict) -> dict:
+    """Clamped options minus the sampling parameters when the request does not sample: they mean
+    nothing to greedy or beam search, so requests that differ only there decode alike (one batch
+    group, the same evaluation as serving), and `generate` does not warn on every call."""
+    if options.get("do_sample", False):
+        return options
+    return {key: value for key, value in options.items() if key not in SAMPLING_ONLY}
+
+
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
-from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation
+from personafleet.inference import (
+    GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation, without_unused_sampling,
+)
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import ChatFormatter, render_prompt
@@ -147,11 +149,7 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits, cha
     with the facts the shared `retrieve` picks from the version's knowledge (and the base's chat
     template, `chat`, for a persona whose template uses it)."""
     spec, request = entry.spec, routed.request
-    options = clamp_generation(spec.generation, request.generation, limits)
-    if not options.get("do_sample", False):
-        # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
-        # requests share a batch group and keeps `generate` from warning on every call.
-        options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
+    options = without_unused_sampling(clamp_generation(spec.generation, request.generation, limits))
     turns = request.turns()
     started = time.perf_counter()
     facts = retrieve(entry.knowledge, turns)
