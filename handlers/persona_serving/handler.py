@@ -178,8 +178,8 @@ class FleetHandler(BaseHandler):
             return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
             self._observe(SLOTS_IN_USE, self.fleet.slots_in_use)
-            if self.fleet.slots.host is not None:
-                self._observe(HOST_ADAPTERS, len(self.fleet.slots.host))
+            host = self.fleet.slots.host  # 0 with the host tier off: a panel shows the tier is off, not "no data"
+            self._observe(HOST_ADAPTERS, len(host) if host is not None else 0)
         return entry
 
     def _load_adapter(self, key: Key) -> PersonaVersion:
