@@ -28,8 +28,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/serving.py --concurrency 1 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/serving.py --open-loop --rates 2 --seconds 5 --bot-messages 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/bot.py --rates 50 200 --seconds 2
-	$(VENV)/bin/python benchmarks/operator.py --trials 1
-	$(VENV)/bin/python benchmarks/fleet.py --skip-memory --clients 4 --requests-per-client 2 --results $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/operator.py --trials 1 --canary-trials 1 --chats 8 --results $(BENCH_OUT)
+	$(VENV)/bin/python benchmarks/fleet.py --shapes t5-small --slots-shape t5-small --ks 1 4 --threads 1 --new-tokens 4 --repeats 1 --clients 4 --requests-per-client 2 --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/knowledge.py --retrieval-only --results $(BENCH_OUT)
 	$(VENV)/bin/python benchmarks/fidelity.py --quick --results $(BENCH_OUT)
 	test -f .persona/asr/report.json || $(VENV)/bin/persona init-asr --out .persona/asr

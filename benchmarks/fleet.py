@@ -1,36 +1,39 @@
 #!/usr/bin/env python3
 """The fleet's costs and gains, in one run: a table on stdout, `benchmarks/results/fleet.{json,png}`.
 
-1. Memory (CPU fp32, FRED-T5-large-shaped base with random weights: T5Config d_model 1024,
-   24+24 layers, d_ff 2816, 16 heads, vocab 50364, gated-gelu; LoRA r=16 on q,v as `persona
-   train` defaults): the resident memory (RSS) of ONE fleet process with 1, 10 and 50 adapters
-   loaded from disk the way the handler loads them (`load_adapter`), against today's layout of one
-   process per persona (base + merged adapter), measured for 2 processes and extrapolated.
-   Each measurement runs in a fresh child process. Also: adapter cold-load p50/p99 on that base.
-2. Throughput (tiny T5, CPU, real TorchServe): 16 concurrent clients spread over 8 personas vs the
-   same 16 clients on one persona (fleet: one worker), and vs one model (one worker, one base
-   copy) per persona - the old layout, emulated with 8 single-adapter fleet models - on the same
-   cores. Greedy, fixed reply length.
-3. Rollout: a new version published and switched in the routing table -> answering unpinned
-   requests (tiny model, one replica).
+1. Sweep (issue 20): requests/s of one batch of `--batch` rows (48 input tokens, 32 new tokens,
+   greedy, fixed length) whose rows use k distinct LoRA adapters, k = 1 .. 32, on T5-base- and
+   FRED-T5-large-shaped bases with random weights (adapters r=16 on q,v, `persona train`'s
+   defaults, written in PEFT's format), at 1 and 2 threads. Three setups share the base weights:
+   the slot layer (the fleet's path), PEFT's mixed batch (`generate(adapter_names=...)`, the path
+   it replaces) and one merged model (no LoRA at all: the old one-model-per-persona layout, the
+   ceiling). Setups alternate within each repeat; the best of the repeats counts.
+   With `--device cuda` (bf16): the same at `--batch 32 64`, plus the decode step time of k=32
+   against the bandwidth floor (base bytes / `--bandwidth-gbs`).
+2. Slots at FRED-T5-large shape: cold load disk -> slot p50/p99 (the files were just written, so
+   the page cache holds them), host tier -> slot, and the slot tables' bytes per resident adapter
+   against the adapter's own bytes.
+3. Serving (tiny T5, a real TorchServe): 16 concurrent clients over 8 personas vs the same on one
+   persona (one worker), vs one model per persona (the old layout); a routing switch -> the new
+   version answering.
 4. Two bases in one `persona serve` (issue 22): a tiny T5 and a tiny causal (Llama) base, 2
    personas each, `--clients` clients over the 4 personas (half per base) through the routing
    front; each fleet's req/s against the same clients on a server with that base alone.
 
-    .venv/bin/python benchmarks/fleet.py                 # everything (~10 min on 2 busy cores)
-    .venv/bin/python benchmarks/fleet.py --skip-memory   # throughput and rollout only
+    flock /work/heavy.lock .venv/bin/python benchmarks/fleet.py        # everything (an hour and more on 2 cores)
+    .venv/bin/python benchmarks/fleet.py --parts sweep --shapes t5-base --threads 2 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
+import itertools
 import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,85 +46,185 @@ MESSAGES = ["привет, как дела?", "деплой опять упал"
             "что с мониторингом?", "когда релиз?", "почему графана красная?", "го обедать"]
 logger = logging.getLogger("fleet-benchmark")
 
-
-# --- 1. memory ----------------------------------------------------------------------------------
-def fred_large_config():
-    from transformers import T5Config
-
-    return T5Config(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16,
-                    vocab_size=50364, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-
-
-def rss_gb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**30
+# T5Config settings of the bases (random weights). fred-large: FRED-T5-large's architecture.
+SHAPES = {
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8,
+                     vocab_size=32128, feed_forward_proj="relu", tie_word_embeddings=True),
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
+                    vocab_size=32128, feed_forward_proj="relu", tie_word_embeddings=True),
+    "fred-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16,
+                       vocab_size=50364, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+TARGETS = ["q", "v"]  # `persona train`'s default target modules
 
 
-def measure_child(mode: str, personas: list[int], adapter_dir: Path) -> dict:
-    """In a child process (a clean heap): the base with random weights, then the adapters; RSS."""
-    import gc
-
+# --- the setups -------------------------------------------------------------------------------
+def base_model(shape: str, device, dtype):
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
-    base = T5ForConditionalGeneration(fred_large_config()).eval()
-    out: dict = {"base_params": sum(p.numel() for p in base.parameters()), "base_only_gb": rss_gb()}
-    if mode == "adapter":  # one adapter on disk, loaded under many names by the fleet run
-        lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM")
-        get_peft_model(base, lora).save_pretrained(str(adapter_dir))
-        return out
-    if mode == "per-persona":  # today's layout: base + adapter, merged into the weights
-        PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-        gc.collect()
-        out["rss_gb"] = rss_gb()
-        return out
-    model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="p0")
-    gc.collect()
-    rss, loads = {1: rss_gb()}, []
-    for index in range(1, max(personas)):
-        started = time.perf_counter()
-        model.load_adapter(str(adapter_dir), adapter_name=f"p{index}")
-        loads.append(time.perf_counter() - started)
-        if index + 1 in personas:
-            gc.collect()
-            rss[index + 1] = rss_gb()
-    inputs = {"input_ids": torch.ones((2, 8), dtype=torch.long)}
-    with torch.inference_mode():  # the adapters really serve: one mixed-adapter generate
-        model.generate(**inputs, adapter_names=["p0", f"p{max(personas) - 1}"], max_new_tokens=2)
-    out["rss_gb"] = rss
-    out["load_seconds"] = loads
-    return out
+    config = T5Config(**SHAPES[shape], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(config).to(device, dtype).eval()
 
 
-def memory(work: Path, counts: list[int]) -> dict:
-    adapter_dir = work / "fred-adapter"
-    runs = {}
-    for label, mode in [("adapter", "adapter"), ("fleet", "fleet"), ("per-persona-a", "per-persona"),
-                        ("per-persona-b", "per-persona")]:
-        logger.info("memory: %s", label)
-        result = subprocess.run([sys.executable, __file__, "measure", mode, ",".join(map(str, counts)), str(adapter_dir)],
-                                capture_output=True, text=True, check=True)
-        runs[label] = json.loads(result.stdout.strip().splitlines()[-1])
-    fleet_rss = {int(n): gb for n, gb in runs["fleet"]["rss_gb"].items()}
-    processes = [runs["per-persona-a"]["rss_gb"], runs["per-persona-b"]["rss_gb"]]
-    loads = sorted(runs["fleet"]["load_seconds"])
+def sharing_weights(model):
+    """Another module tree over the same parameter and buffer tensors (no copy of the weights)."""
+    import torch
+
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers()) if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(model, memo)
+
+
+def write_adapters(model, count: int, rank: int, folder: Path) -> list[Path]:
+    """`count` random adapters (A and B both random) saved by PEFT, as `persona train` saves them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(sharing_weights(model), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
+                                                             task_type="SEQ_2_SEQ_LM"))
+    paths = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(index + 1)
+        with torch.no_grad():
+            for name, parameter in peft.named_parameters():
+                if "lora_" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        peft.save_pretrained(folder / f"a{index}")
+        paths.append(folder / f"a{index}")
+    return paths
+
+
+class Setups:
+    """The merged model (the base itself: merging a LoRA costs nothing at inference), the slot
+    layer and PEFT's mixed batch, all over one copy of the base weights."""
+
+    def __init__(self, shape: str, device, dtype, adapters: int, rank: int, work: Path):
+        from peft import PeftModel
+
+        from persona_serving.adapter_slots import AdapterSlots
+
+        self.merged = base_model(shape, device, dtype)
+        self.base_bytes = sum(p.numel() * p.element_size() for p in self.merged.parameters())
+        paths = write_adapters(self.merged, adapters, rank, work / shape)
+        self.load_seconds: list[float] = []
+        self.slots = AdapterSlots(sharing_weights(self.merged), capacity=adapters, max_rank=rank,
+                                  on_load=lambda tier, seconds: self.load_seconds.append(seconds))
+        for index, path in enumerate(paths):
+            self.slots.fill(index, path)
+        self.peft = PeftModel.from_pretrained(sharing_weights(self.merged), str(paths[0]), adapter_name="a0").eval()
+        for index, path in enumerate(paths[1:], 1):
+            self.peft.load_adapter(str(path), adapter_name=f"a{index}")
+        self.paths = paths
+
+    def generate(self, setup: str, ids, adapters: list[int], new_tokens: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of one greedy `generate` of exactly `new_tokens` tokens; row i uses
+        adapter adapters[i]. The process's CPU time is the steadier figure on a shared machine."""
+        import torch
+
+        options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, num_beams=1)
+        if setup == "slots":
+            model = self.slots.model
+            self.slots.set_rows([self.slots.slot(a) for a in adapters])
+        elif setup == "peft":
+            model, options["adapter_names"] = self.peft, [f"a{a}" for a in adapters]
+        else:
+            model = self.merged
+        with torch.inference_mode():
+            started, cpu = time.perf_counter(), time.process_time()
+            model.generate(**options)
+            if ids.device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - started, time.process_time() - cpu
+
+
+def mix(batch: int, k: int) -> list[int]:
+    """k distinct adapters over `batch` rows, in slot order (as the handler orders a batch)."""
+    return [row * k // batch for row in range(batch)]
+
+
+# --- 1. sweep ---------------------------------------------------------------------------------
+def sweep(work: Path, args: argparse.Namespace) -> dict:
+    import torch
+
+    device, dtype = torch.device(args.device), torch.bfloat16 if args.device == "cuda" else torch.float32
+    report: dict = {}
+    for shape in args.shapes:
+        logger.info("sweep: %s base, %d adapters r=%d", shape, max(args.ks), args.rank)
+        setups = Setups(shape, device, dtype, max(args.ks), args.rank, work)
+        generator = torch.Generator().manual_seed(0)
+        runs: dict[str, list[float]] = {}
+        for repeat, threads, batch in itertools.product(range(args.repeats), args.threads, args.batch):
+            torch.set_num_threads(threads)
+            ids = torch.randint(2, setups.merged.config.vocab_size, (batch, args.input_tokens), generator=generator).to(device)
+            for setup, k in [("merged", 1), *((s, k) for k in args.ks for s in ("slots", "peft"))]:
+                if repeat == 0:
+                    setups.generate(setup, ids[:, :8], mix(batch, k), 2)  # warm-up
+                wall, cpu = setups.generate(setup, ids, mix(batch, k), args.new_tokens)
+                runs.setdefault(f"{setup}|{threads}|{batch}|{k}", []).append(wall)
+                runs.setdefault(f"{setup}|{threads}|{batch}|{k}|cpu", []).append(cpu)
+                logger.info("%s threads=%d batch=%d %s k=%d: %.2f s (CPU %.2f s)", shape, threads, batch, setup, k, wall, cpu)
+        table = []
+        for threads, batch in itertools.product(args.threads, args.batch):
+            def rate(setup: str, k: int, clock: str = "") -> float:
+                return batch / min(runs[f"{setup}|{threads}|{batch}|{k}{clock}"])
+
+            for k in args.ks:
+                slots, peft, merged = rate("slots", k), rate("peft", k), rate("merged", 1)
+                table.append({"threads": threads, "batch": batch, "k": k, "slots_rps": slots, "peft_rps": peft,
+                              "merged_rps": merged, "slots_vs_merged": slots / merged, "slots_vs_peft": slots / peft,
+                              "cpu_slots_vs_merged": rate("slots", k, "|cpu") / rate("merged", 1, "|cpu"),
+                              "cpu_slots_vs_peft": rate("slots", k, "|cpu") / rate("peft", k, "|cpu")})
+        report[shape] = {"table": table, "runs": runs, "base_bytes": setups.base_bytes}
+        if device.type == "cuda":
+            report[shape]["decode_step"] = decode_steps(setups, args)
+        if shape == args.slots_shape and "slots" in args.parts:
+            report[shape]["slots"] = slot_costs(setups, work)
+        del setups
+    return report
+
+
+def decode_steps(setups: Setups, args: argparse.Namespace) -> dict:
+    """Seconds per decoding step (the difference of a long and a one-token generate) of the
+    merged model and of the slot layer at the widest mix, against the bandwidth floor."""
+    import torch
+
+    steps = {}
+    for batch in args.batch:
+        ids = torch.randint(2, 1000, (batch, args.input_tokens)).to(args.device)
+        for setup, k in (("merged", 1), ("slots", max(args.ks)), ("peft", max(args.ks))):
+            long = min(setups.generate(setup, ids, mix(batch, k), args.new_tokens)[0] for _ in range(args.repeats))
+            short = min(setups.generate(setup, ids, mix(batch, k), 1)[0] for _ in range(args.repeats))
+            steps[f"{setup}|{batch}"] = (long - short) / (args.new_tokens - 1)
+    floor = setups.base_bytes / (args.bandwidth_gbs * 1e9) if args.bandwidth_gbs else None
+    return {"seconds": steps, "bandwidth_floor_s": floor}
+
+
+# --- 2. slots ---------------------------------------------------------------------------------
+def slot_costs(setups: Setups, work: Path) -> dict:
+    """Cold loads (disk -> slot) measured while filling the sweep's slots, a host tier's loads,
+    and the tables' bytes per resident adapter against the adapter's own bytes."""
+    from persona_serving.adapter_slots import HOST, AdapterSlots
+    from persona_serving.adapter_weights import read_adapter
+
+    raw = read_adapter(setups.paths[0], setups.slots.dtype, setups.slots.max_rank).nbytes
+    host_loads: list[float] = []
+    hosted = AdapterSlots(sharing_weights(setups.merged), capacity=1, max_rank=setups.slots.max_rank, host_capacity=2,
+                          on_load=lambda tier, seconds: host_loads.append(seconds) if tier == HOST else None)
+    for index in range(16):
+        hosted.fill("a", setups.paths[index % 2])
+        hosted.free("a")
+    disk = sorted(setups.load_seconds)
     return {
-        "base_params": runs["fleet"]["base_params"],
-        "base_only_gb": runs["fleet"]["base_only_gb"],
-        "fleet_rss_gb": fleet_rss,
-        "per_persona_process_gb": processes,
-        "per_persona_rss_gb": {n: statistics.mean(processes) * n for n in counts},
-        "ratio_50_to_1": fleet_rss[max(counts)] / fleet_rss[min(counts)],
-        "cold_load_p50_s": statistics.median(loads),
-        "cold_load_p99_s": loads[min(len(loads) - 1, int(round(0.99 * (len(loads) - 1))))],
+        "adapters": len(setups.slots), "adapter_bytes": raw, "table_bytes": setups.slots.nbytes,
+        "bytes_per_resident_vs_raw": setups.slots.nbytes / (len(setups.slots) * raw),
+        "disk_load_p50_s": statistics.median(disk), "disk_load_p99_s": disk[round(0.99 * (len(disk) - 1))],
+        "host_load_p50_s": statistics.median(host_loads), "host_device": str(setups.slots.device),
     }
 
 
-# --- 2. throughput and 3. rollout ---------------------------------------------------------------
+# --- 3. serving: throughput and rollout --------------------------------------------------------
 def tiny_fleet(work: Path, personas: list[str], shape: str = "t5", store: Path | None = None,
                second_version: bool = True) -> tuple[Path, Path]:
     """A tiny base of `shape` (t5, or llama: causal) and one random LoRA adapter per persona
@@ -203,7 +306,7 @@ async def rollout_seconds(options, persona: str) -> float:
         return time.perf_counter() - started
 
 
-def throughput(work: Path, args: argparse.Namespace) -> dict:
+def serving(work: Path, args: argparse.Namespace) -> dict:
     from persona_serving.archive import ArchiveOptions, build_fleet_archive
     from persona_serving.server import ServeOptions, fleet_config, free_port, serve_background, start, stop, wait_until_served
     from personafleet.client import TokenSource
@@ -213,7 +316,7 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     archive = ArchiveOptions(batch_size=16, max_batch_delay_ms=args.max_batch_delay_ms, response_timeout_s=600)
     options = ServeOptions(model_store=store, bases=[str(base)], workdir=work / "serve", archive=archive,
                            max_resident_adapters=len(personas), inference_port=free_port(), management_port=free_port(),
-                           metrics_port=free_port(), grpc_ports=(free_port(), free_port()), torch_threads=args.threads)
+                           metrics_port=free_port(), grpc_ports=(free_port(), free_port()), torch_threads=args.serving_threads)
     serve_background(options)
     results: dict = {}
     try:
@@ -222,9 +325,9 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
         spread = [personas[i % len(personas)] for i in range(args.clients)]
         same = [personas[0]] * args.clients
         for label, clients in [("fleet, 8 personas", spread), ("fleet, 1 persona", same)]:
-            asyncio.run(load(fleet_url, headers, clients, 2, args.new_tokens))  # warm-up: adapters resident
+            asyncio.run(load(fleet_url, headers, clients, 2, args.serving_new_tokens))  # warm-up: adapters resident
             logger.info("throughput: %s", label)
-            results[label] = asyncio.run(load(fleet_url, headers, clients, args.requests_per_client, args.new_tokens))
+            results[label] = asyncio.run(load(fleet_url, headers, clients, args.requests_per_client, args.serving_new_tokens))
         results["rollout_s"] = asyncio.run(rollout_seconds(options, personas[0]))
     finally:
         stop(options.workdir)
@@ -242,10 +345,10 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
         asyncio.run(wait_until_served(per_persona, pid, models))
         headers = TokenSource(token_file=per_persona.inference_token_file).headers()
         per_model_url = lambda persona: f"{per_persona.inference_url}/predictions/model-{persona}"  # noqa: E731
-        asyncio.run(load(per_model_url, headers, spread, 2, args.new_tokens))
+        asyncio.run(load(per_model_url, headers, spread, 2, args.serving_new_tokens))
         logger.info("throughput: one model per persona")
         results["one model per persona, 8 personas"] = asyncio.run(
-            load(per_model_url, headers, spread, args.requests_per_client, args.new_tokens))
+            load(per_model_url, headers, spread, args.requests_per_client, args.serving_new_tokens))
     finally:
         stop(per_persona.workdir)
     return results
@@ -273,7 +376,7 @@ def two_bases(work: Path, args: argparse.Namespace) -> dict:
                                archive=archive, max_resident_adapters=4, inference_port=free_port(),
                                management_port=free_port(), metrics_port=free_port(),
                                grpc_ports=(free_port(), free_port()), backend_ports=(free_port(), free_port()),
-                               torch_threads=args.threads)
+                               torch_threads=args.serving_threads)
         serve_background(options)
         return options
 
@@ -281,8 +384,8 @@ def two_bases(work: Path, args: argparse.Namespace) -> dict:
         headers = TokenSource(token_file=options.inference_token_file).headers()
         url = lambda persona: f"{options.inference_url}/predictions/fleet"  # noqa: E731
         clients = {s: [groups[s][i % 2] for i in range(per_fleet)] for s in shapes}
-        await asyncio.gather(*(load(url, headers, c, 2, args.new_tokens) for c in clients.values()))  # warm-up
-        runs = await asyncio.gather(*(load(url, headers, c, args.requests_per_client, args.new_tokens)
+        await asyncio.gather(*(load(url, headers, c, 2, args.serving_new_tokens) for c in clients.values()))  # warm-up
+        runs = await asyncio.gather(*(load(url, headers, c, args.requests_per_client, args.serving_new_tokens)
                                       for c in clients.values()))
         return dict(zip(shapes, runs))
 
@@ -300,30 +403,41 @@ def two_bases(work: Path, args: argparse.Namespace) -> dict:
 
 
 # --- report ---------------------------------------------------------------------------------
-def print_table(report: dict) -> None:
-    if "memory" in report:
-        memory = report["memory"]
-        print(f"\nMemory, CPU fp32, FRED-T5-large-shaped base ({memory['base_params'] / 1e6:.0f}M parameters), LoRA r=16 q,v")
-        print(f"{'personas':>9} | {'fleet, one process (GB)':>24} | {'one process per persona (GB)':>29}")
-        for n, gb in memory["fleet_rss_gb"].items():
-            print(f"{n:>9} | {gb:>24.2f} | {memory['per_persona_rss_gb'][n]:>29.2f}")
-        print(f"one per-persona process measured twice: {memory['per_persona_process_gb'][0]:.2f} and "
-              f"{memory['per_persona_process_gb'][1]:.2f} GB (larger counts extrapolated)")
-        print(f"50 personas / 1 persona (fleet): {memory['ratio_50_to_1']:.3f}x (goal <= 1.15x)")
-        print(f"adapter cold load on that base: p50 {memory['cold_load_p50_s'] * 1000:.0f} ms, p99 {memory['cold_load_p99_s'] * 1000:.0f} ms")
-    runs = {k: v for k, v in report["throughput"].items() if isinstance(v, dict)}
-    print(f"\nThroughput, tiny T5 on CPU, {report['args']['clients']} concurrent clients")
-    print(f"{'setup':>36} | {'req/s':>7} | {'p50 s':>6} | {'p99 s':>6} | errors")
-    for label, run in runs.items():
-        print(f"{label:>36} | {run['req_per_s']:>7.1f} | {run['p50_s']:>6.3f} | {run['p99_s']:>6.3f} | {run['errors']}")
-    ratios = report["ratios"]
-    print(f"8 personas / 1 persona: {ratios['mixed_vs_single']:.2f}x (goal >= 0.8x); "
-          f"fleet / one model per persona: {ratios['fleet_vs_per_model']:.2f}x (goal >= 3x)")
-    print(f"rollout (routing switch -> answering as v2): {report['throughput']['rollout_s']:.2f} s (goal < 2 s)")
+def print_table(report: dict, args: argparse.Namespace) -> None:
+    for shape, result in report.get("sweep", {}).items():
+        print(f"\nSweep, {shape}-shaped base (random weights), {args.device}, LoRA r={args.rank} on q,v, "
+              f"{args.input_tokens} input / {args.new_tokens} new tokens greedy; requests/s, best of {args.repeats}")
+        print(f"{'threads':>7} | {'batch':>5} | {'k':>3} | {'slots':>7} | {'PEFT':>7} | {'merged':>7} | "
+              f"{'slots/merged':>12} | {'slots/PEFT':>10} | {'same, by CPU time':>19}")
+        for row in result["table"]:
+            print(f"{row['threads']:>7} | {row['batch']:>5} | {row['k']:>3} | {row['slots_rps']:>7.2f} | "
+                  f"{row['peft_rps']:>7.2f} | {row['merged_rps']:>7.2f} | {row['slots_vs_merged']:>11.3f}x | "
+                  f"{row['slots_vs_peft']:>9.3f}x | {row['cpu_slots_vs_merged']:>7.3f}x / {row['cpu_slots_vs_peft']:.3f}x")
+        if "decode_step" in result:
+            steps = result["decode_step"]
+            print("decode step (s): " + ", ".join(f"{key} {value * 1000:.2f} ms" for key, value in steps["seconds"].items())
+                  + (f"; bandwidth floor {steps['bandwidth_floor_s'] * 1000:.2f} ms" if steps["bandwidth_floor_s"] else ""))
+        if "slots" in result:
+            slots = result["slots"]
+            print(f"slots ({shape}, {slots['host_device']}): cold load disk -> slot p50 {slots['disk_load_p50_s'] * 1000:.1f} ms, "
+                  f"p99 {slots['disk_load_p99_s'] * 1000:.1f} ms; host tier -> slot p50 {slots['host_load_p50_s'] * 1000:.1f} ms; "
+                  f"tables {slots['table_bytes'] / 2**20:.1f} MiB for {slots['adapters']} adapters of "
+                  f"{slots['adapter_bytes'] / 2**20:.2f} MiB: {slots['bytes_per_resident_vs_raw']:.3f}x per resident adapter")
+    if "serving" in report:
+        serving = report["serving"]
+        runs = {k: v for k, v in serving.items() if isinstance(v, dict)}
+        print(f"\nServing, tiny T5 on CPU, real TorchServe, {args.clients} concurrent clients")
+        print(f"{'setup':>36} | {'req/s':>7} | {'p50 s':>6} | {'p99 s':>6} | errors")
+        for label, run in runs.items():
+            print(f"{label:>36} | {run['req_per_s']:>7.1f} | {run['p50_s']:>6.3f} | {run['p99_s']:>6.3f} | {run['errors']}")
+        mixed, single = runs["fleet, 8 personas"]["req_per_s"], runs["fleet, 1 persona"]["req_per_s"]
+        per_model = runs["one model per persona, 8 personas"]["req_per_s"]
+        print(f"8 personas / 1 persona: {mixed / single:.2f}x; fleet / one model per persona: {mixed / per_model:.2f}x; "
+              f"rollout (routing switch -> answering as v2): {serving['rollout_s']:.2f} s")
     if "two_bases" in report:
         two = report["two_bases"]
-        print(f"\nTwo bases in one `persona serve` (tiny T5 + tiny Llama, CPU), {report['args']['clients']} clients "
-              f"over 4 personas ({report['args']['clients'] // 2} per base)")
+        print(f"\nTwo bases in one `persona serve` (tiny T5 + tiny Llama, CPU), {args.clients} clients "
+              f"over 4 personas ({args.clients // 2} per base)")
         print(f"{'fleet':>8} | {'together req/s':>14} | {'alone req/s':>11} | {'together / alone':>16} | errors")
         for shape, ratio in two["together_vs_alone"].items():
             together, alone = two["together"][shape], two[f"{shape} alone"][shape]
@@ -337,58 +451,61 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if "memory" in report else 1
-    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4))
-    axes = list(axes) if panels > 1 else [axes]
-    if "memory" in report:
-        memory = report["memory"]
-        counts = list(memory["fleet_rss_gb"])
-        axes[0].plot(counts, list(memory["fleet_rss_gb"].values()), "o-", label="fleet: one process")
-        axes[0].plot(counts, [memory["per_persona_rss_gb"][n] for n in counts], "s--",
-                     label="one process per persona (2 measured, extrapolated)")
-        axes[0].set(xlabel="personas", ylabel="resident memory (GB)", yscale="log",
-                    title="Memory, FRED-T5-large shape, CPU fp32")
-        axes[0].legend()
-    runs = {k: v for k, v in report["throughput"].items() if isinstance(v, dict)}
-    axes[-1].barh(list(runs), [r["req_per_s"] for r in runs.values()])
-    axes[-1].set(xlabel="requests / s", title=f"Throughput, tiny T5, {report['args']['clients']} clients")
+    panels = [(shape, threads, batch) for shape, result in report.get("sweep", {}).items()
+              for threads, batch in dict.fromkeys((row["threads"], row["batch"]) for row in result["table"])]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for axis, (shape, threads, batch) in zip(axes[0], panels):
+        rows = [r for r in report["sweep"][shape]["table"] if (r["threads"], r["batch"]) == (threads, batch)]
+        ks = [r["k"] for r in rows]
+        axis.plot(ks, [r["slots_rps"] for r in rows], "o-", label="slot layer")
+        axis.plot(ks, [r["peft_rps"] for r in rows], "s--", label="PEFT mixed batch")
+        axis.axhline(rows[0]["merged_rps"], color="grey", linestyle=":", label="merged model (ceiling)")
+        axis.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="distinct adapters in the batch (k)",
+                 ylabel="requests / s", ylim=(0, None), title=f"{shape}, batch {batch}, {threads} thread(s)")
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "measure":
-        mode, personas, adapter_dir = sys.argv[2], [int(n) for n in sys.argv[3].split(",")], Path(sys.argv[4])
-        print(json.dumps(measure_child(mode, personas, adapter_dir)))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-two-bases", action="store_true", help="leave out part 4 (two bases in one serve)")
-    parser.add_argument("--personas", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--parts", nargs="+", choices=["sweep", "slots", "serving", "two-bases"],
+                        default=["sweep", "slots", "serving", "two-bases"],
+                        help="slots rides on the sweep of --slots-shape")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["t5-base", "fred-large"])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="distinct adapters per batch")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--input-tokens", type=int, default=48)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slots-shape", choices=list(SHAPES), default="fred-large", help="the shape part 2 measures")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16")
+    parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth, for the decode floor")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests-per-client", type=int, default=6)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--serving-new-tokens", type=int, default=16)
     parser.add_argument("--max-batch-delay-ms", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--serving-threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--results", type=Path, default=RESULTS, help="where fleet.json and fleet.png go")
     args = parser.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.batch[0] % max(args.ks) and "sweep" in args.parts:
+        parser.error("--batch must be a multiple of the largest k")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.results.mkdir(parents=True, exist_ok=True)
     report: dict = {"args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        if not args.skip_memory:
-            report["memory"] = memory(Path(tmp), args.personas)
-        report["throughput"] = throughput(Path(tmp), args)
-        if not args.skip_two_bases:
+        if "sweep" in args.parts:
+            report["sweep"] = sweep(Path(tmp), args)
+        if "serving" in args.parts:
+            report["serving"] = serving(Path(tmp), args)
+        if "two-bases" in args.parts:
             report["two_bases"] = two_bases(Path(tmp), args)
-    runs = report["throughput"]
-    report["ratios"] = {
-        "mixed_vs_single": runs["fleet, 8 personas"]["req_per_s"] / runs["fleet, 1 persona"]["req_per_s"],
-        "fleet_vs_per_model": runs["fleet, 8 personas"]["req_per_s"] / runs["one model per persona, 8 personas"]["req_per_s"],
-    }
-    print_table(report)
+    print_table(report, args)
     plot(report, args.results / "fleet.png")
     (args.results / "fleet.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     print(f"\nwrote {args.results / 'fleet.json'} and {args.results / 'fleet.png'}")

@@ -1,7 +1,7 @@
 """The inference API contract between the fleet handler and its clients (bot, chat, operator).
 
 `POST /predictions/fleet` (contract 3):
-Request:  {"persona": NAME, "version": N?, "context": [{"role": "user"|"persona", "text": ...}],
+Request:  {"persona": NAME, "version": N?, "conversation": KEY?, "context": [{"role": "user"|"persona", "text": ...}],
            "message": TEXT, "generation": {...}?, "show_facts": BOOL?}
 Response: a stream of JSON events, one per line (`application/x-ndjson`, one per HTTP chunk):
           previews {"delta": TEXT, "tokens": N}, one per token (the text it adds, "" while a token
@@ -33,6 +33,7 @@ from personafleet.prompt import Turn
 
 # The one TorchServe model per base (contract 3); the persona travels in the body.
 FLEET_MODEL = "fleet"
+MAX_CONVERSATION_KEY_CHARS = 128
 
 
 class GenerationOptions(BaseModel):
@@ -86,12 +87,28 @@ def clamp_generation(
     return merged
 
 
+SAMPLING_ONLY = ("temperature", "top_p", "top_k")
+
+
+def without_unused_sampling(options: dict) -> dict:
+    """Clamped options minus the sampling parameters when the request does not sample: they mean
+    nothing to greedy or beam search, so requests that differ only there decode alike (one batch
+    group, the same evaluation as serving), and `generate` does not warn on every call."""
+    if options.get("do_sample", False):
+        return options
+    return {key: value for key, value in options.items() if key not in SAMPLING_ONLY}
+
+
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Required by the fleet; clients build a conversation first and `InferenceClient.reply` names it.
     persona: str | None = Field(None, max_length=64)
     version: int | None = Field(None, description="pin a version (any the routing table lists); default: the serving one")
+    conversation: str | None = Field(
+        None, min_length=1, max_length=MAX_CONVERSATION_KEY_CHARS,
+        description="an opaque key of the conversation (`personafleet.routing.conversation_key`): during a canary "
+        "every turn of one conversation is answered by the same version")
     about: bool = Field(False, description="describe the version that would answer instead of answering")
     context: list[Turn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
     message: str = Field("", max_length=MAX_TEXT_CHARS, validate_default=True, description="required unless `about`")

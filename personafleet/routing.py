@@ -9,6 +9,11 @@ One small JSON file at the top of the model store, `STORE/routing.json`:
 switches `serving`, then prunes `versions` to `keepVersions`. The files of a version stay in the
 store (`STORE/<persona>/v<N>/`) whether or not the table lists it.
 
+A canary (issue 23) gives a route optional `weights` (`{"4": 90, "5": 10}`: listed versions and
+their shares of the conversations). `choose_version` picks one per conversation key with a stable
+hash, so a conversation stays on its version; requests without a key, and every request of a route
+without weights, get `serving`. Making a version the serving one ends a canary (weights cleared).
+
 `bases` (optional, issue 22) records the base model each listed version was published for (its
 `version.json`), set when the version is routed: with several bases served, it is how a request
 reaches the fleet of its version's base (persona_serving.bases). A table without it stays valid;
@@ -22,6 +27,7 @@ everywhere: a version is a positive integer N, written without leading zeros; it
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +43,6 @@ ROUTING_FILE = "routing.json"
 LOCK_FILE = ".routing.lock"
 
 
-
 def version_dir(store: Path, persona: str, version: int) -> Path:
     """`STORE/<persona>/v<N>/` (contract 1)."""
     return store / persona / f"v{version}"
@@ -48,6 +53,8 @@ class PersonaRoute(BaseModel):
 
     serving: int = Field(ge=1, description="the version answering requests that pin none")
     versions: list[int] = Field(description="versions a request may pin, oldest first; includes `serving`")
+    weights: dict[int, int] | None = Field(
+        None, description="a canary: listed versions and their shares of the conversations (absent: `serving` answers)")
     bases: dict[int, str] = Field(
         default_factory=dict, exclude_if=lambda bases: not bases,  # a table without bases is written as before
         description="the base model each listed version was published for (optional)")
@@ -58,7 +65,37 @@ class PersonaRoute(BaseModel):
         if any(v < 1 for v in self.versions):
             raise ValueError("versions are positive integers")
         self.bases = {v: base for v, base in sorted(self.bases.items()) if v in self.versions and base}
+        if self.weights is not None:
+            unlisted = sorted(set(self.weights) - set(self.versions))
+            if unlisted:
+                raise ValueError(f"weights name versions the route does not list: {unlisted}")
+            if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+                raise ValueError("weights are non-negative and not all 0")
         return self
+
+
+def conversation_key(*parts: object) -> str:
+    """An opaque conversation key for sticky routing (contract 3's `conversation`): a hash of what
+    identifies a conversation (a chat id and the persona), so no raw id travels to serving."""
+    return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=12).hexdigest()
+
+
+def choose_version(route: PersonaRoute, session_key: str | None) -> int:
+    """The version answering an unpinned request of conversation `session_key`.
+
+    Without weights or a key: `serving`. Otherwise a stable hash of the key is a point in [0, 1)
+    that falls in one version's share, newest version first: a conversation keeps its version
+    while the weights stay, and when a canary's weight grows its conversations stay on it (only
+    conversations of older versions move, each at most once)."""
+    if not route.weights or session_key is None:
+        return route.serving
+    digest = hashlib.blake2b(session_key.encode(), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2**64 * sum(route.weights.values())
+    for version in sorted(route.weights, reverse=True):
+        point -= route.weights[version]
+        if point < 0:
+            return version
+    return route.serving  # rounding at the very top of the range
 
 
 class RoutingTable(BaseModel):
@@ -73,13 +110,14 @@ class RoutingTable(BaseModel):
                 raise ValueError(f"persona name {name!r} must match {PERSONA_NAME_PATTERN}")
         return self
 
-    def resolve(self, persona: str, version: int | None = None) -> int | None:
-        """The version that answers `persona` (pinned or serving), or None when it is not routed."""
+    def resolve(self, persona: str, version: int | None = None, conversation: str | None = None) -> int | None:
+        """The version that answers `persona` (pinned, or chosen for the conversation), or None when
+        it is not routed."""
         route = self.personas.get(persona)
         if route is None:
             return None
         if version is None:
-            return route.serving
+            return choose_version(route, conversation)
         return version if version in route.versions else None
 
     def base_of(self, persona: str, version: int) -> str | None:
@@ -88,8 +126,9 @@ class RoutingTable(BaseModel):
         return route.bases.get(version) if route is not None else None
 
     def add(self, persona: str, version: int, *, serve: bool, base: str | None = None) -> None:
-        """List `version` for pinned requests; with `serve`, make it the answering version too;
-        `base` records the base model it was published for (kept from before when not given)."""
+        """List `version` for pinned requests; with `serve`, make it the answering version too (for
+        every conversation: a canary's weights end); `base` records the base model it was published
+        for (kept from before when not given)."""
         route = self.personas.get(persona)
         recorded = {version: base} if base else {}
         if route is None:
@@ -98,21 +137,33 @@ class RoutingTable(BaseModel):
         self.personas[persona] = PersonaRoute(
             serving=version if serve else route.serving, versions=[*route.versions, version],
             bases=route.bases | recorded,
+            weights=None if serve else route.weights,
         )
 
+    def weigh(self, persona: str, weights: dict[int, int]) -> None:
+        """Share the persona's conversations among listed versions by weight (a canary: `{4: 90, 5: 10}`);
+        `serving` stays what keyless requests get. All weight on `serving` is no canary: cleared."""
+        route = self.personas[persona]
+        shares = {v: w for v, w in sorted(weights.items()) if w != 0}
+        self.personas[persona] = PersonaRoute(serving=route.serving, versions=route.versions, bases=route.bases,
+                                              weights=None if set(shares) <= {route.serving} else shares)
+
     def withdraw(self, persona: str, version: int) -> None:
-        """Unlist a version that is not serving (a failed rollout); the serving one stays."""
+        """Unlist a version that is not serving (a failed rollout or canary): its conversations go
+        back to `serving`."""
         route = self.personas.get(persona)
         if route is not None and version != route.serving:
             route.versions = [v for v in route.versions if v != version]
+            route.weights = None
             route.bases.pop(version, None)
 
     def prune(self, persona: str, keep: int) -> list[int]:
-        """Keep the newest `keep` versions (never dropping `serving`); returns the versions dropped."""
+        """Keep the newest `keep` versions (never dropping `serving` or a weighted one); returns the
+        versions dropped."""
         route = self.personas.get(persona)
         if route is None:
             return []
-        kept = set(sorted(route.versions, reverse=True)[: max(keep, 1)]) | {route.serving}
+        kept = set(sorted(route.versions, reverse=True)[: max(keep, 1)]) | {route.serving} | set(route.weights or ())
         dropped = [v for v in route.versions if v not in kept]
         route.versions = sorted(kept)
         route.bases = {v: base for v, base in route.bases.items() if v in kept}
@@ -154,7 +205,8 @@ def _locked(store: Path) -> Iterator[None]:
 
 def write_routing(store: Path, table: RoutingTable) -> None:
     """Replace the table in one rename (readers see the old file or the new one, never a mix)."""
-    write_text_atomic(store / ROUTING_FILE, table.model_dump_json(indent=2))
+    # Optional fields are left out when unset: a table without a canary reads as before (contract 2).
+    write_text_atomic(store / ROUTING_FILE, table.model_dump_json(indent=2, exclude_none=True))
 
 
 def update_routing(store: Path, change: Callable[[RoutingTable], None]) -> RoutingTable:

@@ -35,7 +35,7 @@ class DynamicBatchingHandler(FleetHandler):
                     groups[tuple(sorted(outcomes[index].options.items()))].append(index)
         for indices in groups.values():
             group = [outcomes[i] for i in indices]
-            texts, counts = self.fleet.generate([p.prompt for p in group], [p.entry.adapter_name for p in group],
+            texts, counts = self.fleet.generate([p.prompt for p in group], [p.entry for p in group],
                                                 group[0].options)
             for index, prepared, text, count in zip(indices, group, texts, counts):
                 outcomes[index] = InferenceResponse(reply=text, persona=prepared.entry.persona,

@@ -1,7 +1,8 @@
 """The bot's Prometheus metrics, registered at import (the charts' Grafana test collects them).
 
-Labels are `persona` and `outcome` only: never a user or chat id, which would make one series
-per person.
+Labels are `persona`, `version` (the persona version that answered, "3"; "none" when none did, as
+in serving's metrics) and `outcome` only: never a user or chat id, which would make one series per
+person.
 """
 
 from __future__ import annotations
@@ -36,15 +37,26 @@ UPDATES = Counter(
 )
 REPLIES = Counter(
     "persona_bot_replies_total",
-    "Messages the persona was asked to answer, by outcome "
-    "(ok, stopped, inference_unavailable, inference_rejected, rate_limited).",
-    ["persona", "outcome"],
+    "Messages the persona was asked to answer, by the version that answered (none: no version did) and outcome "
+    "(ok, stopped: the user stopped it with words shown, inference_unavailable, inference_rejected, rate_limited).",
+    ["persona", "version", "outcome"],
 )
 FEEDBACK_VOTES = Counter(
     "persona_bot_feedback_votes_total",
-    "Votes on replies, by outcome (up, down, unknown_reply, store_unavailable).",
-    ["persona", "outcome"],
+    "Votes on replies, by the version that wrote the reply (none: unknown) and outcome "
+    "(up, down, unknown_reply, store_unavailable).",
+    ["persona", "version", "outcome"],
 )
+NO_VERSION = "none"  # the `version` of outcomes no version answered (serving's metrics say the same)
+
+
+def replied(persona: str, version: str, outcome: str = "ok") -> None:
+    """Count a reply of `version` (ok, or stopped with words shown), and make its vote series exist
+    at 0 so the first votes show up in `increase()` (a canary's analysis counts ratings per version
+    from the first one)."""
+    REPLIES.labels(persona, version, outcome).inc()
+    for outcome in ("up", "down"):
+        FEEDBACK_VOTES.labels(persona, version, outcome)
 STORE_ERRORS = Counter(
     "persona_bot_store_errors_total",
     "Database operations that failed because the database was unavailable.",

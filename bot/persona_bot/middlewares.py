@@ -178,7 +178,7 @@ class RateLimitMiddleware(BaseMiddleware):
             if sender is not None:
                 self._warned.pop(sender.id, None)
             return await handler(event, data)
-        metrics.REPLIES.labels(data.get("persona", self.settings.persona), "rate_limited").inc()
+        metrics.REPLIES.labels(data.get("persona", self.settings.persona), metrics.NO_VERSION, "rate_limited").inc()
         now = time.monotonic()
         if self._warned.get(sender.id, 0.0) < now:
             self._warned[sender.id] = now + wait

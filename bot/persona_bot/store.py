@@ -385,19 +385,21 @@ class Store:
         async with self._connection() as connection:
             await connection.execute("DELETE FROM rate_limits WHERE tat < now()")
 
-    async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> str | None:
-        """Store (or change) a user's vote on a reply; the reply's persona, None for an unknown reply."""
+    async def vote(self, chat_id: int, message_id: int, user_id: int, value: int) -> tuple[str, str] | None:
+        """Store (or change) a user's vote on a reply; the reply's persona and the version that wrote
+        it, None for an unknown reply."""
         async with self._connection() as connection:
-            return await connection.fetchval(
-                "WITH target AS (SELECT id, persona FROM replies WHERE chat_id = $1 AND message_id = $2),"
+            row = await connection.fetchrow(
+                "WITH target AS (SELECT id, persona, model_version FROM replies WHERE chat_id = $1 AND message_id = $2),"
                 " upsert AS (INSERT INTO votes (reply_id, user_id, value) SELECT id, $3, $4 FROM target"
                 "  ON CONFLICT (reply_id, user_id) DO UPDATE SET value = EXCLUDED.value, voted_at = now())"
-                " SELECT persona FROM target",
+                " SELECT persona, model_version FROM target",
                 chat_id,
                 message_id,
                 user_id,
                 value,
             )
+        return (row["persona"], row["model_version"]) if row else None
 
     async def feedback_for_training(self, persona: str | None = None) -> tuple[list[Exchange], dict[str, int]]:
         """The rated replies that may become training data (not forgotten, more 👍 than 👎, in a chat

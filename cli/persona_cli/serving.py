@@ -10,6 +10,7 @@ import typer
 
 from persona_cli.common import log_steps
 from personafleet.errors import PersonaError
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.names import MAX_NEW_TOKENS, parse_version
 
 app = typer.Typer()
@@ -40,7 +41,9 @@ def serve(
     model_store: Annotated[Optional[Path], typer.Option(help="Model store: STORE/NAME/vN/ versions and routing.json.")] = None,
     base: Annotated[Optional[list[str]], typer.Option("--base", help="Base model to serve, one fleet each (hub id or path; repeatable). [default: every base the store's routing table uses]")] = None,
     fleet: Annotated[Optional[list[str]], typer.Option("--fleet", help="Another base's fleet as BASE=URL (its serving Service; repeatable): its personas' requests are forwarded there.")] = None,
-    max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapters each worker keeps loaded (LRU).")] = 32,
+    max_resident_adapters: Annotated[int, typer.Option(min=1, help="Adapter slots of each worker (LRU).")] = 32,
+    max_lora_rank: Annotated[int, typer.Option(min=1, max=MAX_LORA_RANK, help="Widest adapter rank a slot takes; wider versions are refused.")] = MAX_LORA_RANK,
+    max_host_adapters: Annotated[int, typer.Option(min=0, help="Adapters each worker keeps in (pinned, on CUDA) host memory: a slot miss they hold is a copy, not a disk read (0: off).")] = 0,
     max_persona_labels: Annotated[int, typer.Option(min=0, help='Personas with their own label in the serving metrics; the rest are persona="other".')] = 100,
     bundle_base: Annotated[bool, typer.Option("--bundle-base", help="Copy the (local) base model into fleet.mar.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Most rows a worker decodes together (live rows; more requests queue).")] = 8,
@@ -80,9 +83,9 @@ def serve(
         raise PersonaError("the auth front (--auth-token-file) needs --foreground and --management-token-file")
     options = server.ServeOptions(
         model_store=model_store, bases=base or [], fleets=fleets, bundle_base=bundle_base,
-        max_resident_adapters=max_resident_adapters, max_persona_labels=max_persona_labels,
-        max_new_tokens=max_new_tokens, max_cached_tokens=max_cached_tokens, workdir=workdir, host=host,
-        inference_port=inference_port,
+        max_resident_adapters=max_resident_adapters, max_lora_rank=max_lora_rank, max_host_adapters=max_host_adapters,
+        max_persona_labels=max_persona_labels, max_new_tokens=max_new_tokens, max_cached_tokens=max_cached_tokens,
+        workdir=workdir, host=host, inference_port=inference_port,
         archive=ArchiveOptions(batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, workers=workers,
                                response_timeout_s=response_timeout),
         management_port=management_port, metrics_port=metrics_port, auth_token_file=auth_token_file,
@@ -112,16 +115,33 @@ def switch(
     model_store: Annotated[Path, typer.Option(help="Model store of the running `persona serve`.")],
     persona: Annotated[str, typer.Option("--persona", help="Persona to switch.")],
     version: Annotated[str, typer.Option("--version", help="Published version that answers from now on.")],
+    weight: Annotated[int, typer.Option(min=0, max=100, help="Percent of conversations the version answers (a local "
+                                        "canary beside the serving version); 100 makes it the serving version.")] = 100,
 ) -> None:
-    """Make a published version the one a persona answers with (the routing-table write the operator does)."""
-    from personafleet.routing import update_routing
+    """Make a published version the one a persona answers with (the routing-table write the operator
+    does), or with --weight give it a share of the conversations."""
+    from personafleet.routing import RoutingTable, update_routing
     from personafleet.store import published_version
 
     number = parse_version(version)
     info = published_version(model_store, persona, number)  # refuses an unpublished, mislabelled or outside folder
-    table = update_routing(model_store, lambda t: t.add(persona, number, serve=True, base=info.base))
-    listed = ", ".join(str(v) for v in table.personas[persona].versions)
-    print(f"{persona} serves v{number} (versions: {listed})")
+
+    def change(table: RoutingTable) -> None:
+        if weight == 100:
+            table.add(persona, number, serve=True, base=info.base)
+            return
+        serving = table.personas[persona].serving if persona in table.personas else None
+        if serving is None or serving == number:
+            raise PersonaError(f"--weight shares {persona}'s conversations between its serving version and another; "
+                               f"{'it has none' if serving is None else f'v{number} is the serving one'}")
+        table.add(persona, number, serve=False, base=info.base)
+        table.weigh(persona, {serving: 100 - weight, number: weight})  # weight 0 ends the canary
+
+    table = update_routing(model_store, change)
+    route = table.personas[persona]
+    listed = ", ".join(str(v) for v in route.versions)
+    shares = f"; conversations: {', '.join(f'v{v} {w}%' for v, w in route.weights.items())}" if route.weights else ""
+    print(f"{persona} serves v{route.serving} (versions: {listed}){shares}")
 
 
 @app.command()

@@ -67,21 +67,22 @@ def fleet_names(bases: Sequence[str]) -> list[str]:
     return names
 
 
-def request_target(body: bytes) -> tuple[str | None, int | None]:
-    """(persona, pinned version) of a contract 3 body; (None, None) when it has none (the fleet
-    that gets it gives the proper 400)."""
+def request_target(body: bytes) -> tuple[str | None, int | None, str | None]:
+    """(persona, pinned version, conversation key) of a contract 3 body; Nones when it has none (the
+    fleet that gets it gives the proper 400)."""
     try:
         payload: Any = json.loads(body)
     except (ValueError, RecursionError):
-        return None, None
+        return None, None, None
     if not isinstance(payload, dict) or not isinstance(payload.get("persona"), str):
-        return None, None
+        return None, None, None
     version = payload.get("version")
     try:
         pinned = int(str(version).removeprefix("v")) if version is not None else None
     except ValueError:
         pinned = None
-    return payload["persona"], pinned
+    conversation = payload.get("conversation")
+    return payload["persona"], pinned, conversation if isinstance(conversation, str) else None
 
 
 class BaseRouter:
@@ -104,11 +105,11 @@ class BaseRouter:
         return self.watch.table
 
     def route(self, body: bytes) -> Fleet | Rejected:
-        persona, pinned = request_target(body)
+        persona, pinned, conversation = request_target(body)
         if persona is None:
             return self.default
         table = self.table()
-        version = table.resolve(persona, pinned)
+        version = table.resolve(persona, pinned, conversation)  # a canary's version may be on another base
         base = table.base_of(persona, version) if version is not None else None
         if base is None:
             return self.default

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TextIO
@@ -23,6 +24,7 @@ from personafleet.errors import PersonaError
 from personafleet.inference import FLEET_MODEL, InferenceRequest, InferenceResponse
 from personafleet.names import MAX_CONTEXT_TURNS
 from personafleet.prompt import Turn
+from personafleet.routing import conversation_key
 
 
 def local_endpoint(workdir: Path = DEFAULT_WORKDIR) -> tuple[str | None, Path | None]:
@@ -37,13 +39,15 @@ def local_endpoint(workdir: Path = DEFAULT_WORKDIR) -> tuple[str | None, Path | 
 
 
 class Conversation:
-    """The turns so far, newest last, capped at what one request may carry."""
+    """The turns so far, newest last, capped at what one request may carry; its key keeps every
+    turn on one version while a canary shares the persona (a new key per conversation)."""
 
     def __init__(self) -> None:
         self.turns: list[Turn] = []
+        self.key = conversation_key(uuid.uuid4())
 
     def request(self, message: str) -> InferenceRequest:
-        return InferenceRequest(context=self.turns[-MAX_CONTEXT_TURNS:], message=message)
+        return InferenceRequest(context=self.turns[-MAX_CONTEXT_TURNS:], message=message, conversation=self.key)
 
     def record(self, message: str, reply: str) -> None:
         self.turns += [Turn(role="user", text=message), Turn(role="persona", text=reply)]

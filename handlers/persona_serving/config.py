@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from personafleet.inference import GenerationLimits
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.reply_rules import ReplyFilterRules
 
 SERVING_FILE = "serving.json"
@@ -27,7 +28,9 @@ class FleetConfig(BaseModel):
     base: str = Field(description="hub id or mounted path of the base model; ignored when bundled")
     bundled_base: bool = Field(False, description="the base model travels inside the .mar under base/")
     model_store: str | None = Field(None, description=f"the store of published versions; ${MODEL_STORE_ENV} overrides it")
-    max_resident_adapters: int = Field(32, ge=1, description="adapters a worker keeps loaded (LRU); the next one evicts the oldest")
+    max_resident_adapters: int = Field(32, ge=1, description="adapter slots of a worker (LRU); the next adapter evicts the oldest")
+    max_lora_rank: int = Field(MAX_LORA_RANK, ge=1, le=MAX_LORA_RANK, description="widest adapter rank a slot takes; wider ones are refused")
+    max_host_adapters: int = Field(0, ge=0, description="adapters kept in (pinned, on CUDA) host memory so a slot miss is a copy, not a disk read; 0: off")
     max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description="personas with their own metrics "
                                     'label; the rest are persona="other" (persona_serving.metrics.persona_label)')
     max_input_tokens: int = Field(512, ge=16, description="longer prompts lose their oldest tokens")

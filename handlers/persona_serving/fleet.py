@@ -1,41 +1,48 @@
-"""One base model and the LoRA adapters loaded onto it: the fleet worker's model, without TorchServe.
+"""One base model and the LoRA adapters of many persona versions on it: the fleet worker's model,
+without TorchServe.
 
 The base is loaded once (bf16 on CUDA, fp32 on CPU) through its family's auto class
-(`personafleet.family`: seq2seq or causal), which also decides how prompts are encoded and how
-`generate` output is cut to the reply; each published version of a persona
-(`STORE/<persona>/v<N>/`, contract 1) becomes one named PEFT adapter, kept UNMERGED so that one
-forward pass can answer rows of different personas (`adapter_names=[...]`, one per row). The
-worker decodes through the step runner (persona_serving.runner, fed by `encode`); `generate`, one
-padded whole-reply call, is what the runner is checked against and the benchmark's baseline.
-Anything wrong with a version folder - missing, half-published, corrupt, or an adapter whose
-rank/target modules do not fit this base - is an `AdapterUnavailable` for the requests that
-asked for it; the adapters already loaded are untouched.
+(`personafleet.family`: seq2seq or causal, which also decides how prompts are encoded and how
+`generate` output is cut to the reply), and every linear layer is wrapped ONCE in a slot layer
+(`torch.nn.Linear`, GPT-2's `Conv1D`); there is no PEFT at inference. Loading a published version (`STORE/<persona>/v<N>/`,
+contract 1) reads its safetensors (or takes them from the host tier) and copies them into a free
+slot; unloading frees the slot for the next one. Every forward pass's rows each use their
+version's slot (`set_row_slots`: one index shared by all layers, set once per pass). The worker
+decodes through the step runner (persona_serving.runner, fed by `encode`), which sets the live
+rows' slots before each step; `generate`, one padded whole-reply call, is what the runner is
+checked against and the benchmark's baseline.
+Three ideas in three places, as in vLLM: weights in slots (`lora_layers`), one index per step
+(`row_slots`), a manager (`adapter_slots`: the slot table; the handler's LRU decides evictions).
+
+Anything wrong with a version folder - missing, half-published, corrupt, or an adapter slots
+cannot serve (`personafleet.lora`: DoRA, biases, embeddings, rank above `max_lora_rank`, target
+modules the base lacks) - is an `AdapterUnavailable` for the requests that asked for it; the
+resident adapters are untouched.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
+from persona_serving.adapter_slots import AdapterSlots, SlotLoadObserver
 from persona_serving.decoding import decode_replies
 from persona_serving.requests import PersonaVersion
 from personafleet import knowledge
 from personafleet.errors import PersonaError
 from personafleet.family import load_base, load_family
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.routing import version_dir
 from personafleet.store import ADAPTER_DIR, published_version
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class AdapterUnavailable(Exception):
@@ -51,16 +58,40 @@ def pick_device(gpu_id: int | None) -> tuple[torch.device, torch.dtype]:
 
 
 class FleetModel:
-    def __init__(self, base: str, device: torch.device, dtype: torch.dtype, max_input_tokens: int = 512):
+    """`max_resident_adapters` slots plus one spare (the LRU loads a new adapter before it evicts
+    the oldest); `max_host_adapters` adapters kept in (pinned, on CUDA) host memory, 0 = no host tier."""
+
+    def __init__(self, base: str, device: torch.device, dtype: torch.dtype, max_input_tokens: int = 512, *,
+                 max_resident_adapters: int = 32, max_lora_rank: int = MAX_LORA_RANK, max_host_adapters: int = 0,
+                 on_slot_load: SlotLoadObserver | None = None):
         self.base_name, self.device, self.max_input_tokens = base, device, max_input_tokens
         self.family = load_family(base)
         self.tokenizer = self.family.prepare_tokenizer(AutoTokenizer.from_pretrained(base), base)
         self.chat = self.family.chat_formatter(self.tokenizer)  # for personas whose template is the chat one
-        self.base = load_base(self.family, base, dtype=dtype).to(device).eval()
-        self.model: PeftModel | None = None  # wraps `base` once the first adapter arrives
+        self.model = load_base(self.family, base, dtype=dtype).to(device).eval()
+        self.slots = AdapterSlots(self.model, capacity=max_resident_adapters, max_rank=max_lora_rank,
+                                  host_capacity=max_host_adapters, on_load=on_slot_load)
+
+    def slot(self, entry: PersonaVersion | None) -> int:
+        """The slot of a resident version (0 = no adapter, for None)."""
+        if entry is None:
+            return 0
+        try:
+            return self.slots.slot(entry.key)
+        except KeyError:
+            raise KeyError(f"{entry.persona} v{entry.version} is not resident") from None
+
+    def set_row_slots(self, slots: Sequence[int] | torch.Tensor) -> None:
+        """One slot per batch row for the next forward passes of `model` (they follow the rows
+        through `generate`'s beams and return sequences)."""
+        self.slots.set_rows(slots)
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self.slots)
 
     def load(self, store: Path, persona: str, version: int) -> PersonaVersion:
-        """Read a published version and load its adapter; AdapterUnavailable says why not."""
+        """Read a published version and put its adapter into a free slot; AdapterUnavailable says why not."""
         folder = version_dir(store, persona, version)
         try:
             info = published_version(store, persona, version)
@@ -68,57 +99,43 @@ class FleetModel:
             raise AdapterUnavailable(str(exc)) from None
         try:
             spec = PersonaSpec.model_validate_json((folder / PERSONA_FILE).read_bytes())
-            adapter_config = json.loads((folder / ADAPTER_DIR / ADAPTER_CONFIG).read_bytes())
-        except (OSError, ValueError, ValidationError) as exc:
+            facts = knowledge.load(folder)
+        except (OSError, ValueError, ValidationError, PersonaError) as exc:
             raise AdapterUnavailable(f"{folder} is incomplete or corrupt: {_first_line(exc)}") from None
-        if adapter_config.get("peft_type") != "LORA":
-            raise AdapterUnavailable(f"{folder / ADAPTER_DIR} is not a LoRA adapter")
         if spec.template.style == "chat" and self.chat is None:
             raise AdapterUnavailable(f"{folder}: its prompt template is the chat template, base {self.base_name} has none")
         if info.base != self.base_name:
             logger.warning("%s was trained on %s; this worker serves base %s", folder, info.base, self.base_name)
-        try:
-            facts = knowledge.load(folder)
-        except PersonaError as exc:
-            raise AdapterUnavailable(str(exc)) from None
         entry = PersonaVersion(persona, version, spec.model_copy(update={"name": persona}), folder, facts)
-        self._load_adapter(folder / ADAPTER_DIR, entry.adapter_name)
+        try:
+            self.slots.fill(entry.key, folder / ADAPTER_DIR)
+        except PersonaError as exc:
+            raise AdapterUnavailable(f"{persona} v{version} cannot be served on base {self.base_name}: {exc}") from None
         return entry
 
-    def _load_adapter(self, path: Path, name: str) -> None:
-        try:
-            if self.model is None:
-                self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name).eval()
-            else:
-                self.model.load_adapter(str(path), adapter_name=name)
-        except Exception as exc:  # noqa: BLE001 - shapes, target modules, truncated weights: this adapter only
-            if self.model is not None and name in self.model.peft_config:
-                self.model.delete_adapter(name)
-            raise AdapterUnavailable(f"adapter {path} does not fit base {self.base_name}: {_first_line(exc)}") from None
-
     def unload(self, entry: PersonaVersion) -> None:
-        """Free an evicted adapter's weights."""
-        if self.model is not None and entry.adapter_name in self.model.peft_config:
-            self.model.delete_adapter(entry.adapter_name)
+        """Free an evicted version's slot (its weights stay until the next adapter overwrites them)."""
+        self.slots.free(entry.key)
 
+    # --- generation ---------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         """A prompt's token ids as its family feeds them (cut at the start to `max_input_tokens`)."""
         return self.family.encode_prompts(self.tokenizer, [prompt], self.max_input_tokens)[0]
 
-    def generate(self, prompts: list[str], adapters: list[str], options: dict[str, Any]) -> tuple[list[str], list[int]]:
-        """One padded `generate` whose row i runs adapter `adapters[i]`; (texts, token counts). The
-        whole-reply reference: the worker itself serves through the step runner."""
-        if self.model is None:
-            raise RuntimeError("no adapter loaded")
+    def generate(self, prompts: list[str], entries: Sequence[PersonaVersion | None],
+                 options: dict[str, Any]) -> tuple[list[str], list[int]]:
+        """One padded `generate` whose row i uses `entries[i]`'s slot; (texts, token counts), one
+        per returned sequence: the whole-reply reference (the worker serves through the step runner).
+        Rows given in slot order reach the layers as contiguous groups; any other order costs one row
+        gather per layer."""
         ids = self.family.encode_prompts(self.tokenizer, prompts, self.max_input_tokens)
         encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # causal: on the left
+        self.set_row_slots([self.slot(entry) for entry in entries])
         with torch.inference_mode():
-            output = self.model.generate(**encoded, **options, adapter_names=adapters,
-                                         pad_token_id=self.tokenizer.pad_token_id)
+            output = self.model.generate(**encoded, **options, pad_token_id=self.tokenizer.pad_token_id)
         sequences = self.family.reply_tokens(output, encoded["input_ids"].shape[1])
         counts = (sequences != self.tokenizer.pad_token_id).sum(dim=1).tolist()
-        texts = decode_replies(self.tokenizer, sequences)
-        return texts, counts
+        return decode_replies(self.tokenizer, sequences), counts
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,16 +10,17 @@ TorchServe (its client went away): its row is retired at once.
 BaseHandler's four steps, each visible: `initialize` loads the base once per worker,
 `preprocess` tells continuing requests from new ones and turns every new one into a routed
 request or an error value (the routing table is re-read here when its file changed),
-`inference` submits new requests to the step scheduler (adapter resident, prompt built and
+`inference` submits new requests to the step scheduler (adapter in a slot, prompt built and
 tokenized) and runs ONE step: a decoder step for the live rows, then the rows the scheduler
 admits join (their first token), and the reply filter reads each row's text so far (a match
 stops the row: its final event carries the fallback); `postprocess` gives each request this
 step's event: a preview (the new text), nothing yet (a queued request: an empty chunk, which
-TorchServe does not send), or the final event with the whole reply. The base's model family
+TorchServe does not send), or the final event with the whole reply. Before every forward
+pass the runner names the live rows' slots (`FleetModel.set_row_slots`); the base's model family
 matters only to the runner (`runner_family`) and the prompt encoding (`FleetModel.encode`). The
 logic lives in plain modules (requests, scheduler, runner, residency, routing_watch, reply_filter,
-fleet); nothing a client sends can raise out of `handle`: one
-bad request never fails the step or kills the worker.
+fleet and its slots); nothing a client sends can raise out of `handle`: one bad request never
+fails the step or kills the worker.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from persona_serving.config import BASE_DIR, SERVING_FILE, FleetConfig
 from persona_serving.decoding import decode_replies, unseen
 from persona_serving.fleet import AdapterUnavailable, FleetModel, pick_device
 from persona_serving.metrics import (
-    ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS, BATCH_SIZE, CACHED_TOKENS, ERRORS, FACTS_PER_PROMPT,
-    FILTERED_REPLIES, GENERATION_SECONDS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH, QUEUED_REQUESTS, REQUESTS,
-    RESIDENT_ADAPTERS, RETIRED_ROWS, RETRIEVAL_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS_GENERATED, MetricSpec, observe,
-    persona_label, version_label,
+    ADAPTER_EVICTIONS, ADAPTER_LOADS, ADAPTERS_PER_BATCH, BATCH_SIZE, CACHED_TOKENS, ERRORS, FACTS_PER_PROMPT,
+    FILTERED_REPLIES, GENERATION_SECONDS, HOST_ADAPTERS, INTER_TOKEN_SECONDS, LIVE_ROWS, PERSONAS_PER_BATCH,
+    QUEUED_REQUESTS, REQUESTS, RETIRED_ROWS, RETRIEVAL_SECONDS, SLOT_LOAD_SECONDS, SLOTS_IN_USE, TIME_TO_FIRST_TOKEN,
+    TOKENS_GENERATED, MetricSpec, observe, persona_label, version_label,
 )
 from persona_serving.reply_filter import ReplyFilter, held_out_warning
 from persona_serving.requests import Key, PersonaVersion, Prepared, Rejected, Routed, describe, parse, prepare, route
@@ -66,7 +67,11 @@ class FleetHandler(BaseHandler):
         self.version = str(context.manifest.get("model", {}).get("modelVersion") or "1")
         device, dtype = pick_device(properties.get("gpu_id"))
         base = str(model_dir / BASE_DIR) if self.config.bundled_base else self.config.base
-        self.fleet = FleetModel(base, device, dtype, self.config.max_input_tokens)
+        self.fleet = FleetModel(
+            base, device, dtype, self.config.max_input_tokens, max_resident_adapters=self.config.max_resident_adapters,
+            max_lora_rank=self.config.max_lora_rank, max_host_adapters=self.config.max_host_adapters,
+            on_slot_load=self._slot_loaded,
+        )
         self.adapters: AdapterLRU[Key, PersonaVersion] = AdapterLRU(
             self.config.max_resident_adapters, self._load_adapter, self._unload_adapter
         )
@@ -76,18 +81,21 @@ class FleetHandler(BaseHandler):
         self._start_stepping(int(properties.get("batch_size") or 1))
         self._refresh_routing()
         self.initialized = True
-        logger.info("Fleet worker ready on %s (%s, base %s, store %s, at most %d adapters, %d live rows, %d cached tokens)",
-                    device, dtype, base, self.store, self.config.max_resident_adapters, self.scheduler.limits.max_live_rows,
+        logger.info("Fleet worker ready on %s (%s, base %s, store %s, %d slots of rank <= %d, %d host adapters, %s kernel, "
+                    "%d live rows, %d cached tokens)", device, dtype, base, self.store, self.config.max_resident_adapters,
+                    self.config.max_lora_rank, self.config.max_host_adapters,
+                    "grouped" if self.fleet.slots.rows.grouped else "gather", self.scheduler.limits.max_live_rows,
                     self.config.max_cached_tokens)
 
     def _start_stepping(self, max_live_rows: int) -> None:
         """The scheduler and the runner of this worker's live batch."""
-        eos = self.fleet.base.generation_config.eos_token_id  # what `generate` stops at (None: caps only)
+        model = self.fleet.model
+        eos = model.generation_config.eos_token_id  # what `generate` stops at (None: caps only)
         limits = Limits(max_live_rows, self.config.max_cached_tokens, self.config.max_resident_adapters)
         self.scheduler = StepScheduler(limits, [] if eos is None else eos if isinstance(eos, list) else [eos])
-        # Until the slot layer (issue 20) lands, rows name their PEFT adapter for every forward pass.
-        family = runner_family(self.fleet.base, self.fleet.family, self.fleet.tokenizer.pad_token_id)
-        self.runner = StepRunner(self.fleet.base, family, lambda adapters: {"adapter_names": list(adapters)})
+        # Rows carry their version's slot; before every forward pass the slot layers are told the rows'.
+        family = runner_family(model, self.fleet.family, self.fleet.tokenizer.pad_token_id)
+        self.runner = StepRunner(model, family, lambda slots: self.fleet.set_row_slots(list(slots)) or {})
         self.streams: dict[str, Stream] = {}
         self._last_step: float | None = None
         self._gauges: dict[str, float] = {}
@@ -224,7 +232,7 @@ class FleetHandler(BaseHandler):
             if isinstance(entry, Rejected):
                 failed[sequence.id] = entry
                 continue
-            rows.append(Row(sequence.id, stream.input_ids, Decoding.from_options(stream.prompt.options), entry.adapter_name))
+            rows.append(Row(sequence.id, stream.input_ids, Decoding.from_options(stream.prompt.options), self.fleet.slot(entry)))
         return rows
 
     def _texts_so_far(self, tokens: dict[str, int]) -> dict[str, str]:
@@ -299,6 +307,7 @@ class FleetHandler(BaseHandler):
         if live:
             self._observe(BATCH_SIZE, len(live))
             self._observe(PERSONAS_PER_BATCH, len({sequence.adapter[0] for sequence in live}))  # type: ignore[index]
+            self._observe(ADAPTERS_PER_BATCH, len({sequence.adapter for sequence in live}))
         for spec, value in ((LIVE_ROWS, len(live)), (QUEUED_REQUESTS, len(self.scheduler.waiting)),
                             (CACHED_TOKENS, self.runner.cached_tokens)):
             if self._gauges.get(spec.name) != value:
@@ -315,7 +324,7 @@ class FleetHandler(BaseHandler):
 
     # --- adapters and routing ------------------------------------------------------------
     def _resident(self, key: Key) -> PersonaVersion | Rejected:
-        """The version's entry, loading its adapter if needed; a 503 value when it cannot be."""
+        """The version's entry, its adapter put into a slot if needed; a 503 value when it cannot be."""
         try:
             entry, _ = self.adapters.get(key, busy=self.scheduler.live_adapters())
         except AdapterUnavailable as exc:
@@ -324,20 +333,22 @@ class FleetHandler(BaseHandler):
                 logger.error("Cannot serve %s v%d: %s", key[0], key[1], exc)
             return Rejected(503, "adapter_unavailable", str(exc), *key)
         finally:
-            self._observe(RESIDENT_ADAPTERS, len(self.adapters))
+            self._observe(SLOTS_IN_USE, self.fleet.slots_in_use)
+            host = self.fleet.slots.host  # 0 with the host tier off: a panel shows the tier is off, not "no data"
+            self._observe(HOST_ADAPTERS, len(host) if host is not None else 0)
         return entry
 
     def _load_adapter(self, key: Key) -> PersonaVersion:
-        started = time.perf_counter()
         entry = self.fleet.load(self.store, *key)
-        self.runner.model = self.fleet.model  # PEFT wraps the base when the first adapter arrives
         self.reply_filters[key] = ReplyFilter(self.config.reply_filter, entry.spec.reply_filter)
         if warning := held_out_warning(self.reply_filters[key], held_out_replies(entry.folder), f"{key[0]} v{key[1]}"):
             logger.warning("%s", warning)
-        self._observe(ADAPTER_LOAD_SECONDS, time.perf_counter() - started)
-        self._observe(ADAPTER_LOADS, 1)
-        logger.info("Loaded %s v%d in %.2f s", key[0], key[1], time.perf_counter() - started)
+        logger.info("Loaded %s v%d into slot %d", key[0], key[1], self.fleet.slot(entry))
         return entry
+
+    def _slot_loaded(self, tier: str, seconds: float) -> None:
+        self._observe(SLOT_LOAD_SECONDS, seconds, tier)
+        self._observe(ADAPTER_LOADS, 1)
 
     def _unload_adapter(self, key: Key, entry: PersonaVersion) -> None:
         self.fleet.unload(entry)

@@ -31,7 +31,7 @@ from personafleet.routing import RoutingTable
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME, MODEL_VERSION, REASON = "model_name", "model_version", "reason"
+MODEL_NAME, MODEL_VERSION, REASON, TIER = "model_name", "model_version", "reason", "tier"
 PERSONA, VERSION, RULE = "persona", "version", "rule"
 OTHER_PERSONA = "other"  # the `persona` value of every persona beyond the cap, and of unserved names
 NO_VERSION = "none"  # the `version` value of a request refused before a version was chosen
@@ -75,9 +75,13 @@ FACTS_PER_PROMPT = MetricSpec(
     "persona_handler_facts_per_prompt", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
     "facts retrieved into a request's prompt (0: none matched); versions without facts record none",
 )
-RESIDENT_ADAPTERS = MetricSpec(
-    "persona_handler_resident_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
-    "persona versions whose LoRA adapter is loaded in a worker (at most maxResidentAdapters)",
+SLOTS_IN_USE = MetricSpec(
+    "persona_handler_slots_in_use", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapter slots holding a persona version in a worker (at most maxResidentAdapters)",
+)
+HOST_ADAPTERS = MetricSpec(
+    "persona_handler_host_adapters", "gauge", "Count", (MODEL_NAME, MODEL_VERSION),
+    "adapters kept in a worker's host tier (at most maxHostAdapters; 0 when it is off)",
 )
 ADAPTER_LOADS = MetricSpec(
     "persona_handler_adapter_loads_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
@@ -87,9 +91,14 @@ ADAPTER_EVICTIONS = MetricSpec(
     "persona_handler_adapter_evictions_total", "counter", "Count", (MODEL_NAME, MODEL_VERSION),
     "adapters dropped to make room (LRU): a steady rate means maxResidentAdapters is too small",
 )
-ADAPTER_LOAD_SECONDS = MetricSpec(
-    "persona_handler_adapter_load_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION),
-    "time to read and load one adapter (what a cold persona adds to its first request)",
+SLOT_LOAD_SECONDS = MetricSpec(
+    "persona_handler_slot_load_seconds", "histogram", "Seconds", (MODEL_NAME, MODEL_VERSION, TIER),
+    "time to put one adapter into a slot, by where it came from: tier=disk (the model store) or "
+    "tier=host (the host tier); what a cold persona adds to its first request",
+)
+ADAPTERS_PER_BATCH = MetricSpec(
+    "persona_handler_adapters_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
+    "distinct adapters (slots) in one generate: the mix one pass of the slot layers serves",
 )
 PERSONAS_PER_BATCH = MetricSpec(
     "persona_handler_personas_per_batch", "histogram", "Count", (MODEL_NAME, MODEL_VERSION),
@@ -136,10 +145,11 @@ FILTERED_REPLIES = MetricSpec(
     "replies the reply filter replaced by the fallback, by persona (bounded by persona_label) and the rule that "
     "matched (issue 24)",
 )
-HANDLER_METRICS = (REQUESTS, GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, RESIDENT_ADAPTERS, ADAPTER_LOADS,
-                   ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, PERSONAS_PER_BATCH, RETRIEVAL_SECONDS, FACTS_PER_PROMPT,
-                   TIME_TO_FIRST_TOKEN, INTER_TOKEN_SECONDS, LIVE_ROWS, QUEUED_REQUESTS, CACHED_TOKENS, RETIRED_ROWS,
-                   ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS, FILTERED_REPLIES)
+HANDLER_METRICS = (REQUESTS, GENERATION_SECONDS, TOKENS_GENERATED, BATCH_SIZE, ERRORS, SLOTS_IN_USE, HOST_ADAPTERS,
+                   ADAPTER_LOADS, ADAPTER_EVICTIONS, SLOT_LOAD_SECONDS, ADAPTERS_PER_BATCH, PERSONAS_PER_BATCH,
+                   RETRIEVAL_SECONDS, FACTS_PER_PROMPT, TIME_TO_FIRST_TOKEN, INTER_TOKEN_SECONDS, LIVE_ROWS,
+                   QUEUED_REQUESTS, CACHED_TOKENS, RETIRED_ROWS, ASR_SECONDS, ASR_AUDIO_SECONDS, ASR_ERRORS,
+                   FILTERED_REPLIES)
 
 
 def persona_label(persona: str | None, table: RoutingTable, most: int) -> str:

@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
-from personafleet.inference import GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation
+from personafleet.inference import (
+    GenerationLimits, InferenceError, InferenceRequest, PersonaAbout, clamp_generation, without_unused_sampling,
+)
 from personafleet.knowledge import Knowledge, retrieve
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import ChatFormatter, render_prompt
@@ -36,7 +38,7 @@ Key = tuple[str, int]  # (persona, version)
 
 @dataclass(frozen=True)
 class PersonaVersion:
-    """A version resident on a worker: what its prompts are built from and its adapter's name."""
+    """A version resident on a worker: what its prompts are built from (its adapter sits in a slot)."""
 
     persona: str
     version: int
@@ -45,9 +47,8 @@ class PersonaVersion:
     knowledge: Knowledge | None = None  # the facts this version was trained with (issue 14)
 
     @property
-    def adapter_name(self) -> str:
-        # PEFT keeps adapters in ModuleDicts: no dots in the name.
-        return f"{self.persona}--v{self.version}"
+    def key(self) -> tuple[str, int]:
+        return self.persona, self.version
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,10 @@ def parse(item: Any) -> InferenceRequest | Rejected:
 
 
 def route(request: InferenceRequest, table: RoutingTable) -> Routed | Rejected:
-    """The version that answers: the pinned one if the table lists it, else the serving one."""
+    """The version that answers: the pinned one if the table lists it, else the one the table
+    chooses for the request's conversation (the serving one unless a canary shares it)."""
     persona = request.persona or ""
-    version = table.resolve(persona, request.version)
+    version = table.resolve(persona, request.version, request.conversation)
     if version is not None:
         return Routed(request, persona, version)
     if persona not in table.personas:
@@ -145,11 +147,7 @@ def prepare(routed: Routed, entry: PersonaVersion, limits: GenerationLimits, cha
     with the facts the shared `retrieve` picks from the version's knowledge (and the base's chat
     template, `chat`, for a persona whose template uses it)."""
     spec, request = entry.spec, routed.request
-    options = clamp_generation(spec.generation, request.generation, limits)
-    if not options.get("do_sample", False):
-        # Sampling parameters mean nothing to greedy/beam search; dropping them lets such
-        # requests share a batch group and keeps `generate` from warning on every call.
-        options = {k: v for k, v in options.items() if k not in ("temperature", "top_p", "top_k")}
+    options = without_unused_sampling(clamp_generation(spec.generation, request.generation, limits))
     turns = request.turns()
     started = time.perf_counter()
     facts = retrieve(entry.knowledge, turns)

@@ -14,8 +14,8 @@ Rows joined at different steps sit in one batch with LEFT-padded self-attention 
 end at the same column, padding masked out). Each row brings its decoding options (greedy or
 sampling, temperature, top-k/p, repetition penalty; transformers' own logits processors, so greedy
 rows match `generate`) and its adapter: `select_adapters(adapters)` is called before every
-forward pass and returns extra forward arguments (PEFT: `adapter_names`; a slot layer sets its
-per-row slots and returns none). It is told adapters only, never the family.
+forward pass and returns extra forward arguments (the fleet's slot layer: `FleetModel.set_row_slots`
+with the rows' slots, and none). It is told adapters only, never the family.
 
 Families: the cache layout is the family's business (`runner_family` picks one from the base's
 `personafleet.family`); `step`, `retire`, the decoding options and the scheduler are shared.
@@ -246,8 +246,7 @@ class CausalFamily:
     def __init__(self, model: Any, pad_token_id: int):
         self.pad = pad_token_id
         # Only the last position's logits are needed (what `generate` asks for where the model can).
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
     def prefill(self, model: Any, rows: Sequence[Row], extra: dict[str, Any]) -> tuple[torch.Tensor, Batch]:
         device = next(model.parameters()).device

@@ -53,6 +53,7 @@ from personafleet.errors import PersonaError
 from personafleet.family import base_reference
 from personafleet.files import write_text_atomic
 from personafleet.inference import GenerationLimits
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.reply_rules import ReplyFilterRules
 from personafleet.routing import RoutingTable, read_routing, update_routing, version_dir
@@ -81,7 +82,9 @@ class ServeOptions(BaseModel):
         default_factory=dict, description="other bases' fleets (in a cluster): base model -> inference URL of its "
         "serving Service; the front forwards their personas' requests there")
     bundle_base: bool = Field(False, description="copy the (local) base into fleet.mar")
-    max_resident_adapters: int = Field(32, ge=1, description="adapters each worker keeps loaded (LRU)")
+    max_resident_adapters: int = Field(32, ge=1, description="adapter slots of each worker (LRU)")
+    max_lora_rank: int = Field(MAX_LORA_RANK, ge=1, le=MAX_LORA_RANK, description="widest adapter rank a slot takes")
+    max_host_adapters: int = Field(0, ge=0, description="adapters each worker keeps in (pinned) host memory; 0: off")
     max_new_tokens: int = Field(128, ge=1, description="reply length cap (seed 004)")
     max_cached_tokens: int = Field(16384, ge=1, description="key/value cache columns a worker's live rows may reserve")
     max_persona_labels: int = Field(DEFAULT_MAX_PERSONA_LABELS, ge=0, description='personas with their own metrics label (the rest: persona="other")')
@@ -350,7 +353,8 @@ def fleet_config(options: ServeOptions, base: str) -> FleetConfig:
     """The handler's settings for the fleet of `base` (a local path made absolute: workers run elsewhere)."""
     return FleetConfig(
         base=base_reference(base), bundled_base=options.bundle_base, model_store=str(options.model_store.resolve()),
-        max_resident_adapters=options.max_resident_adapters, max_persona_labels=options.max_persona_labels,
+        max_resident_adapters=options.max_resident_adapters, max_lora_rank=options.max_lora_rank,
+        max_host_adapters=options.max_host_adapters, max_persona_labels=options.max_persona_labels,
         limits=GenerationLimits(max_new_tokens=options.max_new_tokens), max_cached_tokens=options.max_cached_tokens,
         reply_filter=options.reply_filter,
     )

@@ -18,8 +18,18 @@ TRAINING_DURATION = Histogram(
 )
 ROLLOUTS = Counter(
     "persona_operator_rollouts_total",
-    "Rollouts of trained versions by outcome (succeeded, failed, rejected by the gate).",
+    "Rollouts of trained versions by outcome (succeeded, failed, rejected by the gate, rolled_back by a canary).",
     ["persona", "outcome"],
+)
+CANARY_WEIGHT = Gauge(
+    "persona_operator_canary_weight",
+    "Percent of a persona's conversations its canary version answers (0: no canary).",
+    ["persona"],
+)
+CANARY_ANALYSES = Counter(
+    "persona_operator_canary_analyses_total",
+    "Canary analyses by verdict (AnalysisPassed, AnalysisFailed, AwaitingData, MetricsUnavailable).",
+    ["persona", "verdict"],
 )
 RECONCILE_ERRORS = Counter(
     "persona_operator_reconcile_errors_total",
@@ -34,13 +44,13 @@ TIME_TO_SERVING = Histogram(
 )
 ROLLOUT_STEP_SECONDS = Histogram(
     "persona_operator_rollout_step_seconds",
-    "Duration of each rollout step (route, smoke_test, switch, verify, prune), successful or not.",
+    "Duration of each rollout step (route, smoke_test, weigh, switch, verify, prune), successful or not.",
     ["step"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 ROLLOUT_FAILURES = Counter(
     "persona_operator_rollout_step_failures_total",
-    "Rollouts that failed, by the step that failed (publish_check, route, smoke_test, switch, verify).",
+    "Rollouts that failed, by the step that failed (publish_check, route, smoke_test, weigh, switch, verify).",
     ["persona", "step"],
 )
 ROUTING_CORRECTIONS = Counter(
@@ -87,8 +97,9 @@ def track_training(persona: str, started: float | None) -> None:
 def forget(persona: str) -> None:
     """Drop a deleted persona's gauges (its counters and histograms keep their totals, as Prometheus expects)."""
     track_training(persona, None)
-    with contextlib.suppress(KeyError):
-        DRIFTED_REPLICAS.remove(persona)
+    for gauge in (DRIFTED_REPLICAS, CANARY_WEIGHT):
+        with contextlib.suppress(KeyError):
+            gauge.remove(persona)
 
 
 def serve(port: int, address: str) -> WSGIServer:

@@ -6,7 +6,9 @@ run any number of times, and an operator restarted mid-training or mid-rollout c
 
     new generation  -> stop Jobs of older generations, start (or adopt) this generation's Job
     Training        -> Job running: wait; failed: fail (retry); succeeded: gate, then roll out
-    RollingOut      -> roll out through the routing table (idempotent), prune old versions from it
+    RollingOut      -> roll out through the routing table (idempotent), prune old versions from it;
+                       with strategy Canary, give the new version its first share of the conversations
+    Canary          -> the table follows the status' step; Prometheus' analysis advances, promotes or rolls back
     Pending         -> trained, but no serving pod is ready: look again every few seconds
     Failed          -> after the back-off, retry the failed step, up to rollout.retryLimit
     Ready           -> the routing table serves the status's version; replicas answering another are reported
@@ -19,14 +21,18 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from persona_operator import metrics
+from persona_operator import analysis, metrics
+from persona_operator.analysis import Judgment, Measurement
+from persona_operator.canary import PROMOTED, ROLLED_BACK, SUPERSEDED, CanaryState, Move, next_move
 from persona_operator.cluster import Cluster
 from persona_operator.gate import Evaluation, judge, read_evaluation
 from persona_operator.jobs import (
@@ -36,7 +42,7 @@ from persona_operator.jobs import (
     persona_selector,
     training_job,
 )
-from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_step
+from persona_operator.rollout import Replica, Rollout, RolloutFailed, metric_step, withdraw_version
 from persona_operator.settings import Settings
 from persona_operator.spec import PersonaModelSpec
 from persona_operator.status import (
@@ -84,6 +90,7 @@ class Reconciler:
             spec = PersonaModelSpec.parse(body.get("spec") or {})
             spec.check_scheduling(self.settings.training_overrides)
             spec.check_resources(self.settings.training_max_resources)
+            spec.check_canary(self.settings.prometheus_url)
         except PersonaError as exc:
             return await self._invalid(body, str(exc))
         try:
@@ -109,6 +116,8 @@ class Reconciler:
             return await self._track_training(body, spec, logger)
         if phase in (Phase.ROLLING_OUT, Phase.PENDING):
             return await self._roll_out(body, spec, logger)
+        if phase == Phase.CANARY:
+            return await self._canary(body, spec, logger)
         if phase == Phase.FAILED:
             return await self._retry(body, spec, logger)
         if phase == Phase.READY:
@@ -118,6 +127,8 @@ class Reconciler:
     # ---- training ------------------------------------------------------------------------
     async def _start_training(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger, *, retry: int = 0) -> float | None:
         name, generation = body["metadata"]["name"], body["metadata"]["generation"]
+        if (body.get("status") or {}).get("phase") == Phase.CANARY:
+            await self._supersede_canary(body)
         status = body.get("status") or {}
         jobs = await self._owned_jobs(body)
         for job in jobs:
@@ -212,12 +223,15 @@ class Reconciler:
             return None
 
     # ---- rollout -------------------------------------------------------------------------
-    async def _roll_out(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+    async def _roll_out(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger, *,
+                        promote: bool = False) -> float | None:
+        """Make the latest version serve everywhere (`promote`: a canary that passed every step, already
+        smoke-tested), or, with strategy Canary and a version serving, start a canary."""
         name, status = body["metadata"]["name"], body["status"]
         version = int(status["latestVersion"])
-        selector = self.settings.replica_selector(spec.base_model)  # the fleet of the persona's base
-        replicas = [Replica.from_pod(p, self.settings) for p in await self.cluster.ready_pods(selector)]
+        replicas = await self._replicas(spec)
         if not replicas:  # e.g. serving still starting at install: wait, without spending retries
+            selector = self.settings.replica_selector(spec.base_model)  # the fleet of the persona's base
             message = f"version {version} waits for a ready TorchServe pod ({selector})"
             if status.get("phase") != Phase.PENDING:
                 update = (StatusUpdate(status).set(phase=Phase.PENDING, message=message)
@@ -225,20 +239,19 @@ class Reconciler:
                 await self.cluster.patch_status(name, update.patch)
             return REPLICA_POLL_SECONDS
         serving = status.get("servingVersion")
+        if not promote and spec.rollout.strategy == "Canary" and serving and int(serving) != version:
+            return await self._start_canary(body, spec, replicas, version, int(serving), logger)
         try:
-            pruned = await self.rollout.roll_out(name, version, replicas, smoke_test=spec.rollout.smoke_test,
+            pruned = await self.rollout.roll_out(name, version, replicas, smoke_test=spec.rollout.smoke_test and not promote,
                                                  previous=int(serving) if serving else None,
                                                  keep=spec.rollout.keep_versions)
         except RolloutFailed as exc:
-            metrics.ROLLOUTS.labels(name, "failed").inc()
-            metrics.ROLLOUT_FAILURES.labels(name, metric_step(exc.step)).inc()
-            kept = f"version {serving} keeps serving" if serving else "no version serves"
-            return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; {kept}", logger)
+            return await self._rollout_failed(body, spec, version, exc, logger)
         finished = parse_time((status.get("lastTraining") or {}).get("finishedAt"))
-        if finished is not None:
+        if finished is not None and not promote:  # a canary's time is the people's, not the rollout's
             metrics.TIME_TO_SERVING.labels(name).observe(max(0.0, time.time() - finished.timestamp()))
         metrics.ROLLOUTS.labels(name, "succeeded").inc()
-        message = f"version {version} serves on {len(replicas)} replica(s)"
+        message = f"version {version} serves on {len(replicas)} replica(s)" + (" after its canary" if promote else "")
         update = (
             StatusUpdate(status)
             .set(phase=Phase.READY, servingVersion=str(version), retries=0, message=message,
@@ -246,11 +259,139 @@ class Reconciler:
             .condition("RolledOut", True, "RolledOut", message)
             .ready_from(str(version))
         )
+        if promote:
+            metrics.CANARY_WEIGHT.labels(name).set(0)
+            update.condition("Canary", True, PROMOTED, message)
+        else:
+            update.set(canary=None)  # an earlier canary's step and weights say nothing about this version
         await self.cluster.patch_status(name, update.patch)
         self.retry_due.pop(name, None)
         kopf.event(body, type="Normal", reason="RolledOut",
                   message=message + (f"; no longer pinnable: {', '.join(f'v{v}' for v in pruned)}" if pruned else ""))
         return None
+
+    async def _rollout_failed(self, body: dict, spec: PersonaModelSpec, version: int, exc: RolloutFailed,
+                              logger: logging.Logger) -> float | None:
+        """A rollout or canary step failed and `version` was withdrawn: the serving one answers everything."""
+        name, serving = body["metadata"]["name"], body["status"].get("servingVersion")
+        metrics.ROLLOUTS.labels(name, "failed").inc()
+        metrics.ROLLOUT_FAILURES.labels(name, metric_step(exc.step)).inc()
+        metrics.CANARY_WEIGHT.labels(name).set(0)
+        kept = f"version {serving} keeps serving" if serving else "no version serves"
+        return await self._fail(body, spec, ROLLOUT_FAILED, f"version {version}: {exc}; {kept}", logger)
+
+    # ---- canary (issue 23) ---------------------------------------------------------------
+    async def _start_canary(self, body: dict, spec: PersonaModelSpec, replicas: list[Replica], version: int,
+                            previous: int, logger: logging.Logger) -> float | None:
+        """Smoke-test the new version, then give it the first step's share of the conversations."""
+        name, status = body["metadata"]["name"], body["status"]
+        state = CanaryState.first(version, previous, spec.rollout.canary, _utcnow())
+        try:
+            await self.rollout.start_canary(name, version, replicas, smoke_test=spec.rollout.smoke_test,
+                                            previous=previous, weights=state.weights)
+        except RolloutFailed as exc:
+            return await self._rollout_failed(body, spec, version, exc, logger)
+        metrics.CANARY_WEIGHT.labels(name).set(state.weight)
+        waiting = "waiting for the first analysis"
+        update = (StatusUpdate(status)
+                  .set(phase=Phase.CANARY, canary=state.status(), message=f"{state.describe()}; {waiting}")
+                  .condition("RolledOut", False, "Canary", state.describe())
+                  .condition("Canary", None, "Started", waiting))
+        await self.cluster.patch_status(name, update.patch)
+        kopf.event(body, type="Normal", reason="CanaryStarted", message=state.describe())
+        return spec.rollout.canary.analysis.interval_seconds
+
+    async def _canary(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> float | None:
+        """One look at a canary: the table follows the status' step, then Prometheus' analysis decides
+        whether to wait, advance (the status first, then the table), promote or roll back."""
+        name, status = body["metadata"]["name"], body["status"]
+        state = CanaryState.from_status(status["canary"])
+        try:
+            if state.promoting:
+                return await self._roll_out(body, spec, logger, promote=True)
+            await self._follow(name, spec, state, logger)
+            now, canary = _utcnow(), spec.rollout.canary
+            async with httpx.AsyncClient() as http:
+                measurement = await analysis.measure(http, self.settings.prometheus_url or "", canary.analysis.queries,
+                                                     name, state.version, state.elapsed(now))
+            judgment = analysis.judge(measurement, canary.analysis)
+            metrics.CANARY_ANALYSES.labels(name, judgment.reason).inc()
+            move = next_move(state, judgment, canary, now)
+            if move.action == "rollback":
+                return await self._roll_back_canary(body, state, move, measurement, judgment, now, logger)
+            update = StatusUpdate(status)
+            if move.action == "advance":
+                state = state.next(canary, now)
+                update.condition("RolledOut", False, "Canary", state.describe())
+                kopf.event(body, type="Normal", reason="CanaryAdvanced", message=f"{state.describe()}: {judgment.message}")
+            update.set(canary=state.status(measurement, judgment, now), message=f"{state.describe()}; {judgment.message}")
+            update.condition("Canary", True if judgment.outcome == "pass" else None, judgment.reason, judgment.message)
+            await self.cluster.patch_status(name, update.patch)
+            if move.action == "wait":
+                return move.after
+            body["status"] = {**status, **update.patch}  # the step is recorded: now into force
+            if state.promoting:
+                return await self._roll_out(body, spec, logger, promote=True)
+            await self._follow(name, spec, state, logger)
+            return canary.analysis.interval_seconds
+        except RolloutFailed as exc:
+            return await self._rollout_failed(body, spec, state.version, exc, logger)
+
+    async def _follow(self, name: str, spec: PersonaModelSpec, state: CanaryState, logger: logging.Logger) -> None:
+        """The routing table shares the conversations as the step says (written only when it does not:
+        a new step, an operator stopped between the status and the table, a hand edit)."""
+        if await self.rollout.follow(name, state.version, await self._replicas(spec), previous=state.previous,
+                                     weights=state.weights):
+            logger.info("Routing table set to step %d of %s's canary: %s", state.step, name, state.weights)
+        metrics.CANARY_WEIGHT.labels(name).set(state.weight)
+
+    async def _roll_back_canary(self, body: dict, state: CanaryState, move: Move, measurement: Measurement,
+                                judgment: Judgment, now: datetime, logger: logging.Logger) -> float | None:
+        """The previous version answers every conversation again (the canary's weight 0, unlisted); Failed
+        with the reason, not retried: the same version would be judged the same way. A table that
+        cannot be written keeps the canary on, and the next pass tries again."""
+        name = body["metadata"]["name"]
+        try:
+            await self.rollout.route(lambda table: withdraw_version(table, name, state.version, state.previous))
+        except (PersonaError, OSError) as exc:
+            logger.error("Could not roll back %s's canary of v%s: %s; retrying", name, state.version, exc)
+            return REPLICA_POLL_SECONDS
+        metrics.ROLLOUTS.labels(name, "rolled_back").inc()
+        metrics.CANARY_WEIGHT.labels(name).set(0)
+        message = (f"version {state.version} rolled back at step {state.step}/{state.steps}: {move.message}; "
+                   f"version {state.previous} answers every conversation")
+        status = body["status"]
+        update = (StatusUpdate(status)
+                  .set(phase=Phase.FAILED, canary=replace(state, weight=0).status(measurement, judgment, now),
+                       message=message)
+                  .condition("Canary", False, move.reason, move.message)
+                  .condition("RolledOut", False, ROLLED_BACK, message)
+                  .ready_from(status.get("servingVersion")))
+        await self.cluster.patch_status(name, update.patch)
+        kopf.warn(body, reason=ROLLED_BACK, message=message)
+        logger.warning("%s: %s", ROLLED_BACK, message)
+        return None
+
+    async def _supersede_canary(self, body: dict) -> None:
+        """A spec edit during a canary: the canary ends (the previous version answers everything) before
+        the new generation trains."""
+        name, status = body["metadata"]["name"], body["status"]
+        state = CanaryState.from_status(status["canary"])
+        await self.rollout.route(lambda table: withdraw_version(table, name, state.version, state.previous))
+        metrics.CANARY_WEIGHT.labels(name).set(0)
+        message = (f"canary of version {state.version} rolled back: the spec changed (generation "
+                   f"{body['metadata']['generation']}); version {state.previous} answers every conversation")
+        update = (StatusUpdate(status).set(canary={**status["canary"], "weight": 0,
+                                                   "weights": replace(state, weight=0).status()["weights"]})
+                  .condition("Canary", False, SUPERSEDED, message))
+        await self.cluster.patch_status(name, update.patch)
+        body["status"] = {**status, **update.patch}
+        kopf.event(body, type="Normal", reason=SUPERSEDED, message=message)
+
+    async def _replicas(self, spec: PersonaModelSpec) -> list[Replica]:
+        """The ready serving pods of the fleet of the persona's base."""
+        pods = await self.cluster.ready_pods(self.settings.replica_selector(spec.base_model))
+        return [Replica.from_pod(p, self.settings) for p in pods]
 
     async def _keep_serving(self, body: dict, spec: PersonaModelSpec, logger: logging.Logger) -> None:
         """Level-triggered, also when Ready: the routing table serves `servingVersion` (a table edited by
@@ -272,9 +413,7 @@ class Reconciler:
             kopf.event(body, type="Normal", reason="Resynced",
                        message=f"routing table put back to version {version} (it routed {name} to {said})")
             logger.info("Routing table put back to %s v%s (it said %s)", name, version, said)
-        pods = await self.cluster.ready_pods(self.settings.replica_selector(spec.base_model))
-        replicas = [Replica.from_pod(p, self.settings) for p in pods]
-        answers = await self.rollout.answers(name, replicas)
+        answers = await self.rollout.answers(name, await self._replicas(spec))
         drifted = {pod: answer for pod, answer in answers.items() if answer != version}
         metrics.DRIFTED_REPLICAS.labels(name).set(len(drifted))
         seen = {pod: answer if isinstance(answer, int) else None for pod, answer in drifted.items()}  # not error texts
@@ -397,6 +536,10 @@ def describe(exc: ApiException | OSError | PersonaError) -> str:
     if isinstance(exc, OSError):
         return f"the model store is unreadable: {exc}"
     return str(exc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _failed_at(job: dict) -> str | None:

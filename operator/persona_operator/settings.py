@@ -95,6 +95,10 @@ class Settings(BaseModel):
     retry_backoff_seconds: float = Field(
         30.0, ge=0, description="PERSONA_RETRY_BACKOFF_SECONDS: first retry delay; doubles with every retry."
     )
+    prometheus_url: str | None = Field(
+        None, description="PERSONA_PROMETHEUS_URL: the Prometheus canary analyses query (its HTTP API, e.g. "
+        "http://prometheus.monitoring:9090); without it a PersonaModel cannot use strategy Canary."
+    )
     training_deadline_seconds: int = Field(
         86400, ge=60, description="PERSONA_TRAINING_DEADLINE_SECONDS: a training Job's activeDeadlineSeconds "
         "(a Job that never gets a node fails instead of training forever)."
@@ -171,6 +175,7 @@ ENVIRONMENT: dict[str, str] = {
     "PERSONA_VERIFY_TIMEOUT_SECONDS": "verify_timeout_seconds",
     "PERSONA_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
     "PERSONA_TRAINING_DEADLINE_SECONDS": "training_deadline_seconds",
+    "PERSONA_PROMETHEUS_URL": "prometheus_url",
 }
 """Environment variable -> field. The chart's operator Deployment sets these."""
 JSON_FIELDS = frozenset({"training_defaults", "training_overrides", "training_max_resources", "serving_bases"})

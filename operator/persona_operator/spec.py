@@ -8,6 +8,7 @@ message for the resource's status.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from string import Template
 from typing import Any, Literal
 
 from kubernetes.utils import parse_quantity
@@ -113,6 +114,59 @@ class ServingSection(_Camel):
     reply_filter: ReplyFilterRules | None = None  # validated here: a bad pattern is InvalidSpec, never a failed Job
 
 
+QUERY_PLACEHOLDERS = frozenset({"persona", "version", "window"})
+MAX_QUERY_CHARS = 2000
+MAX_CANARY_STEPS = 20
+
+
+class AnalysisQueries(_Camel):
+    """PromQL templates overriding the defaults (`persona_operator.analysis.DEFAULT_QUERIES`); each
+    answers one number for the canary version, with `$persona`, `$version` and `$window` (the time
+    since the step began, e.g. `120s`) filled in."""
+
+    ratings: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    like_ratio: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    requests: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    error_rate: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+
+    @field_validator("*")
+    @classmethod
+    def _known_placeholders(cls, query: str | None) -> str | None:
+        if query is not None:
+            template = Template(query)
+            unknown = sorted(set(template.get_identifiers()) - QUERY_PLACEHOLDERS)
+            if unknown or not template.is_valid():
+                raise ValueError(f"a template may use $persona, $version and $window only (found {unknown or 'a stray $'})")
+        return query
+
+
+class AnalysisSection(_Camel):
+    """How a canary step is judged: by the people talking to the persona (the 👍 share of their
+    ratings) and by serving (the share of requests answered with an error), from Prometheus."""
+
+    interval_seconds: float = Field(30, gt=0)
+    timeout_seconds: float = Field(3600, gt=0)
+    min_ratings: int = Field(20, ge=0)
+    min_requests: int = Field(50, ge=0)
+    min_like_ratio: float = Field(0.5, ge=0, le=1)
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    queries: AnalysisQueries = Field(default_factory=AnalysisQueries)
+
+
+class CanarySection(_Camel):
+    steps: list[int] = Field(default_factory=lambda: [10, 50], min_length=1, max_length=MAX_CANARY_STEPS)
+    min_step_seconds: float = Field(600, ge=0)
+    analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_percentages(cls, steps: list[int]) -> list[int]:
+        """Shares of the conversations, growing; a final 100 is the promotion every canary ends with."""
+        if any(not 0 < step <= 100 for step in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"{steps} must be increasing percentages between 1 and 100")
+        return steps[:-1] if steps[-1] == 100 and len(steps) > 1 else steps
+
+
 class RolloutSection(_Camel):
     keep_versions: int = Field(2, ge=1)
     max_eval_loss_increase: float = Field(0.05, ge=0)
@@ -122,6 +176,8 @@ class RolloutSection(_Camel):
     max_leaks: int = Field(0, ge=0)
     smoke_test: bool = True
     retry_limit: int = Field(3, ge=0)
+    strategy: Literal["Immediate", "Canary"] = "Immediate"
+    canary: CanarySection = Field(default_factory=CanarySection)
 
 
 class PersonaModelSpec(_Camel):
@@ -149,6 +205,12 @@ class PersonaModelSpec(_Camel):
         PersonaModel could otherwise take every GPU of the pool."""
         if self.resources is not None and (why := over_caps(self.resources, caps)):
             raise PersonaError(f"spec.resources.{why} (the chart's training.maxResources)")
+
+    def check_canary(self, prometheus_url: str | None) -> None:
+        """A canary is judged from Prometheus: refuse one where the installation names none."""
+        if self.rollout.strategy == "Canary" and not prometheus_url:
+            raise PersonaError("spec.rollout.strategy: Canary is judged from Prometheus, and this installation names "
+                               "none (the chart's operator.prometheusUrl)")
 
     def check_scheduling(self, allowed: frozenset[str]) -> None:
         """Refuse scheduling fields the installation does not let a PersonaModel set (the chart's

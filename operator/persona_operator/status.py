@@ -7,6 +7,8 @@ last re-confirmed.
 - Trained: the latest generation's training Job succeeded (False while it runs or after it failed).
 - RolledOut: the latest trained version serves on every replica.
 - Ready: some version of the persona serves (it stays True while a newer version trains).
+- Canary: how the canary's analysis stands: True (passing, or promoted), Unknown (waiting for data),
+  False (failed: rolled back).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Phase(StrEnum):
     PENDING = "Pending"  # a trained version waits for a ready serving pod
     TRAINING = "Training"
     ROLLING_OUT = "RollingOut"
+    CANARY = "Canary"  # a trained version answers a share of the conversations while people judge it
     READY = "Ready"
     FAILED = "Failed"
 
@@ -54,10 +57,10 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def with_condition(
-    conditions: list[dict[str, Any]], type_: str, value: bool, reason: str, message: str
+    conditions: list[dict[str, Any]], type_: str, value: bool | None, reason: str, message: str
 ) -> list[dict[str, Any]]:
-    """`conditions` with `type_` set; the others untouched, in their order."""
-    text = "True" if value else "False"
+    """`conditions` with `type_` set (None: Unknown); the others untouched, in their order."""
+    text = "Unknown" if value is None else "True" if value else "False"
     previous = next((c for c in conditions if c.get("type") == type_), None)
     changed = previous is None or previous.get("status") != text
     updated = {
@@ -89,7 +92,7 @@ class StatusUpdate:
         self.patch.setdefault("lastTraining", {}).update(fields)
         return self
 
-    def condition(self, type_: str, value: bool, reason: str, message: str) -> StatusUpdate:
+    def condition(self, type_: str, value: bool | None, reason: str, message: str) -> StatusUpdate:
         self._conditions = with_condition(self._conditions, type_, value, reason, message)
         self.patch["conditions"] = self._conditions
         return self

@@ -3,15 +3,14 @@ Postgres database of its own (fresh per test)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
 from persona_bot.service import BotService
-from persona_bot.settings import load_settings
 from tests.bot.fake_telegram import BOT_TOKEN, FakeTelegram
+from tests.fixtures.bot import bot_running
 from tests.bot.stub_model import STUB_TOKEN, StubModel
 
 
@@ -49,7 +48,7 @@ def bot_env(telegram: FakeTelegram, model: StubModel, postgres_database: str) ->
     }
 
 
-RunningBot = Callable[..., "asynccontextmanager[BotService]"]
+RunningBot = Callable[..., AbstractAsyncContextManager[BotService]]
 
 
 @pytest.fixture
@@ -57,21 +56,7 @@ def running_bot(bot_env: dict[str, str]) -> RunningBot:
     """`async with running_bot(**ENV_OVERRIDES) as service:` - the bot is up (commands set,
     polling or webhook listening) inside the block and shut down gracefully after it."""
 
-    @asynccontextmanager
-    async def run(**overrides: str) -> AsyncIterator[BotService]:
-        service = BotService(load_settings({**bot_env, **overrides}))
-        task = asyncio.create_task(service.run())
-        for _ in range(200):
-            if service.ready or task.done():
-                break
-            await asyncio.sleep(0.02)
-        if task.done():
-            task.result()
-        assert service.ready, "bot did not start"
-        try:
-            yield service
-        finally:
-            service.stop()
-            await asyncio.wait_for(task, 10)
+    def run(**overrides: str) -> AbstractAsyncContextManager[BotService]:
+        return bot_running({**bot_env, **overrides})
 
     return run

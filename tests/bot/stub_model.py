@@ -27,6 +27,7 @@ class StubModel:
         self.break_streams = 0  # the next N streams break off after two words (a worker restart)
         self.cancelled = 0  # streams whose client went away before the end
         self.failing = False  # answer 503 (a model that is down)
+        self.version = "1"  # the model_version it answers as
         self.requests: list[tuple[str, InferenceRequest]] = []
         # The `asr` model: answers `transcript` for any 16-bit PCM body; `asr_failing` -> 503;
         # not `asr_served` -> TorchServe's 404 for a model it does not serve.
@@ -89,11 +90,11 @@ class StubModel:
                     self.break_streams -= 1
                     request.transport.close()  # as when TorchServe's worker dies mid-stream
                     return stream
-                preview = {"delta": (" " if i else "") + word, "tokens": i + 1} | ({} if i else {"model_version": "1"})
+                preview = {"delta": (" " if i else "") + word, "tokens": i + 1} | ({} if i else {"model_version": self.version})
                 await stream.write(json.dumps(preview).encode() + b"\n")
                 await asyncio.sleep(self.word_delay)
             self.busy_seconds.append(time.perf_counter() - started)
-            final = {"reply": reply, "persona": persona, "model_version": "1", "tokens": len(words), "finish_reason": "stop"}
+            final = {"reply": reply, "persona": persona, "model_version": self.version, "tokens": len(words), "finish_reason": "stop"}
             final |= {"facts": STUB_FACTS} if body.show_facts else {}
             await stream.write(json.dumps(final, ensure_ascii=False).encode() + b"\n")
             await stream.write_eof()

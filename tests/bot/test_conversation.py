@@ -6,16 +6,16 @@ import json
 import time
 
 import httpx
+from prometheus_client import REGISTRY
 
 from persona_bot.store import Exchange, Store
 from personafleet.prompt import CONTEXT_WINDOW_SECONDS, MESSAGE_CHARS, TimedTurn
+from personafleet.routing import conversation_key
 
 
 async def test_private_reply_uses_the_stored_history(running_bot, telegram, model, postgres_database):
-    from prometheus_client import REGISTRY
-
-    # The bot's counters are process-wide: other tests' replies came before this one's two.
-    before = REGISTRY.get_sample_value("persona_bot_replies_total", {"outcome": "ok", "persona": "devops-dude"}) or 0
+    ok = {"persona": "devops-dude", "version": "1", "outcome": "ok"}
+    before = REGISTRY.get_sample_value("persona_bot_replies_total", ok) or 0.0
     async with running_bot() as service:
         commands = await telegram.wait_calls("setMyCommands")
         assert {c["command"] for c in json.loads(commands[0]["commands"])} >= {"start", "help", "clear", "clear_context", "persona", "insanity"}
@@ -31,6 +31,9 @@ async def test_private_reply_uses_the_stored_history(running_bot, telegram, mode
         await telegram.wait_sent(3)
         persona, request = model.requests[-1]
         assert persona == "devops-dude"
+        # One opaque key per chat and persona (sticky canary routing): no raw chat id leaves the bot.
+        assert request.conversation == model.requests[-2][1].conversation == conversation_key(7, "devops-dude")
+        assert len(request.conversation) == 24 and int(request.conversation, 16)  # a hash, not the chat id
         assert [(t.role, t.text) for t in request.context] == [
             ("user", "how do I restart nginx?"),
             ("persona", "[devops-dude] re: how do I restart nginx?"),
@@ -40,7 +43,8 @@ async def test_private_reply_uses_the_stored_history(running_bot, telegram, mode
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{service.metrics_port}/metrics")).text
             ready = await http.get(f"http://127.0.0.1:{service.metrics_port}/readyz")
-        assert f'persona_bot_replies_total{{outcome="ok",persona="devops-dude"}} {before + 2}' in metrics
+        assert 'persona_bot_replies_total{outcome="ok",persona="devops-dude",version="1"}' in metrics
+        assert REGISTRY.get_sample_value("persona_bot_replies_total", ok) - before == 2
         assert "persona_bot_reply_latency_seconds_bucket" in metrics
         assert ready.status_code == 200 and ready.json() == {"ready": True, "database": "up"}
 

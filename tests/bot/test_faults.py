@@ -33,7 +33,7 @@ async def test_model_down_or_slow_gets_an_apology_and_the_bot_stays_up(running_b
         # The unanswered messages were heard: with the new one they are one burst, one turn.
         assert (await telegram.wait_sent(3))[2]["text"] == "[devops-dude] re: are you there? still there? and now?"
         counted = await scrape(service, "persona_bot_replies_total")
-    assert 'outcome="inference_unavailable",persona="devops-dude"} 2.0' in counted
+    assert 'outcome="inference_unavailable",persona="devops-dude",version="none"} 2.0' in counted
 
 
 async def test_database_outage_mid_conversation(running_bot, telegram, model, postgres_server):

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from personafleet.prompt import record_turns
 from personafleet.records import read_records
@@ -84,6 +85,31 @@ async def test_votes_are_stored_and_exported(running_bot, telegram, model, postg
         capture_output=True, text=True, timeout=60,
     )
     assert other.returncode == 0 and (tmp_path / "none" / "train.jsonl").read_text() == ""
+
+
+async def test_votes_are_counted_by_the_version_that_wrote_the_reply(running_bot, telegram, model, postgres_database):
+    def votes(version: str, outcome: str) -> float | None:
+        return REGISTRY.get_sample_value("persona_bot_feedback_votes_total",
+                                         {"persona": "devops-dude", "version": version, "outcome": outcome})
+
+    model.version = "71"
+    async with running_bot():
+        telegram.message("first", chat_id=41)
+        await telegram.wait_sent(1)
+        # A version's vote series exist from its first reply (so `increase()` sees its first votes).
+        assert votes("71", "up") == 0.0 and votes("71", "down") == 0.0
+        model.version = "72"
+        telegram.message("second", chat_id=41)
+        await telegram.wait_sent(2)
+        await wait_for_replies_stored(postgres_database, 2)
+        first, second = telegram.sent
+        telegram.vote(first, user_id=1, up=True)
+        telegram.vote(second, user_id=1, up=False)
+        telegram.vote(second, user_id=2, up=False)
+        await telegram.wait_calls("answerCallbackQuery", 3)
+    assert (votes("71", "up"), votes("71", "down"), votes("72", "up"), votes("72", "down")) == (1.0, 0.0, 0.0, 2.0)
+    assert REGISTRY.get_sample_value("persona_bot_replies_total",
+                                     {"persona": "devops-dude", "version": "72", "outcome": "ok"}) == 1.0
 
 
 GROUP, QUIET_GROUP = -300, -400

@@ -58,6 +58,7 @@ def test_the_crd_is_a_valid_kubernetes_object_with_the_contract_names(crd, versi
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Phase"] == ".status.phase" and columns["Serving"] == ".status.servingVersion"
     assert columns["Age"] == ".metadata.creationTimestamp"
+    assert columns["Canary"] == ".status.canary.weight"  # the canary's share of the conversations (issue 23)
 
 
 def test_the_schema_is_valid_in_both_drafts(schema):
@@ -116,6 +117,28 @@ def test_the_status_the_operator_writes_is_valid(schema, example):
         validator.validate(example | {"status": STATUS})
 
 
+def test_a_canary_status_the_operator_writes_is_valid(schema, example):
+    """Every field of `status.canary` (persona_operator.canary) is in the schema: a missing one would
+    be pruned by the API server and never shown."""
+    from datetime import datetime, timezone
+
+    from persona_operator.analysis import Judgment, Measurement
+    from persona_operator.canary import CanaryState
+    from persona_operator.spec import CanarySection
+
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    canary = CanaryState.first(3, 2, CanarySection(), now).status(
+        Measurement(ratings=25.0, like_ratio=0.8, requests=120.0, error_rate=0.01),
+        Judgment("pass", "AnalysisPassed", "👍 share 0.80 over 25 ratings"), now)
+    status = STATUS | {"phase": "Canary", "canary": canary,
+                       "conditions": [{"type": "Canary", "status": "Unknown", "reason": "AwaitingData", "message": "3/20"}]}
+    canary_schema = schema["properties"]["status"]["properties"]["canary"]
+    assert set(canary) == set(canary_schema["properties"])
+    assert set(canary["analysis"]) == set(canary_schema["properties"]["analysis"]["properties"])
+    for validator in validators(schema):
+        validator.validate(example | {"status": status})
+
+
 def broken(example: dict, path: str, value: object) -> dict:
     """The example with `path` (dotted, under spec) set to `value`, or removed when value is ...."""
     resource = copy.deepcopy(example)
@@ -149,6 +172,11 @@ def broken(example: dict, path: str, value: object) -> dict:
     ("rollout.minFidelity", 1.5),
     ("rollout.maxFidelityDrop", -0.1),
     ("rollout.maxLeaks", -1),
+    ("rollout.strategy", "BlueGreen"),
+    ("rollout.canary", {"steps": [0]}),
+    ("rollout.canary", {"steps": list(range(1, 22))}),
+    ("rollout.canary", {"analysis": {"minLikeRatio": 1.5}}),
+    ("rollout.canary", {"analysis": {"queries": {"ratings": "x" * 2001}}}),
     ("resources.limits", {"memory": "lots"}),
     ("tolerations", [{"key": "gpu", "operator": "Maybe"}]),
 ])
@@ -237,6 +265,20 @@ def test_the_reply_cap_is_the_one_packaging_and_serving_enforce(schema):
     with pytest.raises(PersonaError, match="maxNewTokens"):
         PersonaModelSpec.parse({"baseModel": "b", "dataset": {"exports": ["a"]},
                                 "serving": {"generation": {"maxNewTokens": MAX_NEW_TOKENS + 1}}})
+
+
+def test_the_lora_rank_cap_is_the_one_training_and_the_slots_enforce(schema, example):
+    """A PersonaModel asking for a rank the fleet's slots cannot hold is refused at `kubectl apply`,
+    not after hours of training by `persona package` or the worker."""
+    from persona_training.config import TrainConfig
+    from personafleet.lora import MAX_LORA_RANK
+
+    training = schema["properties"]["spec"]["properties"]["training"]["properties"]
+    assert training["loraRank"]["maximum"] == MAX_LORA_RANK
+    with pytest.raises(ValidationError):
+        TrainConfig(lora_rank=MAX_LORA_RANK + 1)
+    for validator in validators(schema):
+        assert not validator.is_valid(broken(example, "training.loraRank", MAX_LORA_RANK + 1))
 
 
 def test_absolute_export_paths_are_refused(schema, example):

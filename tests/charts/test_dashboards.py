@@ -196,10 +196,25 @@ def test_the_dashboard_covers_what_operators_watch(path):
         assert fragment in text, fragment
     for metric in ("ts_inference_requests_total", "ts_queue_latency_microseconds", "persona_handler_errors_total",
                    "persona_bot_replies_total", "persona_operator_training_duration_seconds_sum",
-                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_resident_adapters",
-                   "persona_handler_adapter_loads_total", "persona_handler_adapter_evictions_total",
-                   "persona_handler_adapter_load_seconds_bucket", "persona_handler_personas_per_batch_bucket"):
+                   "persona_operator_rollouts_total", "DCGM_FI_DEV_GPU_UTIL", "persona_handler_slots_in_use",
+                   "persona_handler_host_adapters", "persona_handler_adapter_loads_total",
+                   "persona_handler_adapter_evictions_total", "persona_handler_slot_load_seconds_bucket",
+                   "persona_handler_adapters_per_batch_bucket", "persona_handler_personas_per_batch_bucket"):
         assert metric in text, metric
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "Grafana needs unique panel ids"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_the_canary_row_compares_the_versions_of_a_persona(path):
+    """Issue 23: traffic share, 👍 share, error rate and p95, each by persona and version."""
+    dashboard = json.loads(path.read_text())
+    start = next(i for i, p in enumerate(dashboard["panels"]) if p["type"] == "row" and p["title"].startswith("Canary"))
+    row = dashboard["panels"][start + 1:start + 5]
+    exprs = {panel["title"]: "\n".join(t["expr"] for t in panel["targets"]) for panel in row}
+    assert all("by (persona, version)" in expr or "by (le, persona, version)" in expr for expr in exprs.values()), exprs
+    text = "\n".join(exprs.values())
+    for metric in ("persona_handler_requests_total", "persona_operator_canary_weight", "persona_bot_feedback_votes_total",
+                   "persona_handler_errors_total", "persona_handler_generation_seconds_bucket"):
+        assert metric in text, metric

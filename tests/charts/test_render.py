@@ -233,12 +233,13 @@ def test_an_existing_bot_token_secret_is_used_and_none_is_created(render):
 
 # ---- serving -------------------------------------------------------------------------------
 def test_serving_runs_the_fleet_behind_the_auth_front_with_the_token_secret(render):
-    objects = render({"serving": {"baseModel": "/store/bases/fred", "maxResidentAdapters": 5}, "metrics": {"maxPersonaLabels": 7}})
+    objects = render({"serving": {"baseModel": "/store/bases/fred", "maxResidentAdapters": 5, "maxLoraRank": 32,
+                                  "maxHostAdapters": 7}, "metrics": {"maxPersonaLabels": 7}})
     serving = find(objects, "Deployment", "-serving")
     params = parse_cli(container(serving)["args"])
     assert params["foreground"] and params["host"] == "0.0.0.0"
     assert (str(params["model_store"]), params["base"], params["max_resident_adapters"]) == ("/store", ["/store/bases/fred"], 5)
-    assert params["max_persona_labels"] == 7
+    assert (params["max_lora_rank"], params["max_host_adapters"], params["max_persona_labels"]) == (32, 7, 7)
     defaults = parse_cli(container(find(render(), "Deployment", "-serving"))["args"])
     assert (defaults["base"], defaults["max_persona_labels"]) == (["ai-forever/FRED-T5-large"], 100)
     assert params.get("models_file") is None  # what serves is the store's routing table (contract 2)
@@ -310,6 +311,10 @@ def test_the_operator_settings_load_from_the_rendered_environment(render, tmp_pa
     assert selector.items() <= serving_labels.items() and selector["app.kubernetes.io/component"] == "serving"
     assert parse_cli(container(operator)["args"])["standalone"] is True
     assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"]["type"] == "Recreate"
+    assert settings.prometheus_url is None  # no canary without a Prometheus the chart names (issue 23)
+    with_prometheus = render({"operator": {"prometheusUrl": "http://prometheus.monitoring:9090"}})
+    canary = resolve_env(with_prometheus, find(with_prometheus, "Deployment", "-operator"), tmp_path)
+    assert Settings.from_env(canary).prometheus_url == "http://prometheus.monitoring:9090"
 
 
 def test_operator_rbac_is_namespaced_and_least_privilege(render):

@@ -55,3 +55,12 @@ def test_generation_options_are_clamped_and_fall_back_to_the_persona_defaults():
 def test_a_pinned_version_follows_the_one_version_rule():
     assert InferenceRequest(persona="devops-dude", message="x", version="v3").version == 3
     assert InferenceRequest(message="x", version=2).version == 2
+
+
+def test_options_of_a_request_that_does_not_sample_carry_no_sampling_parameters():
+    from personafleet.inference import without_unused_sampling
+
+    greedy = {"max_new_tokens": 8, "temperature": 0.8, "top_p": 0.9, "top_k": 5, "num_beams": 2}
+    assert without_unused_sampling(greedy) == {"max_new_tokens": 8, "num_beams": 2}
+    sampling = {**greedy, "do_sample": True}
+    assert without_unused_sampling(sampling) == sampling

@@ -9,7 +9,7 @@ import pytest
 
 from personafleet.errors import PersonaError
 from personafleet.names import parse_version
-from personafleet.routing import ROUTING_FILE, read_routing, update_routing, version_dir
+from personafleet.routing import ROUTING_FILE, RoutingTable, conversation_key, read_routing, update_routing, version_dir
 
 
 @pytest.mark.parametrize("text, expected", [("3", 3), (3, 3), ("v12", 12), (" 7 ", 7)])
@@ -94,3 +94,67 @@ def test_each_versions_base_is_recorded_and_an_old_table_stays_valid(tmp_path):
     update_routing(tmp_path, lambda t: (t.withdraw("devops-dude", 3), t.prune("devops-dude", 1)))
     written = json.loads((tmp_path / ROUTING_FILE).read_text())["personas"]["devops-dude"]
     assert written == {"serving": 2, "versions": [2], "bases": {"2": "ai-forever/rugpt3small_based_on_gpt2"}}
+
+
+# ---- weighted routes (issue 23) -------------------------------------------------------------------
+def canary_table(weights: dict[int, int]) -> RoutingTable:
+    table = RoutingTable()
+    table.add("p", 4, serve=True)
+    table.add("p", 5, serve=False)
+    table.weigh("p", weights)
+    return table
+
+
+def test_a_conversation_stays_on_its_version_and_the_shares_follow_the_weights():
+    table = canary_table({4: 90, 5: 10})
+    keys = [conversation_key(chat, "p") for chat in range(4000)]
+    chosen = {key: table.resolve("p", conversation=key) for key in keys}
+    assert all(table.resolve("p", conversation=key) == chosen[key] for key in keys[:200] for _ in range(3))
+    share = sum(v == 5 for v in chosen.values()) / len(keys)
+    assert 0.08 < share < 0.12
+    assert table.resolve("p") == 4  # no key: the serving version
+    assert table.resolve("p", 5) == 5 and table.resolve("p", 4) == 4  # pins still work
+
+
+def test_a_growing_canary_keeps_its_conversations_and_takes_only_from_the_old_version():
+    keys = [conversation_key(chat) for chat in range(2000)]
+    before = {k: canary_table({4: 90, 5: 10}).resolve("p", conversation=k) for k in keys}
+    after = {k: canary_table({4: 50, 5: 50}).resolve("p", conversation=k) for k in keys}
+    assert all(after[k] == 5 for k in keys if before[k] == 5)
+    moved = sum(before[k] != after[k] for k in keys) / len(keys)
+    assert 0.35 < moved < 0.45
+
+
+def test_serving_a_version_ends_the_canary_and_withdrawing_the_canary_sends_everyone_back():
+    table = canary_table({4: 50, 5: 50})
+    table.add("p", 5, serve=True)
+    assert table.personas["p"].weights is None
+    assert {table.resolve("p", conversation=conversation_key(c)) for c in range(50)} == {5}
+
+    table = canary_table({4: 50, 5: 50})
+    assert table.prune("p", 1) == []  # a weighted version is never pruned
+    table.withdraw("p", 5)
+    assert table.personas["p"].weights is None and table.personas["p"].versions == [4]
+    assert {table.resolve("p", conversation=conversation_key(c)) for c in range(50)} == {4}
+
+
+def test_all_weight_on_the_serving_version_is_no_canary():
+    assert canary_table({4: 100, 5: 0}).personas["p"].weights is None
+    assert canary_table({4: 0, 5: 100}).personas["p"].weights == {5: 100}
+
+
+def test_a_table_without_weights_is_written_as_before_and_weights_round_trip(tmp_path):
+    update_routing(tmp_path, lambda t: t.add("p", 1, serve=True))
+    assert json.loads((tmp_path / ROUTING_FILE).read_text()) == {"personas": {"p": {"serving": 1, "versions": [1]}}}
+    update_routing(tmp_path, lambda t: (t.add("p", 2, serve=False), t.weigh("p", {1: 75, 2: 25})))
+    assert json.loads((tmp_path / ROUTING_FILE).read_text())["personas"]["p"]["weights"] == {"1": 75, "2": 25}
+    assert read_routing(tmp_path).personas["p"].weights == {1: 75, 2: 25}
+
+
+@pytest.mark.parametrize("weights, reason", [({"3": 10, "1": 90}, "does not list"), ({"1": -1, "2": 5}, "non-negative"),
+                                             ({"1": 0, "2": 0}, "not all 0")])
+def test_bad_weights_are_refused_with_the_reason(tmp_path, weights, reason):
+    (tmp_path / ROUTING_FILE).write_text(json.dumps({"personas": {"p": {"serving": 1, "versions": [1, 2],
+                                                                        "weights": weights}}}))
+    with pytest.raises(PersonaError, match=reason):
+        read_routing(tmp_path)

@@ -51,7 +51,7 @@ def fleet(causal_base: Path) -> FleetModel:
 
 
 def test_the_fleet_loads_a_causal_base_through_the_causal_auto_class(fleet: FleetModel):
-    assert fleet.family.name == "causal" and type(fleet.base).__name__ == "LlamaForCausalLM"
+    assert fleet.family.name == "causal" and type(fleet.model).__name__ == "LlamaForCausalLM"
     assert fleet.tokenizer.padding_side == "left"
 
 
@@ -63,7 +63,7 @@ def test_a_reply_is_what_the_merged_model_generates_after_the_prompt(fleet: Flee
     dude = fleet.load(store, CAUSAL_PERSONA, 1)
     merged = AutoModelForCausalLM.from_pretrained(causal_run / "merged").eval()
     for prompt in PROMPTS:
-        [reply], [count] = fleet.generate([prompt], [dude.adapter_name], GREEDY)
+        [reply], [count] = fleet.generate([prompt], [dude], GREEDY)
         ids = fleet.family.encode_prompts(fleet.tokenizer, [prompt], 512)
         assert ids[0][-1] != fleet.tokenizer.eos_token_id  # the prompt does not end the conversation
         output = merged.generate(torch.tensor(ids), **GREEDY, pad_token_id=fleet.tokenizer.pad_token_id)
@@ -74,10 +74,10 @@ def test_a_reply_is_what_the_merged_model_generates_after_the_prompt(fleet: Flee
 
 def test_each_row_of_a_mixed_left_padded_batch_is_answered_by_its_own_adapter(fleet: FleetModel, store: Path):
     dude, pm = fleet.load(store, CAUSAL_PERSONA, 1), fleet.load(store, "causal-pm", 1)
-    mixed, _ = fleet.generate(PROMPTS * 2, [dude.adapter_name, pm.adapter_name, pm.adapter_name, dude.adapter_name], GREEDY)
-    alone = {name: [fleet.generate([p], [name], GREEDY)[0][0] for p in PROMPTS] for name in (dude.adapter_name, pm.adapter_name)}
-    assert mixed == [alone[dude.adapter_name][0], alone[pm.adapter_name][1], alone[pm.adapter_name][0], alone[dude.adapter_name][1]]
-    assert alone[dude.adapter_name] != alone[pm.adapter_name], "the two adapters must answer differently"
+    mixed, _ = fleet.generate(PROMPTS * 2, [dude, pm, pm, dude], GREEDY)
+    alone = {entry.persona: [fleet.generate([p], [entry], GREEDY)[0][0] for p in PROMPTS] for entry in (dude, pm)}
+    assert mixed == [alone[dude.persona][0], alone[pm.persona][1], alone[pm.persona][0], alone[dude.persona][1]]
+    assert alone[dude.persona] != alone[pm.persona], "the two adapters must answer differently"
 
 
 def test_a_chat_template_persona_on_a_base_without_one_is_refused_alone(fleet: FleetModel, store: Path, tmp_path: Path):
@@ -90,16 +90,16 @@ def test_a_chat_template_persona_on_a_base_without_one_is_refused_alone(fleet: F
     with pytest.raises(AdapterUnavailable, match="chat template, base .* has none"):
         fleet.load(bad, "causal-pm", 1)
     dude = fleet.load(store, CAUSAL_PERSONA, 1)
-    assert fleet.generate(PROMPTS[:1], [dude.adapter_name], GREEDY)[0][0]
+    assert fleet.generate(PROMPTS[:1], [dude], GREEDY)[0][0]
 
 
 def test_a_gpt2_base_without_a_pad_token_serves_with_eos_padding(gpt2_base: Path, gpt2_store: Path):
     fleet = FleetModel(str(gpt2_base), torch.device("cpu"), torch.float32)
     assert fleet.tokenizer.pad_token == fleet.tokenizer.eos_token == "<|endoftext|>"
     entry = fleet.load(gpt2_store, "gpt-dude", 1)
-    replies, counts = fleet.generate(PROMPTS, [entry.adapter_name] * 2, GREEDY)
+    replies, counts = fleet.generate(PROMPTS, [entry] * 2, GREEDY)
     assert len(replies) == 2 and all(0 <= count <= 8 for count in counts)
-    assert replies[1] == fleet.generate(PROMPTS[1:], [entry.adapter_name], GREEDY)[0][0]
+    assert replies[1] == fleet.generate(PROMPTS[1:], [entry], GREEDY)[0][0]
 
 
 # --- the streaming path: the fleet worker's step-level scheduling on a causal base -------------

@@ -58,6 +58,14 @@ async def test_interactive_chat_prints_the_reply_as_it_is_generated(torchserve):
     assert printed.count("\n") == 1
 
 
+def test_one_conversation_sends_one_key_and_a_new_conversation_another():
+    from persona_serving.chat import Conversation
+
+    first, second = Conversation(), Conversation()
+    keys = {first.request("привет").conversation, first.request("как дела?").conversation}
+    assert len(keys) == 1 and keys != {second.request("привет").conversation}
+
+
 def test_facts_and_about_through_the_real_fleet(torchserve, tiny_base):
     """Issue 26: `show_facts` returns the facts retrieved into the prompt (here none: the version
     has no knowledge), only when asked; `about` describes the serving version without generating."""

@@ -12,7 +12,7 @@ import pytest
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable
 from personafleet.inference import InferenceRequest
 from persona_serving.server import route_unlisted
-from personafleet.routing import ROUTING_FILE, RoutingTable, read_routing, update_routing, write_routing
+from personafleet.routing import ROUTING_FILE, RoutingTable, conversation_key, read_routing, update_routing, write_routing
 from personafleet.store import ADAPTER_DIR
 from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA, initial_routing, publish
 from tests.serving.test_server import _sample
@@ -47,6 +47,8 @@ async def test_a_mixed_persona_batch_answers_each_row_with_its_own_adapter(torch
     assert _sample(sample, "persona_handler_personas_per_batch_sum") - before > len(asks), \
         "no batch mixed two personas"
     assert batches > 0
+    assert _sample(sample, "persona_handler_adapters_per_batch_sum") > _sample(sample, "persona_handler_adapters_per_batch_count"), \
+        "no generate mixed two adapters"
 
 
 async def test_the_least_recently_used_adapter_is_evicted_and_reloaded(torchserve):
@@ -60,7 +62,7 @@ async def test_the_least_recently_used_adapter_is_evicted_and_reloaded(torchserv
     evicted = _sample(after, "persona_handler_adapter_evictions_total") - _sample(before, "persona_handler_adapter_evictions_total")
     loaded = _sample(after, "persona_handler_adapter_loads_total") - _sample(before, "persona_handler_adapter_loads_total")
     assert evicted >= 2 and loaded >= 3  # v2 evicts one; the evicted ones come back
-    assert _sample(after, "persona_handler_resident_adapters") == 2
+    assert _sample(after, "persona_handler_slots_in_use") == 2
 
 
 async def test_a_routing_switch_under_load_fails_no_request(torchserve):
@@ -105,6 +107,43 @@ def test_switch_refuses_a_version_that_is_not_published(torchserve):
          "--persona", PERSONA, "--version", "9"], capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "no version.json" in result.stderr
+
+
+async def test_a_local_canary_answers_every_turn_of_a_conversation_with_one_version(torchserve):
+    """`persona switch --weight 50`: conversations split between v1 and v2, each keeps its version;
+    requests without a conversation key, and pinned ones, are answered as before."""
+    def switch(*weight: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "persona_cli", "switch", "--model-store",
+                                 str(torchserve.model_store), "--persona", PERSONA, "--version", "2", *weight],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    try:
+        assert switch("--weight", "50") == f"{PERSONA} serves v1 (versions: 1, 2); conversations: v1 50%, v2 50%"
+        await asyncio.sleep(1.0)  # noticed within a batch
+        async with InferenceClient(torchserve.inference_url, token_file=torchserve.key_file) as client:
+            async def turns(chat: int) -> set[str]:
+                key = conversation_key(chat, PERSONA)
+                return {(await client.reply(PERSONA, request(message).model_copy(update={"conversation": key}))).model_version
+                        for message in [*MESSAGES, "пока"]}
+            answered = await asyncio.gather(*(turns(chat) for chat in range(8)))
+            keyless = await client.reply(PERSONA, request("привет"))
+            pinned = await client.reply(PERSONA, request("привет"), version=2)
+        assert all(len(versions) == 1 for versions in answered), answered
+        assert set().union(*answered) == {"1", "2"}
+        assert (keyless.model_version, pinned.model_version) == ("1", "2")
+        assert switch("--weight", "0") == f"{PERSONA} serves v1 (versions: 1, 2)"
+    finally:
+        update_routing(torchserve.model_store, initial_routing)
+
+
+def test_a_weight_needs_another_serving_version_to_share_with(torchserve):
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_cli", "switch", "--model-store", str(torchserve.model_store),
+         "--persona", PERSONA, "--version", "1", "--weight", "10"], capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("persona: error: ") and "v1 is the serving one" in result.stderr
 
 
 def test_switch_refuses_a_folder_whose_record_names_another_version(torchserve):

@@ -16,8 +16,10 @@ from persona_serving.archive import ArchiveOptions, build_fleet_archive
 from persona_serving.config import FleetConfig
 from persona_training.package import publish_version
 from personafleet.errors import PersonaError
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PersonaSpec
 from personafleet.store import published_versions, read_version_info
+from tests.fixtures.lora_adapters import make_adapter
 
 
 def persona_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -119,3 +121,31 @@ def test_a_zero_batch_delay_is_refused_because_torchserve_reads_it_as_100_ms():
     """Measured: with maxBatchDelay 0, TorchServe 0.12 queued every lone request ~100 ms."""
     with pytest.raises(ValidationError, match="max_batch_delay_ms"):
         ArchiveOptions(max_batch_delay_ms=0)
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"targets": ["q", "v"], "use_dora": True}, "DoRA"),
+    ({"targets": ["q", "v"], "bias": "all"}, "trains biases"),
+    ({"targets": ["shared"]}, "LoRA on an embedding"),
+    ({"targets": ["q"], "modules_to_save": ["lm_head"]}, "modules_to_save"),
+], ids=["dora", "bias", "embedding", "modules-to-save"])
+def test_package_refuses_an_adapter_the_fleets_slots_cannot_serve(tiny_base: Path, tmp_path: Path, settings: dict,
+                                                                  reason: str):
+    run = make_adapter(tiny_base, tmp_path / "run", 1, 8, 16, **settings)
+    with pytest.raises(PersonaError, match=reason):
+        publish_version(run, "odd", 1, tmp_path / "store" / "odd" / "v1")
+    assert not (tmp_path / "store" / "odd" / "v1" / "version.json").exists()
+
+
+def test_package_refuses_a_rank_above_the_fleets_and_modules_the_base_lacks_with_one_line(
+        tiny_base: Path, fred_base: Path, tmp_path: Path):
+    wide = make_adapter(tiny_base, tmp_path / "wide", 1, MAX_LORA_RANK + 1, 16, ["q"])
+    result = persona_cli("package", "--run", str(wide), "--name", "wide", "--version", "1",
+                         "--out", str(tmp_path / "store" / "wide" / "v1"))
+    assert result.returncode == 2 and "its rank 65 is above the fleet's maxLoraRank 64" in result.stderr
+    elsewhere = make_adapter(fred_base, tmp_path / "elsewhere", 1, 8, 16, ["FF"])  # wi_0 / wi_1: FRED's layers
+    result = persona_cli("package", "--run", str(elsewhere), "--name", "elsewhere", "--version", "1",
+                         "--out", str(tmp_path / "store" / "elsewhere" / "v1"), "--base-path", str(tiny_base))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"does not fit base {tiny_base}" in result.stderr and "the base has no such layer" in result.stderr
+    publish_version(elsewhere, "elsewhere", 1, tmp_path / "store" / "elsewhere" / "v1")  # fits its own base

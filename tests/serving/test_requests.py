@@ -11,7 +11,7 @@ from persona_serving.requests import (
 from personafleet.inference import GenerationLimits, InferenceRequest
 from personafleet.persona import PersonaSpec
 from personafleet.prompt import Turn, render_prompt
-from personafleet.routing import RoutingTable
+from personafleet.routing import RoutingTable, conversation_key, update_routing
 
 LIMITS = GenerationLimits()
 TABLE = RoutingTable()
@@ -63,6 +63,8 @@ def test_raw_bytes_json_is_accepted_and_a_listed_version_may_be_pinned():
         ({"persona": "devops-dude", "message": "hi", "context": [{"role": "user", "text": "x"}] * 51}, 413, "too_large"),
         ({"persona": "someone-else", "message": "hi"}, 404, "unknown_persona"),
         ({"persona": "devops-dude", "version": 3, "message": "hi"}, 404, "unknown_version"),
+        ({"persona": "devops-dude", "message": "hi", "conversation": "k" * 129}, 413, "too_large"),
+        ({"persona": "devops-dude", "message": "hi", "conversation": ""}, 400, "invalid_request"),
     ],
 )
 def test_bad_input_is_a_value_not_an_exception(body, status, error):
@@ -71,6 +73,19 @@ def test_bad_input_is_a_value_not_an_exception(body, status, error):
     assert isinstance(rejected, Rejected)
     assert (rejected.status, rejected.error) == (status, error)
     assert json.loads(rejected.body())["error"] == error
+
+
+def test_a_canary_route_answers_each_conversation_with_its_own_version_every_time():
+    table = RoutingTable.model_validate(TABLE.model_dump())
+    table.weigh("devops-dude", {1: 50, 2: 50})
+    answered = {}
+    for chat in range(40):
+        body = {"persona": "devops-dude", "message": "hi", "conversation": conversation_key(chat, "devops-dude")}
+        versions = {route(parse(item(body)), table).key[1] for _ in range(3)}  # type: ignore[union-attr]
+        assert len(versions) == 1
+        answered[chat] = versions.pop()
+    assert set(answered.values()) == {1, 2}
+    assert route(parse(item({"persona": "devops-dude", "message": "hi"})), table).key == ("devops-dude", 1)
 
 
 def test_invalid_utf8_is_refused():
@@ -92,3 +107,22 @@ def test_about_describes_a_published_version_and_refuses_one_that_is_not(tmp_pat
     (folder / "run" / "report.json").write_text("{}")
     (folder / "knowledge.json").write_text(json.dumps({"facts": ["Живу в Казани", "Мой кот Барсик"]}))
     assert describe(routed, tmp_path).facts == 2 and describe(routed, tmp_path).trained_at is not None
+
+
+def test_the_base_router_sends_a_conversation_to_the_fleet_of_its_canary_versions_base(tmp_path):
+    """A canary on another base (issue 22 + 23): the front picks the version the worker will, per conversation."""
+    from persona_serving.bases import BaseRouter, Fleet
+
+    def canary(table: RoutingTable) -> None:
+        table.add("devops-dude", 1, serve=True, base="base-a")
+        table.add("devops-dude", 2, serve=False, base="base-b")
+        table.weigh("devops-dude", {1: 50, 2: 50})
+
+    table = update_routing(tmp_path, canary)
+    router = BaseRouter(tmp_path, [Fleet("base-a", "fleet-a"), Fleet("base-b", "fleet-b")])
+    for chat in range(20):
+        key = conversation_key(chat, "devops-dude")
+        body = json.dumps({"persona": "devops-dude", "message": "hi", "conversation": key}).encode()
+        expected = "base-a" if table.resolve("devops-dude", conversation=key) == 1 else "base-b"
+        assert router.route(body).base == expected
+    assert router.route(json.dumps({"persona": "devops-dude", "message": "hi"}).encode()).base == "base-a"

@@ -57,3 +57,20 @@ def test_an_adapter_in_use_is_never_evicted_and_the_lru_shrinks_back_once_free()
     assert lru.keys() == ["a", "c", "d"]
     assert lru.get("e", busy={"d"}) == ("E", ["a", "c"])  # back to capacity as soon as they are free
     assert lru.keys() == ["d", "e"]
+
+
+def test_an_idle_entry_held_beyond_capacity_leaves_before_the_next_load():
+    """The fleet has capacity + 1 slots: with a and c busy and d (waiting) in the spare slot, e's
+    load would find no slot - unless d, idle and over capacity, leaves first."""
+    loads = Loads()
+    slots = 3  # capacity + 1
+
+    def load(key: str) -> str:
+        assert len(loads.loaded) - len(loads.unloaded) < slots, f"no free slot for {key}"
+        return loads.load(key)
+
+    lru = AdapterLRU(2, load, loads.unload)
+    lru.get("a"), lru.get("c")
+    assert lru.get("d", busy={"a", "c"}) == ("D", [])  # the spare slot
+    assert lru.get("e", busy={"a", "c"}) == ("E", ["d"])  # d left first: e found the spare slot
+    assert lru.keys() == ["a", "c", "e"]

@@ -152,33 +152,35 @@ def test_every_forward_names_the_rows_adapters_first(model):
 
 
 @pytest.fixture(scope="module")
-def two_personas(tiny_base: Path, tiny_run: Path, other_run: Path):
-    """The tiny base with two real LoRA adapters, as the fleet holds them today (PEFT, unmerged)."""
-    from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def two_personas(tiny_base: Path, fleet_store: Path):
+    """The fleet's model with two real personas in its slots (devops-dude and pm-life, trained apart)."""
+    from persona_serving.fleet import FleetModel
+    from tests.fixtures.torchserve import OTHER_PERSONA, PERSONA
 
-    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_base).eval()
-    model = PeftModel.from_pretrained(base, str(tiny_run), adapter_name="one").eval()
-    model.load_adapter(str(other_run), adapter_name="two")
-    return model, AutoTokenizer.from_pretrained(tiny_base)
+    fleet = FleetModel(str(tiny_base), torch.device("cpu"), torch.float32)
+    slots = {name: fleet.slot(fleet.load(fleet_store, name, 1)) for name in (PERSONA, OTHER_PERSONA)}
+    return fleet, list(slots.values())
 
 
 def test_rows_of_different_personas_in_one_step_match_their_single_persona_replies(two_personas):
-    model, tokenizer = two_personas
+    """The handler's seam: before every forward pass the runner hands the live rows' slots to the
+    slot layers (`FleetModel.set_row_slots`), rows joining and leaving included."""
+    fleet, (one, two) = two_personas
+    tokenizer, model = fleet.tokenizer, fleet.model
     messages = ["привет, как дела?", "что с релизом", "деплой упал опять", "кто сломал прод"]
-    adapters = ["one", "two", "two", "one"]
-    rows = [Row(str(i), tokenizer(m).input_ids, Decoding(), adapter=a) for i, (m, a) in enumerate(zip(messages, adapters))]
+    rows = [Row(str(i), fleet.encode(m), Decoding(), adapter=a) for i, (m, a) in enumerate(zip(messages, [one, two, two, one]))]
     runner = StepRunner(model, EncoderDecoderFamily(model.config, tokenizer.pad_token_id),
-                        lambda names: {"adapter_names": list(names)})
+                        lambda slots: fleet.set_row_slots(list(slots)) or {})
     got = drive(runner, {0: rows[:2], 3: rows[2:]}, {row.id: 10 for row in rows})
 
-    def alone_as(row: Row, adapter: str) -> list[int]:
+    def alone_as(row: Row, slot: int) -> list[int]:
+        fleet.set_row_slots([slot])
         with torch.inference_mode():
-            output = model.generate(input_ids=torch.tensor([row.input_ids]), max_new_tokens=10, adapter_names=[adapter],
+            output = model.generate(input_ids=torch.tensor([row.input_ids]), max_new_tokens=10,
                                     eos_token_id=len(tokenizer) + 1, pad_token_id=tokenizer.pad_token_id)
         return output[0, 1:].tolist()
 
     for row in rows:
         assert got[row.id] == alone_as(row, row.adapter), row.id
-    assert any(alone_as(row, "two" if row.adapter == "one" else "one") != got[row.id] for row in rows), \
+    assert any(alone_as(row, two if row.adapter == one else one) != got[row.id] for row in rows), \
         "the adapters answer differently, so the rows really used their own"

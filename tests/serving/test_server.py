@@ -153,12 +153,12 @@ async def test_custom_metrics_are_exported_after_traffic(torchserve):
     pair = [line for line in metrics.splitlines() if persona in line and not line.startswith("#")]
     assert sum(line.startswith("persona_handler_generation_seconds_") for line in pair) == 17
     assert sum(line.startswith(("persona_handler_requests_total{", "persona_handler_generated_tokens_total{")) for line in pair) == 2
-    for name in ("persona_handler_resident_adapters", "persona_handler_adapter_loads_total",
-                 "persona_handler_adapter_evictions_total", "persona_handler_adapter_load_seconds",
-                 "persona_handler_personas_per_batch"):
+    for name in ("persona_handler_slots_in_use", "persona_handler_host_adapters", "persona_handler_adapter_loads_total",
+                 "persona_handler_adapter_evictions_total", "persona_handler_slot_load_seconds",
+                 "persona_handler_adapters_per_batch", "persona_handler_personas_per_batch"):
         assert f"# TYPE {name} " in metrics
-    assert 1 <= _sample(metrics, "persona_handler_resident_adapters") <= 2
-    assert _sample(metrics, "persona_handler_adapter_load_seconds_count") >= 1
+    assert 1 <= _sample(metrics, "persona_handler_slots_in_use") <= 2
+    assert _sample(metrics, "persona_handler_slot_load_seconds_count", 'tier="disk"') >= 1
     assert _sample(metrics, "persona_handler_generated_tokens_total", persona) > 0
     assert _sample(metrics, "persona_handler_errors_total", 'persona="other",version="none"', 'reason="invalid_json"') >= 1
     assert "ts_inference_requests_total" in metrics

@@ -58,6 +58,8 @@ def test_the_operators_job_config_is_accepted(tmp_path):
     [
         ("lora_rnak: 8\n", "lora_rnak: Extra inputs are not permitted"),
         ("lora_rank: 0\n", "lora_rank: Input should be greater than or equal to 1"),
+        ("lora_rank: 128\n", "lora_rank: Input should be less than or equal to 64"),  # the fleet's widest slot
+        ("use_dora: true\n", "use_dora: Extra inputs are not permitted"),  # nothing a slot cannot serve is trainable
         ("precision: int4\n", "precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
         ("schedule: exponential\n", "schedule: Input should be"),
         ("persona: {name: Not A Name}\n", "persona.name: String should match pattern"),

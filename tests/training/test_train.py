@@ -215,3 +215,12 @@ def test_gradient_checkpointing_trains_the_same_numbers_and_accumulation_counts(
                       str(tiny_base))
     assert model.base_model.model.is_activation_checkpointing  # really on, not just echoed in the report
     assert plain["steps"] == 2 and plain["samples"] == 2 * 8 * 2
+
+
+def test_a_lora_the_fleet_cannot_serve_is_refused_before_training(tiny_base, tmp_path):
+    """LoRA on an embedding trains with PEFT but has no place in the fleet's slots: refused up front."""
+    from persona_training.modeling import load_base_model, with_lora
+
+    config = TrainConfig(target_modules=["shared", "q"])
+    with pytest.raises(PersonaError, match="target module shared is an embedding: the fleet's slots serve LoRA on linear layers only"):
+        with_lora(load_base_model(str(tiny_base), SEQ2SEQ, config, pick_hardware(config)), SEQ2SEQ, config, str(tiny_base))

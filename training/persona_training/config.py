@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from personafleet.errors import PersonaError, first_error
 from personafleet.knowledge import KnowledgeSource
+from personafleet.lora import MAX_LORA_RANK
 from personafleet.persona import PersonaSpec
 from persona_training.fidelity import MIN_PROMPTS
 
@@ -35,7 +36,7 @@ class TrainConfig(BaseModel):
         None, description="facts retrieved into every prompt (issue 14); also `persona train --knowledge FILE`")
 
     # LoRA (peft)
-    lora_rank: int = Field(16, ge=1)
+    lora_rank: int = Field(16, ge=1, le=MAX_LORA_RANK, description="the fleet's slots take ranks up to MAX_LORA_RANK")
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | None = Field(

@@ -31,7 +31,7 @@ from typing import Any
 
 from personafleet.decoding import decode_replies
 from personafleet.family import ModelFamily
-from personafleet.inference import GenerationLimits, clamp_generation
+from personafleet.inference import GenerationLimits, clamp_generation, without_unused_sampling
 from personafleet.knowledge import Knowledge
 from personafleet.persona import PersonaSpec
 from personafleet.records import DialogueRecord
@@ -65,9 +65,7 @@ def held_out(dialogues: DialogueData, author: str, limit: int) -> list[DialogueR
 
 def modes(persona: PersonaSpec) -> dict[str, dict[str, Any]]:
     """Greedy, and the serving defaults exactly as the handler clamps them for a request without options."""
-    serving = clamp_generation(persona.generation, None, GenerationLimits())
-    if not serving.get("do_sample"):
-        serving = {k: v for k, v in serving.items() if k not in ("temperature", "top_p", "top_k")}
+    serving = without_unused_sampling(clamp_generation(persona.generation, None, GenerationLimits()))
     return {"greedy": {"max_new_tokens": serving["max_new_tokens"], "do_sample": False, "num_beams": 1},
             "serving": serving}
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from personafleet.errors import PersonaError
-from personafleet.family import ModelFamily, load_base
+from personafleet.family import ModelFamily, load_base, load_family
+from personafleet.lora import check_config, check_targets
 from persona_training.config import TrainConfig
 
 
@@ -142,11 +143,36 @@ def with_lora(model, family: ModelFamily, config: TrainConfig, base: str):
         target_modules=targets,
         fan_in_fan_out=any(isinstance(module, Conv1D) for module in wrapped),  # GPT-2's Conv1D stores W transposed
     )
+    servable(model, lora)
     try:
         with quiet_peft():
             return get_peft_model(model, lora)
     except ValueError as exc:
         raise PersonaError(f"target_modules {targets}: {_first_line(exc)}") from None
+
+
+def servable(model, lora) -> None:
+    """Refuse, before any step, a LoRA the fleet's slots could not serve (personafleet.lora): an
+    unservable option, or a target module that is no linear layer (an embedding, ...)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    check_config(lora.to_dict(), "the LoRA settings")
+    check_targets(model, [name for name, _ in model.named_modules() if name and check_target_module_exists(lora, name)])
+
+
+def base_skeleton(base: str):
+    """The base's module tree on the meta device (no weights read), or None when its config
+    cannot be read here (e.g. a hub id without network)."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        family = load_family(base)
+    except PersonaError:
+        return None
+    with torch.device("meta"):
+        return getattr(transformers, family.auto_class).from_config(AutoConfig.from_pretrained(base))
 
 
 def merge_adapter(base: str, family: ModelFamily, run_dir: Path, out: Path) -> Path:

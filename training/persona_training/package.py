@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from personafleet import knowledge
 from personafleet.errors import PersonaError, first_error
+from personafleet.lora import ADAPTER_WEIGHTS, check_config, check_targets, target_modules
 from personafleet.names import PERSONA_NAME_PATTERN, parse_version
 from personafleet.persona import PERSONA_FILE, PersonaSpec
 from personafleet.store import (
@@ -68,6 +69,34 @@ def resolve_base(adapter: Path, base_path: str | None) -> str:
     if not recorded:
         raise PersonaError(f"{adapter / ADAPTER_FILE} names no base model; pass --base-path")
     return recorded
+
+
+def check_servable(adapter: Path, base: str) -> None:
+    """Refuse an adapter the fleet's slots cannot serve (personafleet.lora): its config, its
+    weight names, and its target modules against the base's layers (read without weights; when
+    the base cannot be read here, the worker still checks at load)."""
+    from safetensors import SafetensorError, safe_open
+
+    from persona_training.modeling import base_skeleton
+
+    try:
+        check_config(json.loads((adapter / ADAPTER_FILE).read_text(encoding="utf-8")), str(adapter))
+    except ValueError:
+        raise PersonaError(f"{adapter / ADAPTER_FILE} is not valid JSON: was {adapter} written by `persona train`?") from None
+    weights = adapter / ADAPTER_WEIGHTS
+    try:
+        with safe_open(weights, framework="pt") as tensors:
+            modules = target_modules(tensors.keys())
+    except (OSError, SafetensorError) as exc:
+        raise PersonaError(f"{weights} is unreadable ({exc.__class__.__name__}): the fleet reads LoRA weights from safetensors") from None
+    skeleton = base_skeleton(base)
+    if skeleton is None:
+        logger.warning("Cannot read base %s here: the serving worker checks the target modules when it loads", base)
+        return
+    try:
+        check_targets(skeleton, modules)
+    except PersonaError as exc:
+        raise PersonaError(f"{adapter} does not fit base {base}: {exc}") from None
 
 
 def load_persona(run_dir: Path, name: str) -> PersonaSpec:
@@ -125,6 +154,7 @@ def publish_version(
     adapter = find_adapter(run_dir)
     persona = load_persona(run_dir, name)
     base = resolve_base(adapter, base_path)
+    check_servable(adapter, base)
     _check_replace(out, number, force)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from persona_bot.store import Exchange, Store, StoreUnavailable
 from personafleet.client import InferenceClient, InferenceRejected, InferenceUnavailable, StreamInterrupted
 from personafleet.inference import GenerationOptions, InferenceRequest
 from personafleet.prompt import TimedTurn, conversation, fit_context
+from personafleet.routing import conversation_key
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ async def answer(
     *context, newest = fit_context(turns, budget.max_context_turns, budget.max_context_chars)
     request = InferenceRequest(
         persona=persona,
+        conversation=conversation_key(chat_id, persona),  # one version answers the whole chat during a canary
         context=context,
         message=newest.text,
         generation=GenerationOptions(max_new_tokens=settings.max_reply_tokens),
@@ -89,14 +91,14 @@ async def answer(
     except (InferenceUnavailable, InferenceRejected) as exc:
         outcome = "inference_unavailable" if isinstance(exc, InferenceUnavailable) else "inference_rejected"
         metrics.MODEL_LATENCY.labels(persona, outcome).observe(time.perf_counter() - started)
-        metrics.REPLIES.labels(persona, outcome).inc()
+        metrics.REPLIES.labels(persona, metrics.NO_VERSION, outcome).inc()
         logger.warning("No reply from %s: %s", persona, exc)
         await message.reply(MODEL_DOWN if outcome == "inference_unavailable" else MODEL_REFUSED)
         return
     outcome = "stopped" if drafted.stopped else "ok"
     metrics.MODEL_LATENCY.labels(persona, outcome).observe(time.perf_counter() - started)
     if drafted.stopped and not drafted.shown.strip():
-        metrics.REPLIES.labels(persona, outcome).inc()
+        metrics.REPLIES.labels(persona, drafted.version or metrics.NO_VERSION, outcome).inc()
         return  # stopped before a word was shown: nothing to keep
     text = drafted.shown if drafted.final is None else drafted.final.reply
     model_version = drafted.final.model_version if drafted.final is not None else drafted.version
@@ -114,7 +116,7 @@ async def answer(
         message_thread_id=message.message_thread_id,
         reply_markup=VOTE_KEYBOARD,
     )
-    metrics.REPLIES.labels(persona, outcome).inc()
+    metrics.replied(persona, model_version, outcome)
     metrics.REPLY_LATENCY.labels(persona).observe(time.perf_counter() - received_at)
     exchange = Exchange(
         chat_id, sent.message_id, persona, model_version, context, newest.text, reply, sent.date.timestamp(), voice

@@ -38,16 +38,17 @@ async def vote(query: CallbackQuery, callback_data: Vote, store: Store, settings
         await query.answer("That message is too old to rate.")
         return
     try:
-        persona = await store.vote(query.message.chat.id, query.message.message_id, query.from_user.id, value)
+        rated = await store.vote(query.message.chat.id, query.message.message_id, query.from_user.id, value)
     except StoreUnavailable:
-        metrics.FEEDBACK_VOTES.labels(settings.persona, "store_unavailable").inc()
+        metrics.FEEDBACK_VOTES.labels(settings.persona, metrics.NO_VERSION, "store_unavailable").inc()
         await query.answer("I can't save votes right now - please try again later.")
         return
-    if persona is None:
-        metrics.FEEDBACK_VOTES.labels(settings.persona, "unknown_reply").inc()
+    if rated is None:
+        metrics.FEEDBACK_VOTES.labels(settings.persona, metrics.NO_VERSION, "unknown_reply").inc()
         await query.answer("I don't remember that reply, sorry.")
         return
-    metrics.FEEDBACK_VOTES.labels(persona, "up" if value > 0 else "down").inc()
+    persona, version = rated
+    metrics.FEEDBACK_VOTES.labels(persona, version, "up" if value > 0 else "down").inc()
     await query.answer("Thanks! 👍" if value > 0 else "Thanks, noted. 👎")
 
 

@@ -117,10 +117,10 @@ groups:
             "summary" "A training Job failed."
             "description" `A training Job of {{ $labels.persona }} failed in the last hour (the operator retries up to rollout.retryLimit).`) | nindent 8 }}
       - alert: PersonaRolloutRolledBack
-        expr: sum by (namespace, persona) (increase(persona_operator_rollouts_total{ {{- $ns }}, outcome="failed"}[1h])) > 0
+        expr: sum by (namespace, persona) (increase(persona_operator_rollouts_total{ {{- $ns }}, outcome=~"failed|rolled_back"}[1h])) > 0
         {{- include "personafleet.alertMeta" (dict "ctx" $ "alert" "PersonaRolloutRolledBack" "severity" "warning"
-            "summary" "A rollout failed; the previous version keeps serving."
-            "description" `A new version of {{ $labels.persona }} failed its rollout in the last hour; the routing table kept the version that served.`) | nindent 8 }}
+            "summary" "A rollout failed or a canary was rolled back; the previous version keeps serving."
+            "description" `A new version of {{ $labels.persona }} failed its rollout or was rolled back by its canary analysis in the last hour; the routing table kept the version that served.`) | nindent 8 }}
       - alert: PersonaModelStuckInTraining
         expr: time() - persona_operator_training_started_timestamp_seconds{ {{- $ns }}} > {{ $a.trainingStuckSeconds }}
         {{- include "personafleet.alertMeta" (dict "ctx" $ "alert" "PersonaModelStuckInTraining" "severity" "warning"
