@@ -167,23 +167,26 @@ def test_the_real_handler_loads_the_versions_facts_with_its_adapter_and_records_
     import logging
 
     from persona_serving.config import FleetConfig
+    from personafleet.inference import PersonaAbout
     from personafleet.routing import update_routing
-    from tests.fixtures.handler import in_process_handler
+    from tests.fixtures.handler import Worker, final, in_process_handler
 
     update_routing(store, lambda table: table.add("devops-dude", 1, serve=True))
     handler = in_process_handler(tmp_path, FleetConfig(base=str(tiny_base), model_store=str(store)))
+    worker = Worker(handler, handler.context)
     greedy = {"max_new_tokens": 4, "do_sample": False}
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
-        routed = handler.preprocess([{"body": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy}},
-                                     {"body": {"persona": "devops-dude", "message": "ну привет", "generation": greedy}}])
-        answers = handler.inference(routed)  # postprocess needs TorchServe's request processor: left out
-    assert [answer.model_version for answer in answers] == ["1", "1"]
-    assert [answer.facts for answer in answers] == [None, None]  # not asked for
+        answers = worker.run([{"job": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy},
+                               "hello": {"persona": "devops-dude", "message": "ну привет", "generation": greedy}}])
+        replies = [final(answers[request_id]) for request_id in ("job", "hello")]
+        assert [reply.model_version for reply in replies] == ["1", "1"]
+        assert [reply.facts for reply in replies] == [None, None]  # not asked for
     # Issue 26: a request may ask for the facts retrieved into its prompt; `about` describes the version.
-    shown, about = handler.inference(handler.preprocess([
-        {"body": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy, "show_facts": True}},
-        {"body": {"persona": "devops-dude", "about": True}}]))
-    assert shown.facts == ["Работаю DevOps-инженером в Яндексе"]
+    answers = worker.run([{"shown": {"persona": "devops-dude", "message": "где работаешь?", "generation": greedy,
+                                     "show_facts": True},
+                           "about": {"persona": "devops-dude", "about": True}}])
+    assert final(answers["shown"]).facts == ["Работаю DevOps-инженером в Яндексе"]
+    about = PersonaAbout.model_validate_json(answers["about"][-1].body)
     assert (about.model_version, about.base, about.facts) == ("1", str(tiny_base), 3)
     assert about.trained_at is not None and about.trained_at.tzinfo is not None
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
