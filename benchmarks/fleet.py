@@ -18,7 +18,8 @@
    version answering.
 4. Two bases in one `persona serve` (issue 22): a tiny T5 and a tiny causal (Llama) base, 2
    personas each, `--clients` clients over the 4 personas (half per base) through the routing
-   front; each fleet's req/s against the same clients on a server with that base alone.
+   front; each fleet's req/s against the same clients on a server with that base alone, each
+   server with `persona serve`'s own threads (the cores shared among the fleets it serves).
 
     flock /work/heavy.lock .venv/bin/python benchmarks/fleet.py        # everything (an hour and more on 2 cores)
     .venv/bin/python benchmarks/fleet.py --parts sweep --shapes t5-base --threads 2 --repeats 1
@@ -375,9 +376,8 @@ def two_bases(work: Path, args: argparse.Namespace) -> dict:
         options = ServeOptions(model_store=store, bases=[str(bases[s]) for s in shapes], workdir=work / name,
                                archive=archive, max_resident_adapters=4, inference_port=free_port(),
                                management_port=free_port(), metrics_port=free_port(),
-                               grpc_ports=(free_port(), free_port()), backend_ports=(free_port(), free_port()),
-                               torch_threads=args.serving_threads)
-        serve_background(options)
+                               grpc_ports=(free_port(), free_port()), backend_ports=(free_port(), free_port()))
+        serve_background(options)  # `persona serve`'s threads: the cores shared among the fleets
         return options
 
     async def fleets(options: ServeOptions, shapes: list[str]) -> dict:
@@ -443,6 +443,8 @@ def print_table(report: dict, args: argparse.Namespace) -> None:
             together, alone = two["together"][shape], two[f"{shape} alone"][shape]
             print(f"{shape:>8} | {together['req_per_s']:>14.1f} | {alone['req_per_s']:>11.1f} | {ratio:>15.2f}x | "
                   f"{together['errors'] + alone['errors']}")
+        shares = two["together_vs_alone"].values()
+        print(f"both fleets together: {sum(shares):.2f}x one fleet alone (the same cores, shared by two fleets)")
 
 
 def plot(report: dict, path: Path) -> None:

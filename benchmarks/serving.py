@@ -27,7 +27,7 @@ fleet. Writes `benchmarks/results/serving-stream.{json,png}`.
 
     .venv/bin/python benchmarks/serving.py                    # small T5 (~10M), CPU friendly
     .venv/bin/python benchmarks/serving.py --fred-large       # FRED-T5-large-sized, on a GPU machine
-    .venv/bin/python benchmarks/serving.py --open-loop --rates 2 4 8 --seconds 30
+    .venv/bin/python benchmarks/serving.py --open-loop --rates 2 4 8 12 16 --seconds 20
 """
 
 from __future__ import annotations
@@ -470,7 +470,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where serving.json and serving.png go (`make bench` keeps quick runs out of the repo)")
     parser.add_argument("--open-loop", action="store_true", help="streaming vs dynamic batching, open-loop arrivals")
-    parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8], help="--open-loop: requests per second")
+    parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8, 12, 16], help="--open-loop: requests per second")
     parser.add_argument("--seconds", type=float, default=30, help="--open-loop: how long each rate runs")
     parser.add_argument("--slo-p99", type=float, default=5.0, help="--open-loop: the p99 throughput is compared at")
     parser.add_argument("--bot-messages", type=int, default=10, help="--open-loop: private messages for the draft time")

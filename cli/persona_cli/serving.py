@@ -64,7 +64,7 @@ def serve(
     token_expiration_min: Annotated[Optional[float], typer.Option(min=0.01, help="Lifetime of TorchServe's keys. [default: 60 behind the auth front, which renews them; else the server's lifetime: clients hold W/inference-token, the inference key alone, which cannot renew itself]")] = None,
     backend_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's own inference/management ports behind the auth front.")] = (18080, 18081),
     grpc_ports: Annotated[tuple[int, int], typer.Option(help="TorchServe's gRPC ports (localhost; unused).")] = (7070, 7071),
-    torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers on CPU (cores / workers).")] = None,
+    torch_threads: Annotated[Optional[int], typer.Option(min=1, help="OMP_NUM_THREADS of the workers (default: $OMP_NUM_THREADS, else cores / models served).")] = None,
     asr: Annotated[Optional[Path], typer.Option("--asr", help="ASR archive to serve as `asr`. [default: STORE/asr/asr.mar if present]")] = None,
     reply_filter: Annotated[Optional[Path], typer.Option("--reply-filter", help="YAML of the fleet's reply filter (blocklist, patterns, pii, fallback), added to each persona's.")] = None,
 ) -> None:

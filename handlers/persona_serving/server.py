@@ -104,8 +104,8 @@ class ServeOptions(BaseModel):
     )
     java_heap: str = "1g"
     torch_threads: int | None = Field(
-        None, ge=1, description="OMP_NUM_THREADS of the workers: cores / workers on CPU (oversubscribed "
-        "OpenMP threads spin and stall); None keeps the environment's"
+        None, ge=1, description="OMP_NUM_THREADS of the workers (oversubscribed OpenMP threads spin and "
+        "stall); None: the environment's, else this process's cores / the models served (one worker each)"
     )
     startup_timeout_s: float = 300
     auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
@@ -232,15 +232,24 @@ def _escaped(value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
-def _environment(options: ServeOptions) -> dict[str, str]:
+def worker_threads(options: ServeOptions, workers: int) -> int | None:
+    """The workers' OMP_NUM_THREADS: `--torch-threads`, else the environment's (None), else the cores
+    this process may use shared among the workers. Left to torch, every worker takes every core:
+    with two fleets and the speech model on 2 cores, 6 OpenMP threads spin-wait on each other."""
+    if options.torch_threads is not None or "OMP_NUM_THREADS" in os.environ:
+        return options.torch_threads
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def _environment(options: ServeOptions, workers: int) -> dict[str, str]:
     """TorchServe's environment; the Python workers inherit it."""
     workdir = options.workdir.resolve()
     tmp = str(workdir / "tmp")
     # TEMP -> java.io.tmpdir; TMPDIR -> where the `torchserve` launcher keeps its pid file.
     env = os.environ | {"TEMP": tmp, "TMPDIR": tmp, "LOG_LOCATION": str(workdir / "logs"),
                         "METRICS_LOCATION": str(workdir / "logs"), MODEL_STORE_ENV: str(options.model_store.resolve())}
-    if options.torch_threads is not None:
-        env["OMP_NUM_THREADS"] = str(options.torch_threads)
+    if (threads := worker_threads(options, workers)) is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -318,7 +327,7 @@ def start(options: ServeOptions, models: Sequence[str]) -> int:
         subprocess.run(
             [str(Path(sys.executable).with_name("torchserve")), "--start", "--ncs",
              "--ts-config", str(config), "--model-store", str(options.links)],
-            cwd=workdir, env=_environment(options), stdout=out, stderr=subprocess.STDOUT,
+            cwd=workdir, env=_environment(options, len(models)), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, check=True,
         )
     pid = int(launcher_pid_file.read_text().strip())

@@ -5,7 +5,6 @@ failing alone."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time

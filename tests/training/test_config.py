@@ -99,7 +99,7 @@ def test_a_short_run_keeps_a_warm_up_cut_to_half_of_it(tmp_path, caplog):
 
     config = load_config(write(tmp_path, "max_steps: 10\nwarmup_steps: 50\n"))
     assert (config.max_steps, config.warmup_steps) == (10, 50)
-    with caplog.at_level("WARNING", logger="persona_training.train"):
+    with caplog.at_level("INFO", logger="persona_training.train"):
         assert warmup_for(config.warmup_steps, 10) == 5
     assert "warmup_steps 50 cut to 5: the run has only 10 steps" in caplog.text
     assert warmup_for(20, 100) == 20 and warmup_for(20, 1) == 0

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from persona_training.base_model import descend
 from personafleet import audio
 from personafleet.errors import PersonaError
 from personafleet.whisper import transcribe_windows
@@ -256,12 +257,6 @@ def _train(tokenizer: Any, features: Any, labels: Any, clips: int, options: AsrO
         batch = torch.randint(clips, (options.batch_size,), generator=generator)
         rows = labels[batch]
         rows = rows[:, : int((rows != -100).sum(dim=1).max())]
-        loss = model(input_features=features[batch], labels=rows).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(descend(model, model(input_features=features[batch], labels=rows).loss, optimizer, scheduler))
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
     return model, losses

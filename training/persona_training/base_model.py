@@ -249,6 +249,19 @@ def text_chunks(tokenizer, texts: Iterable[str], chunk_tokens: int) -> list[list
     return [stream[i:i + chunk_tokens] for i in range(0, len(stream) - chunk_tokens + 1, chunk_tokens)]
 
 
+def descend(model, loss, optimizer, scheduler) -> float:
+    """One optimizer step on `loss`, gradients clipped to norm 1: the step of both embedded
+    pre-trainings (this base and the tiny Whisper); the loss's value."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def init_base(
     out: Path,
     exports: Sequence[Path] = (DEFAULT_CORPUS,),
@@ -294,14 +307,8 @@ def init_base(
     progress = tqdm(range(options.steps), desc="pre-training base", unit="step", mininterval=1.0)
     for _ in progress:
         batch = collate([TokenizedExample(source, target) for source, target in pairs()])
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(descend(model, model(**batch).loss, optimizer, scheduler))
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -71,7 +71,7 @@ def warmup_for(requested: int, total_steps: int) -> int:
     runs on small chats are the common case; they keep a warm-up instead of being refused."""
     warmup = min(requested, total_steps // 2)
     if warmup < requested:
-        log.warning("warmup_steps %d cut to %d: the run has only %d steps", requested, warmup, total_steps)
+        log.info("warmup_steps %d cut to %d: the run has only %d steps", requested, warmup, total_steps)
     return warmup
 
 
