@@ -66,6 +66,7 @@ INFERENCE_TOKEN_FILE = "inference-token"
 PID_FILE = "torchserve.pid"
 FRONT_PID_FILE = "front.pid"  # the routing front of a background server with several bases
 FRONT_OPTIONS_FILE = "front.json"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # a container's CPU limit (cgroup v2): "QUOTA PERIOD" or "max PERIOD"
 # Without the auth front no process renews the key clients hold (a client with the inference key
 # alone cannot), so TorchServe's keys live as long as the server: ten years.
 LOCAL_KEY_LIFETIME_MIN = 10 * 365 * 24 * 60
@@ -105,7 +106,7 @@ class ServeOptions(BaseModel):
     java_heap: str = "1g"
     torch_threads: int | None = Field(
         None, ge=1, description="OMP_NUM_THREADS of the workers (oversubscribed OpenMP threads spin and "
-        "stall); None: the environment's, else this process's cores / the models served (one worker each)"
+        "stall); None: the environment's, else the usable cores / the models served (one worker each)"
     )
     startup_timeout_s: float = 300
     auth_token_file: Path | None = Field(None, description="Secret file: the inference token the front accepts")
@@ -232,13 +233,26 @@ def _escaped(value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by its container's CPU limit (a
+    pod's `limits.cpu`; the node's cores are all in the affinity)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def worker_threads(options: ServeOptions, workers: int) -> int | None:
-    """The workers' OMP_NUM_THREADS: `--torch-threads`, else the environment's (None), else the cores
-    this process may use shared among the workers. Left to torch, every worker takes every core:
-    with two fleets and the speech model on 2 cores, 6 OpenMP threads spin-wait on each other."""
+    """The workers' OMP_NUM_THREADS: `--torch-threads`, else the environment's (None), else the usable
+    cores shared among the workers. Left to torch, every worker takes every core: with two fleets
+    and the speech model on 2 cores, 6 OpenMP threads spin-wait on each other."""
     if options.torch_threads is not None or "OMP_NUM_THREADS" in os.environ:
         return options.torch_threads
-    return max(1, len(os.sched_getaffinity(0)) // workers)
+    return max(1, usable_cores() // workers)
 
 
 def _environment(options: ServeOptions, workers: int) -> dict[str, str]:

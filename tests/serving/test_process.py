@@ -31,3 +31,15 @@ def test_workers_share_the_cores_unless_told(monkeypatch, tmp_path):
     assert worker_threads(options.model_copy(update={"torch_threads": 3}), 2) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert worker_threads(options, 2) is None  # the environment's, inherited as it is
+
+
+def test_a_containers_cpu_limit_caps_the_usable_cores(monkeypatch, tmp_path):
+    """In a pod the affinity holds every core of the node; `limits.cpu` is the cgroup's quota."""
+    from persona_serving import server
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(server, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    assert server.usable_cores() == 64  # no cgroup file: the affinity
+    for limit, cores in [("max 100000", 64), ("400000 100000", 4), ("250000 100000", 2), ("50000 100000", 1)]:
+        (tmp_path / "cpu.max").write_text(limit + "\n")
+        assert server.usable_cores() == cores
