@@ -43,7 +43,9 @@ fi
 # torch is pinned in pyproject.toml (torch==2.13.0, the CPU build on this kind of machine);
 # installing it first in its own command keeps pip from ever resolving a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+# setuptools reports every editable install as a warning ("Editable installation.": information
+# only); filtered by its message so that a fresh set-up prints no warning line.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[test]"
 # The tests run a real Prometheus and promtool (dashboards, alert rules). Debian's package is
 # unpacked into .venv/prometheus rather than installed: installing it starts a system daemon on
 # 0.0.0.0:9090. Any Linux user can do this (apt-get download needs no root, only package lists).
