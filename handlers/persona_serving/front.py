@@ -20,6 +20,7 @@ TorchServe's own inference key, so clients see no difference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from datetime import datetime, timedelta, timezone
@@ -75,7 +76,8 @@ async def _relay(request: web.Request, upstream: httpx.Response, headers: dict[s
         return relayed
     except httpx.TransportError as exc:
         logger.warning("A reply stream broke off upstream: %s", exc.__class__.__name__)
-    await relayed.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client left after its last event: nothing lost
+        await relayed.write_eof()
     return relayed
 
 

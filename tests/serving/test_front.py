@@ -2,8 +2,10 @@
 Secret tokens outside, TorchServe's own short-lived keys inside, the fleet loaded at start."""
 
 import asyncio
+import contextlib
 import functools
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -345,3 +347,45 @@ async def test_replies_stream_through_every_path_of_the_routing_front_and_a_clie
         stopping.set()
         await serving
         await upstream.cleanup()
+
+
+async def test_a_client_leaving_after_its_final_event_is_no_error(tmp_path, caplog):
+    """A client may close its connection as soon as it has the final event, before the stream's
+    end arrives: the front drops the stream quietly and keeps serving, no error logged."""
+    from persona_serving.front import AuthFront
+
+    async def fleet(request: web.Request) -> web.StreamResponse:
+        """A one-event reply whose end comes a moment after its final event."""
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        final = {"reply": "да", "persona": PERSONA, "model_version": "1", "tokens": 1}
+        await response.write(json.dumps(final).encode() + b"\n")
+        await asyncio.sleep(0.5)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    upstream, upstream_port = await stand_in(fleet)
+    front_port = free_port()
+    front = AuthFront(**front_keys(tmp_path, "bot-token"), management_token_file=None,
+                      inference_backend=f"http://127.0.0.1:{upstream_port}",
+                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=30)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, None, stopping))
+    body, headers = {"persona": PERSONA, "message": "hi"}, {"Authorization": "Bearer bot-token"}
+    try:
+        await until_listening(front_port)
+        with caplog.at_level(logging.INFO):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}", timeout=30) as http:
+                async with http.stream("POST", "/predictions/fleet", json=body, headers=headers) as response:
+                    final = parse_event(await anext(response.aiter_lines()))
+                await asyncio.sleep(1.0)  # the stream's end reaches the front after its client left
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}", timeout=30) as http:
+                again = await http.post("/predictions/fleet", json=body, headers=headers)
+    finally:
+        stopping.set()
+        await serving
+        await upstream.cleanup()
+    assert final.reply == "да" and again.status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
