@@ -257,33 +257,41 @@ async def until_listening(port: int) -> None:
             await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def front_before(handle, tmp_path: Path, token: str, backend_timeout: float):
+    """An AuthFront accepting `token` before a stand-in TorchServe answering with `handle`; yields the
+    front's port once it listens, and stops both."""
+    from persona_serving.front import AuthFront
+
+    upstream, upstream_port = await stand_in(handle)
+    front_port = free_port()
+    front = AuthFront(**front_keys(tmp_path, token), management_token_file=None,
+                      inference_backend=f"http://127.0.0.1:{upstream_port}",
+                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=backend_timeout)
+    stopping = asyncio.Event()
+    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, None, stopping))
+    try:
+        await until_listening(front_port)
+        yield front_port
+    finally:
+        stopping.set()
+        await serving
+        await upstream.cleanup()
+
+
 async def test_a_stuck_torchserve_gets_a_504_with_a_reason_not_a_connection_held_forever(tmp_path):
     """The front's calls to TorchServe are bounded (above TorchServe's own response timeout): a
     backend that accepts the request and never answers costs the client a 504, not its connection."""
-    from persona_serving.front import AuthFront
-
     async def never(request: web.Request) -> web.Response:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    stuck, backend_port = await stand_in(never)
-    front_port = free_port()
-    front = AuthFront(**front_keys(tmp_path, "bot-token"), management_token_file=None,
-                      inference_backend=f"http://127.0.0.1:{backend_port}",
-                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=1)
-    stopping = asyncio.Event()
-    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, free_port(), stopping))
-    try:
-        await until_listening(front_port)
+    async with front_before(never, tmp_path, "bot-token", backend_timeout=1) as front_port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}") as http:
             started = time.monotonic()
             response = await asyncio.wait_for(http.post(
                 "/predictions/fleet", json={"persona": PERSONA, "message": "hi"},
                 headers={"Authorization": "Bearer bot-token"}, timeout=30), 20)
-    finally:
-        stopping.set()
-        await serving
-        await stuck.cleanup()
     assert response.status_code == 504 and response.json()["error"] == "backend_timeout"
     assert "1 s" in response.json()["detail"] and time.monotonic() - started < 10
 
@@ -352,7 +360,6 @@ async def test_replies_stream_through_every_path_of_the_routing_front_and_a_clie
 async def test_a_client_leaving_after_its_final_event_is_no_error(tmp_path, caplog):
     """A client may close its connection as soon as it has the final event, before the stream's
     end arrives: the front drops the stream quietly and keeps serving, no error logged."""
-    from persona_serving.front import AuthFront
 
     async def fleet(request: web.Request) -> web.StreamResponse:
         """A one-event reply whose end comes a moment after its final event."""
@@ -366,16 +373,8 @@ async def test_a_client_leaving_after_its_final_event_is_no_error(tmp_path, capl
             await response.write_eof()
         return response
 
-    upstream, upstream_port = await stand_in(fleet)
-    front_port = free_port()
-    front = AuthFront(**front_keys(tmp_path, "bot-token"), management_token_file=None,
-                      inference_backend=f"http://127.0.0.1:{upstream_port}",
-                      management_backend=f"http://127.0.0.1:{free_port()}", backend_timeout=30)
-    stopping = asyncio.Event()
-    serving = asyncio.create_task(front.serve("127.0.0.1", front_port, None, stopping))
     body, headers = {"persona": PERSONA, "message": "hi"}, {"Authorization": "Bearer bot-token"}
-    try:
-        await until_listening(front_port)
+    async with front_before(fleet, tmp_path, "bot-token", backend_timeout=30) as front_port:
         with caplog.at_level(logging.INFO):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}", timeout=30) as http:
                 async with http.stream("POST", "/predictions/fleet", json=body, headers=headers) as response:
@@ -383,9 +382,5 @@ async def test_a_client_leaving_after_its_final_event_is_no_error(tmp_path, capl
                 await asyncio.sleep(1.0)  # the stream's end reaches the front after its client left
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front_port}", timeout=30) as http:
                 again = await http.post("/predictions/fleet", json=body, headers=headers)
-    finally:
-        stopping.set()
-        await serving
-        await upstream.cleanup()
     assert final.reply == "да" and again.status_code == 200
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
