@@ -206,7 +206,9 @@ def test_gradient_checkpointing_trains_the_same_numbers_and_accumulation_counts(
     plain = train([tiny_data], str(tiny_base), tmp_path / "plain", TrainConfig(**settings))
     saving = train([tiny_data], str(tiny_base), tmp_path / "checkpointed",
                    TrainConfig(**settings, gradient_checkpointing=True))
-    assert [e["loss"] for e in saving["train_loss"]] == pytest.approx([e["loss"] for e in plain["train_loss"]], abs=1e-5)
+    # The same numbers up to fp32 summation order (the recomputed forward adds in another order:
+    # 5e-5 apart at a loss of 7.47 was seen in CI); a broken recomputation is off by far more.
+    assert [e["loss"] for e in saving["train_loss"]] == pytest.approx([e["loss"] for e in plain["train_loss"]], rel=1e-4)
     assert saving["config"]["gradient_checkpointing"] is True
     from persona_training.modeling import load_base_model, with_lora
 
